@@ -1,0 +1,115 @@
+"""Building Slipway: one factory wires config, store, Slack client, bolt
+app and the aiohttp web application together. No globals: everything a
+listener needs is passed in here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+import handlers
+from bot.config import Config
+from bot.directory import Directory
+from bot.messages import DeployMessages
+from bot.settings import Settings
+from bot.tasks import BackgroundTasks
+from bot.workflow import DeployWorkflow
+from store import Store, utc_now
+
+log = logging.getLogger(__name__)
+
+SLACK_EVENTS_PATH = "/slack/events"
+SLIPWAY_KEY = web.AppKey("slipway", "Slipway")
+
+
+@dataclass
+class Slipway:
+    """Everything one running Slipway is made of."""
+
+    config: Config
+    store: Store
+    client: AsyncWebClient
+    bolt: AsyncApp
+    workflow: DeployWorkflow
+    messages: DeployMessages
+    tasks: BackgroundTasks
+    socket_mode: bool = False
+
+    async def close(self) -> None:
+        await self.tasks.close()
+
+
+def create_slack_client(settings: Settings) -> AsyncWebClient:
+    """The real slack_sdk client, pointed at ``SLACK_API_URL`` when set.
+
+    A 429 is answered by waiting Retry-After and trying again (slack_sdk's
+    handler), so a rate-limited message is delayed, never dropped.
+    """
+    kwargs = {"base_url": settings.api_url} if settings.api_url else {}
+    client = AsyncWebClient(token=settings.bot_token, **kwargs)
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=10))
+    return client
+
+
+def create_slipway(config: Config, store: Store, settings: Settings,
+                   clock: Callable[[], datetime] = utc_now) -> Slipway:
+    """Wire a Slipway from its parts (the store is owned by the caller)."""
+    client = create_slack_client(settings)
+    bolt = AsyncApp(
+        client=client,
+        signing_secret=settings.signing_secret,
+        # Socket Mode requests are not signed; HTTP ones always are.
+        request_verification_enabled=not settings.socket_mode,
+        process_before_response=False,
+    )
+    tasks = BackgroundTasks()
+    workflow = DeployWorkflow(config, store, Directory(client), clock)
+    messages = DeployMessages(client, workflow, tasks)
+    handlers.register(bolt, workflow, messages, tasks)
+    return Slipway(config, store, client, bolt, workflow, messages, tasks, settings.socket_mode)
+
+
+def create_web_app(slipway: Slipway) -> web.Application:
+    """The one aiohttp server: Slack's events endpoint and the health check."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SLIPWAY_KEY] = slipway
+
+    async def slack_events(request: web.Request) -> web.Response:
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "0")
+        if not slipway.socket_mode and not timestamp.isdigit():
+            # slack_sdk's verifier raises on a non-numeric timestamp (a 500);
+            # an unverifiable request is an unauthorised one.
+            return web.json_response({"error": "invalid request timestamp"}, status=401)
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError as exc:  # e.g. a `payload=` that is not JSON; bolt parses it eagerly
+            return web.json_response({"error": f"malformed request body: {exc}"}, status=400)
+        bolt_response = await slipway.bolt.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def healthz(request: web.Request) -> web.Response:
+        try:
+            slipway.store.db.execute("SELECT 1").fetchone()
+            database = "ok"
+        except Exception as exc:  # reported, not raised: this endpoint says what is wrong
+            database = f"error: {exc}"
+        healthy = database == "ok"
+        return web.json_response({"status": "ok" if healthy else "unhealthy", "database": database},
+                                 status=200 if healthy else 503, dumps=json.dumps)
+
+    async def shutdown(app: web.Application) -> None:
+        await slipway.close()
+
+    app.router.add_post(SLACK_EVENTS_PATH, slack_events)
+    app.router.add_get("/healthz", healthz)
+    app.on_cleanup.append(shutdown)
+    return app

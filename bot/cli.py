@@ -1,0 +1,112 @@
+"""The ``slipway`` command: ``serve`` and ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from bot.config import load_config
+from bot.errors import ConfigError, MissingSecret
+from bot.settings import Settings
+
+log = logging.getLogger("slipway")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slipway", description="Ship software safely from Slack.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve Slack requests (HTTP, or Socket Mode with SLACK_APP_TOKEN)")
+    serve.add_argument("--config", default=os.environ.get("SLIPWAY_CONFIG", "slipway.yml"),
+                       help="config file (default: $SLIPWAY_CONFIG or slipway.yml)")
+    serve.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"),
+                       help="SQLite database file (default: $SLIPWAY_DB or slipway.db)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000; 0 picks a free one)")
+    serve.add_argument("--socket-mode", action="store_true", help="connect over Socket Mode (needs SLACK_APP_TOKEN)")
+    serve.add_argument("--log-level", default=os.environ.get("SLIPWAY_LOG_LEVEL", "INFO"))
+
+    check = commands.add_parser("check-config", help="validate a config file and print every problem")
+    check.add_argument("path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.path)
+    return serve(args)
+
+
+def check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK — {len(config.services)} service(s), ladder {' → '.join(config.environment_names)}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env(socket_mode=True if args.socket_mode else None)
+        config = load_config(args.config)
+    except MissingSecret as exc:
+        print(f"slipway: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"slipway: {args.config} is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(args, settings, config))
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
+    from bot.app import create_slipway, create_web_app
+    from store import Store
+
+    store = Store.open(args.db)
+    slipway = create_slipway(config, store, settings)
+    runner = web.AppRunner(create_web_app(slipway))
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else args.port
+    log.info("listening on http://%s:%s (POST /slack/events, GET /healthz)", args.host, port)
+    socket_handler = None
+    if settings.socket_mode:
+        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+        socket_handler = AsyncSocketModeHandler(slipway.bolt, settings.app_token)
+        if settings.api_url:
+            socket_handler.client.web_client.base_url = settings.api_url
+        await socket_handler.connect_async()
+        log.info("connected to Slack over Socket Mode")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        if socket_handler is not None:
+            await socket_handler.close_async()
+        await runner.cleanup()
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

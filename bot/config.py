@@ -1,0 +1,276 @@
+"""Loading and validating the Slipway config file (YAML).
+
+Validation is done by pydantic models, so every problem in a file is found
+in one pass; each problem is reported with its key path and, where the YAML
+parser knows it, the line it is on::
+
+    environments[1].approvals.required (line 9): must be at least 1
+
+Secrets never live here: tokens come from the environment (see
+``bot.settings``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.errors import ConfigError
+
+USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+USERGROUP_HANDLE = re.compile(r"^@[a-z0-9][a-z0-9._-]*$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+MAX_CHECKLIST_ITEMS = 20  # each item is one Block Kit block; the message must stay under 50
+MAX_CHECKLIST_TEXT = 150
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo such as `aprovals:` must not silently
+    # turn off approvals for production.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Approvals(_Model):
+    """Who must approve a deploy to an environment, and how many of them."""
+
+    required: Annotated[int, Field(ge=1, le=10)] = 1
+    approvers: Annotated[list[str], Field(min_length=1)]
+    allow_self_approval: bool = False
+
+    @field_validator("approvers")
+    @classmethod
+    def _approver_format(cls, approvers: list[str]) -> list[str]:
+        bad = [a for a in approvers if not (USER_ID.match(a) or USERGROUP_HANDLE.match(a))]
+        if bad:
+            raise ValueError(
+                f"not a Slack user id (U…) or usergroup handle (@name): {', '.join(map(repr, bad))}"
+            )
+        return approvers
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> "Approvals":
+        has_group = any(a.startswith("@") for a in self.approvers)
+        if not has_group and self.required > len(set(self.approvers)):
+            raise ValueError(
+                f"required is {self.required} but only {len(set(self.approvers))} approver(s) are listed"
+            )
+        return self
+
+    @property
+    def user_ids(self) -> list[str]:
+        return [a for a in self.approvers if not a.startswith("@")]
+
+    @property
+    def usergroup_handles(self) -> list[str]:
+        return [a[1:] for a in self.approvers if a.startswith("@")]
+
+
+class Environment(_Model):
+    """One rung of the ladder."""
+
+    name: Annotated[str, Field(pattern=NAME.pattern, max_length=40)]
+    requires: str | None = None
+    approvals: Approvals | None = None
+    checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
+
+
+class Freeze(_Model):
+    """A window during which deploys to some environments are refused."""
+
+    environments: list[str] | None = None  # None: every environment
+    starts: datetime = Field(alias="from")
+    until: datetime
+    reason: Annotated[str, Field(min_length=1)]
+
+    @field_validator("starts", "until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError('needs a time zone, e.g. "2026-12-24T00:00:00Z"')
+        return value.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Freeze":
+        if self.until <= self.starts:
+            raise ValueError("until must be after from")
+        return self
+
+    def covers(self, environment: str, moment: datetime) -> bool:
+        applies = self.environments is None or environment in self.environments
+        return applies and self.starts <= moment < self.until
+
+
+class DeployExecutor(_Model):
+    """How a service is deployed (executed by the execution issue's engine)."""
+
+    command: Annotated[list[str], Field(min_length=1)]
+
+
+class Service(_Model):
+    deploy: DeployExecutor | None = None
+    environments: list[str] | None = None  # None: every rung of the ladder
+
+
+class Config(_Model):
+    """The whole config file."""
+
+    channel: Annotated[str, Field(min_length=1)]
+    environments: Annotated[list[Environment], Field(min_length=1)]
+    freeze: list[Freeze] = []
+    services: Annotated[dict[str, Service], Field(min_length=1)]
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, Service]) -> dict[str, Service]:
+        bad = [name for name in services if not NAME.match(name)]
+        if bad:
+            raise ValueError(f"service names must be lower-case words: {', '.join(map(repr, bad))}")
+        return services
+
+    # -- lookups used by the policy -------------------------------------------------
+
+    @property
+    def environment_names(self) -> list[str]:
+        return [env.name for env in self.environments]
+
+    def environment(self, name: str) -> Environment:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(name)
+
+    def environments_of(self, service: str) -> list[str]:
+        allowed = self.services[service].environments
+        return [n for n in self.environment_names if allowed is None or n in allowed]
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Parse and validate config text.
+
+    Raises:
+        ConfigError: with every problem found, each naming its key path and line.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(path, [f"<yaml>{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["<root>: the config must be a mapping of keys (channel, environments, services…)"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(error, root) for error in exc.errors()]) from None
+    problems = [_locate(location, message, root) for location, message in _reference_problems(config)]
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or invalid.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"<file>: cannot read: {exc.strerror or exc}"]) from None
+    return parse_config(text, str(path))
+
+
+def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
+    """Problems that span keys: names that must refer to something defined elsewhere."""
+    problems: list[tuple[list[Any], str]] = []
+    names = config.environment_names
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append((["environments"], f"duplicate environment name {name!r}"))
+    for index, env in enumerate(config.environments):
+        if env.requires is not None and env.requires not in names[:index]:
+            earlier = ", ".join(names[:index]) or "there is none"
+            problems.append(
+                (["environments", index, "requires"],
+                 f"{env.requires!r} must name an earlier environment ({earlier})")
+            )
+    for index, window in enumerate(config.freeze):
+        for name in window.environments or []:
+            if name not in names:
+                problems.append((["freeze", index, "environments"], f"unknown environment {name!r}"))
+    for service_name, service in config.services.items():
+        for name in service.environments or []:
+            if name not in names:
+                problems.append(
+                    (["services", service_name, "environments"], f"unknown environment {name!r}")
+                )
+    return problems
+
+
+def _locate(location: list[Any], message: str, root: yaml.Node | None) -> str:
+    line = _line_of(root, location)
+    where = f" (line {line})" if line else ""
+    return f"{_format_path(location) or '<root>'}{where}: {message}"
+
+
+def _describe(error: dict[str, Any], root: yaml.Node | None) -> str:
+    location = [part for part in error["loc"] if not _is_wrapper(part)]
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling against the config reference)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return _locate(location, message, root)
+
+
+def _is_wrapper(part: Any) -> bool:
+    # pydantic adds the class name of a model-level validator and
+    # "function-after[...]" markers to the location; they are not keys.
+    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
+def _format_path(location: list[Any]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _line_of(node: yaml.Node | None, location: list[Any]) -> int | None:
+    """The 1-based line of the deepest YAML node that ``location`` reaches."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in location:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part) or (part == "starts" and key.value == "from"):
+                    child = key if isinstance(value, yaml.ScalarNode) and value.value == "" else value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            return line
+        node = child
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,316 @@
+"""A local stand-in for the Slack side of a conversation with Slipway.
+
+``FakeSlack`` is a real aiohttp web application that speaks the part of the
+Slack Web API Slipway uses, keeps the messages it is sent, records every
+call, and can answer 429 with Retry-After. ``SlackSender`` plays Slack's
+other role: it posts slash commands and button clicks to the bot, signed
+exactly as Slack signs them (v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``).
+
+The test-suite uses both, and so will the sandbox, so the two cannot drift
+apart. It binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
+
+BOT_USER_ID = "USLIPWAY"
+TEAM_ID = "T0SLIPWAY"
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    status: int = 200
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+    thread_ts: str | None = None
+    updates: int = 0
+
+
+@dataclass
+class Ephemeral:
+    channel: str
+    user: str
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeSlack:
+    """The Slack Web API, as far as Slipway uses it."""
+
+    def __init__(self, token: str = "xoxb-test-token", usergroups: dict[str, list[str]] | None = None,
+                 missing_channels: set[str] | None = None) -> None:
+        self.token = token
+        self.usergroups = dict(usergroups or {})
+        self.missing_channels = set(missing_channels or ())
+        self.calls: list[Call] = []
+        self.messages: dict[tuple[str, str], Message] = {}
+        self.ephemerals: list[Ephemeral] = []
+        self.responses: list[dict[str, Any]] = []  # what was posted to response_url
+        self.rate_limit_every = 0  # answer every n-th call with 429 (0: never)
+        self.retry_after = 1
+        self._counter = itertools.count(1)
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- serving ------------------------------------------------------------------
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/response/{key}", self._response_url)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "FakeSlack":
+        self._runner = web.AppRunner(self.web_app())
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}"
+        return self
+
+    @property
+    def api_url(self) -> str:
+        """The base URL for ``AsyncWebClient(base_url=...)`` / ``SLACK_API_URL``."""
+        return f"{self.url}/api/"
+
+    def response_url(self, key: str = "r") -> str:
+        return f"{self.url}/response/{key}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- waiting on what happened ---------------------------------------------------
+
+    async def wait_for(self, predicate, timeout: float = 10.0):
+        """Wait until ``predicate(self)`` is truthy and return its value
+        (waits on each recorded call, never on a fixed sleep)."""
+        async with self._changed:
+            return await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and c.status == 200]
+
+    def channel_messages(self, channel: str) -> list[Message]:
+        return [m for (ch, _), m in sorted(self.messages.items(), key=lambda kv: float(kv[0][1])) if ch == channel]
+
+    def ephemerals_for(self, user: str) -> list[Ephemeral]:
+        return [e for e in self.ephemerals if e.user == user]
+
+    # -- the Web API ----------------------------------------------------------------
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args = await _arguments(request)
+        number = next(self._counter)
+        if self.rate_limit_every and number % self.rate_limit_every == 0:
+            await self._record(Call(method, args, 429))
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": str(self.retry_after)})
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        if token != self.token:
+            await self._record(Call(method, args, 401))
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+        await self._record(Call(method, args, 200 if body.get("ok") else 400))
+        return web.json_response(body)
+
+    async def _record(self, call: Call) -> None:
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": "https://slipway-test.slack.com/", "team": "Slipway Test", "user": "slipway",
+                "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": "B0SLIPWAY"}
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel", "")
+        if not channel or channel in self.missing_channels:
+            return {"ok": False, "error": "channel_not_found"}
+        ts = f"{1700000000 + next(self._ts)}.000100"
+        message = Message(channel, ts, args.get("text", ""), _blocks(args), args.get("thread_ts"))
+        self.messages[(channel, ts)] = message
+        return {"ok": True, "channel": channel, "ts": ts,
+                "message": {"type": "message", "text": message.text, "blocks": message.blocks, "ts": ts}}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = (args.get("channel", ""), args.get("ts", ""))
+        if key not in self.messages:
+            return {"ok": False, "error": "message_not_found"}
+        message = self.messages[key]
+        message.text = args.get("text", message.text)
+        message.blocks = _blocks(args) or message.blocks
+        message.updates += 1
+        return {"ok": True, "channel": key[0], "ts": key[1], "text": message.text}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("channel") in self.missing_channels:
+            return {"ok": False, "error": "channel_not_found"}
+        self.ephemerals.append(Ephemeral(args.get("channel", ""), args.get("user", ""), args.get("text", ""), _blocks(args)))
+        return {"ok": True, "message_ts": f"{time.time():.6f}"}
+
+    def _chat_getPermalink(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel", ""), args.get("message_ts", "")
+        if (channel, ts) not in self.messages:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel,
+                "permalink": f"https://slipway-test.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
+
+    def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        groups = [{"id": _group_id(handle), "handle": handle, "name": handle} for handle in self.usergroups]
+        return {"ok": True, "usergroups": groups}
+
+    def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        for handle, members in self.usergroups.items():
+            if _group_id(handle) == args.get("usergroup"):
+                return {"ok": True, "users": list(members)}
+        return {"ok": False, "error": "no_such_subteam"}
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = args.get("user", "")
+        return {"ok": True, "user": {"id": user, "name": user.lower(), "real_name": user, "tz": "UTC"}}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "view": {"id": f"V{next(self._ts)}", **(_json_arg(args.get("view")) or {})}}
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        async with self._changed:
+            self.responses.append(payload)
+            self._changed.notify_all()
+        return web.Response(text="ok")
+
+
+async def _arguments(request: web.Request) -> dict[str, Any]:
+    args: dict[str, Any] = dict(request.query)
+    if request.can_read_body:
+        if request.content_type == "application/json":
+            args.update(await request.json())
+        else:
+            args.update(dict(await request.post()))
+    return args
+
+
+def _json_arg(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
+    return _json_arg(args.get("blocks")) or []
+
+
+def _group_id(handle: str) -> str:
+    return "S" + handle.upper().replace("-", "").replace(".", "").replace("_", "")
+
+
+class SlackSender:
+    """Posts requests to the bot as Slack does: signed, form-encoded."""
+
+    def __init__(self, bot_url: str, signing_secret: str, fake: FakeSlack,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.bot_url = bot_url
+        self.verifier = SignatureVerifier(signing_secret)
+        self.fake = fake
+        self._session = session
+        self._triggers = itertools.count(1)
+
+    async def __aenter__(self) -> "SlackSender":
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def signed_headers(self, body: str, timestamp: int | None = None) -> dict[str, str]:
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        return {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": str(timestamp),
+            "X-Slack-Signature": self.verifier.generate_signature(timestamp=str(timestamp), body=body),
+        }
+
+    async def post(self, body: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """POST ``body`` signed (unless ``headers`` are given) to the events URL."""
+        assert self._session is not None, "use `async with SlackSender(...)`"
+        async with self._session.post(self.bot_url, data=body.encode(),
+                                      headers=headers or self.signed_headers(body)) as response:
+            return response.status, await response.text()
+
+    def command_body(self, text: str, user: str, channel: str = "C0CHAT", trigger_id: str | None = None) -> str:
+        return urlencode({
+            "token": "legacy-unused", "team_id": TEAM_ID, "team_domain": "slipway-test",
+            "channel_id": channel, "channel_name": "chat", "user_id": user, "user_name": user.lower(),
+            "command": "/deploy", "text": text, "api_app_id": "A0SLIPWAY", "is_enterprise_install": "false",
+            "response_url": self.fake.response_url(f"cmd-{user}"),
+            "trigger_id": trigger_id or f"trigger.{next(self._triggers)}.{time.time_ns()}",
+        })
+
+    async def command(self, text: str, user: str, **kwargs: Any) -> tuple[int, str]:
+        """Type ``/deploy {text}`` as ``user``; returns the HTTP status and the
+        ack body (the ephemeral reply Slack would show)."""
+        return await self.post(self.command_body(text, user, **kwargs))
+
+    def click_body(self, message: Message, user: str, action_id: str, *, block_id: str | None = None,
+                   selected: bool | None = None) -> str:
+        """A ``block_actions`` payload for clicking ``action_id`` on ``message``."""
+        block, element = _find_element(message.blocks, action_id, block_id)
+        action: dict[str, Any] = {"type": element["type"], "action_id": action_id, "block_id": block["block_id"],
+                                  "action_ts": f"{time.time():.6f}"}
+        if element["type"] == "button":
+            action.update(value=element.get("value", ""), text=element["text"])
+        elif element["type"] == "checkboxes":
+            action["selected_options"] = list(element["options"]) if selected else []
+        payload = {
+            "type": "block_actions",
+            "team": {"id": TEAM_ID, "domain": "slipway-test"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+            "api_app_id": "A0SLIPWAY",
+            "token": "legacy-unused",
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel,
+                          "is_ephemeral": False},
+            "trigger_id": f"trigger.{next(self._triggers)}.{time.time_ns()}",
+            "channel": {"id": message.channel, "name": "deployments"},
+            "message": {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks},
+            "response_url": self.fake.response_url(f"click-{user}"),
+            "actions": [action],
+        }
+        return urlencode({"payload": json.dumps(payload)})
+
+    async def click(self, message: Message, user: str, action_id: str, **kwargs: Any) -> tuple[int, str]:
+        return await self.post(self.click_body(message, user, action_id, **kwargs))
+
+
+def _find_element(blocks: list[dict[str, Any]], action_id: str, block_id: str | None):
+    for block in blocks:
+        if block_id is not None and block.get("block_id") != block_id:
+            continue
+        for element in [block.get("accessory")] + list(block.get("elements", [])):
+            if element and element.get("action_id") == action_id:
+                return block, element
+    raise LookupError(f"no element {action_id!r} (block {block_id!r}) in the message — is it still open?")

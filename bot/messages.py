@@ -1,0 +1,89 @@
+"""The deploy's message in the channel: posting it and keeping it current.
+
+Updates are coalesced per deploy: however many clicks land at once, one
+task renders the latest stored state and sends ``chat.update``, again only
+if something changed meanwhile. So the message never goes back to an older
+state because two updates crossed on the wire, and a burst of clicks costs
+Slack's rate limit one call, not one per click. 429 answers are retried by
+slack_sdk's rate-limit handler, which honours Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import SlipwayError
+from bot.render import deploy_blocks, deploy_fallback_text
+from bot.tasks import BackgroundTasks
+from bot.workflow import DeployWorkflow
+from store import Deploy
+
+log = logging.getLogger(__name__)
+
+
+class DeployMessages:
+    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks) -> None:
+        self._client = client
+        self._workflow = workflow
+        self._tasks = tasks
+        self._dirty: set[int] = set()
+        self._updating: set[int] = set()
+
+    def _render(self, deploy: Deploy) -> dict:
+        blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy))
+        return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
+
+    async def announce(self, deploy: Deploy) -> Deploy:
+        """Post the deploy's message in the deploy channel and remember it.
+
+        Raises:
+            SlipwayError: Slack refused the post; the request is cancelled so
+                it does not block the next one, and the message says why.
+        """
+        channel = self._workflow.config.channel
+        try:
+            response = await self._client.chat_postMessage(channel=channel, **self._render(deploy))
+        except SlackApiError as exc:
+            error = exc.response.get("error", "unknown_error")
+            self._workflow.abandon(deploy, f"could not post in {channel}: {error}")
+            hint = " Invite the bot to the channel (`/invite @Slipway`)." if error in (
+                "not_in_channel", "channel_not_found") else ""
+            raise SlipwayError(
+                f"I could not post deploy #{deploy.id} in <#{channel}> (Slack said `{error}`), "
+                f"so it is cancelled.{hint}"
+            ) from None
+        ts = response["ts"]
+        permalink = None
+        try:
+            permalink = (await self._client.chat_getPermalink(channel=response["channel"], message_ts=ts))["permalink"]
+        except SlackApiError as exc:  # the link is a convenience; the deploy stands without it
+            log.warning("no permalink for deploy %s: %s", deploy.id, exc.response.get("error"))
+        return self._workflow.store.attach_message(deploy.id, response["channel"], ts, permalink)
+
+    def refresh(self, deploy_id: int) -> None:
+        """Bring the deploy's message up to date with the store, soon."""
+        self._dirty.add(deploy_id)
+        if deploy_id not in self._updating:
+            self._updating.add(deploy_id)
+            self._tasks.spawn(self._update_until_clean(deploy_id), name=f"refresh-deploy-{deploy_id}")
+
+    async def _update_until_clean(self, deploy_id: int) -> None:
+        try:
+            while deploy_id in self._dirty:
+                self._dirty.discard(deploy_id)
+                deploy = self._workflow.store.get_deploy(deploy_id)
+                if deploy.channel is None or deploy.message_ts is None:
+                    return
+                try:
+                    await self._client.chat_update(channel=deploy.channel, ts=deploy.message_ts, **self._render(deploy))
+                except SlackApiError as exc:
+                    log.error("chat.update of deploy %s failed: %s", deploy_id, exc.response.get("error"))
+        finally:
+            self._updating.discard(deploy_id)
+
+    async def tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message only ``user`` sees in ``channel``."""
+        await self._client.chat_postEphemeral(channel=channel, user=user, text=text)

@@ -1,0 +1,71 @@
+"""Semantic versions as people type them (``v2.7.0`` or ``2.7.0``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import semver
+
+from bot.errors import InvalidVersion
+
+
+@dataclass(frozen=True)
+class Version:
+    """A parsed version: ``normalised`` is stored, ``display`` is shown."""
+
+    parsed: semver.Version
+    prefixed: bool  # the person typed a leading "v"
+
+    @property
+    def normalised(self) -> str:
+        return str(self.parsed)
+
+    @property
+    def display(self) -> str:
+        return ("v" if self.prefixed else "") + self.normalised
+
+
+def parse_version(text: str) -> Version:
+    """Parse ``text`` as a semantic version, with or without a leading ``v``.
+
+    Raises:
+        InvalidVersion: the text is not MAJOR.MINOR.PATCH[-pre][+build].
+    """
+    prefixed = text[:1] in ("v", "V")
+    bare = text[1:] if prefixed else text
+    try:
+        return Version(semver.Version.parse(bare), prefixed)
+    except (ValueError, TypeError):
+        raise InvalidVersion(
+            f"`{text}` is not a semantic version — use MAJOR.MINOR.PATCH, e.g. `v2.7.0` or `2.7.0-rc.1`."
+        ) from None
+
+
+def display_like(normalised: str, prefixed: bool) -> str:
+    """Show a stored version in the style the person typed it."""
+    return ("v" if prefixed else "") + normalised
+
+
+def bump_kind(live: str | None, new: str) -> str:
+    """How ``new`` moves from ``live``: major, minor, patch, prerelease,
+    build, initial (nothing live) or downgrade/same."""
+    if live is None:
+        return "initial"
+    old_v, new_v = semver.Version.parse(live), semver.Version.parse(new)
+    comparison = new_v.compare(old_v)
+    if comparison < 0:
+        return "downgrade"
+    if comparison == 0:
+        return "same" if new_v.build == old_v.build else "build"
+    if new_v.major != old_v.major:
+        return "major"
+    if new_v.minor != old_v.minor:
+        return "minor"
+    if new_v.patch != old_v.patch:
+        return "patch"
+    return "prerelease"
+
+
+def compare(left: str, right: str) -> int:
+    """-1, 0 or 1 as ``left`` sorts before, with or after ``right``."""
+    return semver.Version.parse(left).compare(right)

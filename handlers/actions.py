@@ -1,0 +1,61 @@
+"""Clicks on the deploy message: checklist ticks, Approve, Reject, Cancel.
+
+Every click is acked first; the decision is the workflow's; a refusal is
+told to the clicker alone, and any change refreshes the message in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import SlipwayError
+from bot.messages import DeployMessages
+from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT
+from bot.tasks import BackgroundTasks
+from bot.workflow import DeployWorkflow
+from handlers.errors import after_ack
+from store import Deploy
+
+Decide = Callable[[int, str, str], Awaitable[Deploy]]
+
+
+def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, tasks: BackgroundTasks) -> None:
+    async def handle(body: dict[str, Any], action: dict[str, Any], deploy_id: int, decide: Decide) -> None:
+        user = body["user"]["id"]
+        source = f"slack:{action['action_id']}:{action.get('action_ts', '')}"
+        try:
+            deploy = await decide(deploy_id, user, source)
+        except SlipwayError as refusal:
+            await messages.tell(body["channel"]["id"], user, refusal.message)
+            return
+        messages.refresh(deploy.id)
+
+    def later(client: AsyncWebClient, body: dict[str, Any], work: Awaitable[None]) -> None:
+        after_ack(tasks, client, work, channel=body["channel"]["id"], user=body["user"]["id"],
+                  name=f"click-{body['actions'][0]['action_id']}")
+
+    def button(action_id: str, decide: Decide) -> None:
+        @app.action(action_id)
+        async def on_click(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
+                           client: AsyncWebClient) -> None:
+            await ack()
+            later(client, body, handle(body, action, int(action["value"]), decide))
+
+    button(ACTION_APPROVE, workflow.approve)
+    button(ACTION_REJECT, workflow.reject)
+    button(ACTION_CANCEL, workflow.cancel)
+
+    @app.action(ACTION_CHECKLIST)
+    async def on_tick(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        _, deploy_id, position = action["block_id"].split(":")
+        ticked = bool(action.get("selected_options"))
+
+        async def decide(deploy_id: int, user: str, source: str) -> Deploy:
+            return await workflow.tick(deploy_id, int(position), ticked, user, source)
+
+        later(client, body, handle(body, action, int(deploy_id), decide))

@@ -1,0 +1,501 @@
+"""Slipway's SQLite store: deploys, checklist ticks, approvals, locks and an
+append-only audit log, behind functions named after what they mean.
+
+Every state change is one transaction that first checks the current state
+and appends an audit event, so a double click or a retried Slack request
+finds the state already moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from store.schema import ACTIVE_STATES, migrate
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class StoreError(Exception):
+    """Base of the store's named errors."""
+
+
+class DeployNotFound(StoreError, LookupError):
+    """No deploy has that id."""
+
+
+class StateConflict(StoreError):
+    """The deploy is not in a state that allows the change asked for.
+
+    ``current`` is the state it was found in.
+    """
+
+    def __init__(self, deploy_id: int, current: str, wanted: str) -> None:
+        super().__init__(f"deploy {deploy_id} is {current}, cannot become {wanted}")
+        self.deploy_id = deploy_id
+        self.current = current
+        self.wanted = wanted
+
+
+class DeployInFlight(StoreError):
+    """Another deploy already occupies that service and environment."""
+
+    def __init__(self, existing: "Deploy") -> None:
+        super().__init__(f"deploy {existing.id} is {existing.status}")
+        self.existing = existing
+
+
+class DuplicateRequest(StoreError):
+    """This Slack request (same trigger id) was already recorded."""
+
+    def __init__(self, existing: "Deploy") -> None:
+        super().__init__(f"already recorded as deploy {existing.id}")
+        self.existing = existing
+
+
+class AlreadyApproved(StoreError):
+    """That person's approval is already counted."""
+
+
+class ChecklistIncomplete(StoreError):
+    """The approval would be the final one but items are still unticked."""
+
+    def __init__(self, unticked: list[str]) -> None:
+        super().__init__(f"{len(unticked)} checklist item(s) unticked")
+        self.unticked = unticked
+
+
+@dataclass(frozen=True)
+class ChecklistItem:
+    position: int
+    label: str
+    ticked_by: str | None
+    ticked_at: str | None
+
+    @property
+    def ticked(self) -> bool:
+        return self.ticked_by is not None
+
+
+@dataclass(frozen=True)
+class Approval:
+    user_id: str
+    approved_at: str
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """One deploy record, with its checklist and approvals."""
+
+    id: int
+    service: str
+    environment: str
+    version: str
+    version_prefixed: bool
+    status: str
+    status_reason: str | None
+    requested_by: str
+    requested_at: str
+    previous_version: str | None
+    approved_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    rollback_of: int | None
+    channel: str | None
+    message_ts: str | None
+    permalink: str | None
+    checklist: tuple[ChecklistItem, ...] = ()
+    approvals: tuple[Approval, ...] = ()
+
+    @property
+    def display_version(self) -> str:
+        return ("v" if self.version_prefixed else "") + self.version
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATES
+
+    @property
+    def approvers(self) -> list[str]:
+        return [a.user_id for a in self.approvals]
+
+    @property
+    def unticked(self) -> list[str]:
+        return [item.label for item in self.checklist if not item.ticked]
+
+
+@dataclass(frozen=True)
+class Lock:
+    service: str
+    environment: str  # "*" locks every environment of the service
+    locked_by: str
+    locked_at: str
+    reason: str
+    until: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    at: str
+    deploy_id: int | None
+    actor: str | None
+    action: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+
+ALL_ENVIRONMENTS = "*"
+
+
+class Store:
+    """The one door to Slipway's SQLite database."""
+
+    def __init__(self, db: sqlite_utils.Database, clock: Clock = utc_now) -> None:
+        self.db = db
+        self.clock = clock
+
+    @classmethod
+    def open(cls, path: str | Path, clock: Clock = utc_now) -> "Store":
+        """Open (creating and migrating as needed) the database at ``path``."""
+        conn = sqlite3.connect(str(path), timeout=10)
+        db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            db.enable_wal()
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses no committed transaction
+        store = cls(db, clock)
+        migrate(db, store._now())
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _now(self) -> str:
+        return self.clock().astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE takes the write lock before the state is read, so
+        # the check-then-write below cannot interleave with another writer.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        else:
+            self.db.conn.commit()
+
+    def _audit(self, deploy_id: int | None, actor: str | None, action: str,
+               detail: dict[str, Any] | None = None, source: str | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO audit (at, deploy_id, actor, action, detail, source) VALUES (?, ?, ?, ?, ?, ?)",
+            [self._now(), deploy_id, actor, action, json.dumps(detail or {}, sort_keys=True), source],
+        )
+
+    # -- reading ------------------------------------------------------------------
+
+    def get_deploy(self, deploy_id: int) -> Deploy:
+        """The deploy with that id, with its checklist and approvals.
+
+        Raises:
+            DeployNotFound: no deploy has that id.
+        """
+        rows = list(self.db.query("SELECT * FROM deploys WHERE id = ?", [deploy_id]))
+        if not rows:
+            raise DeployNotFound(f"no deploy #{deploy_id}")
+        return self._hydrate(rows[0])
+
+    def _hydrate(self, row: dict[str, Any]) -> Deploy:
+        checklist = tuple(
+            ChecklistItem(r["position"], r["label"], r["ticked_by"], r["ticked_at"])
+            for r in self.db.query(
+                "SELECT * FROM checklist_items WHERE deploy_id = ? ORDER BY position", [row["id"]]
+            )
+        )
+        approvals = tuple(
+            Approval(r["user_id"], r["approved_at"])
+            for r in self.db.query(
+                "SELECT * FROM approvals WHERE deploy_id = ? ORDER BY approved_at, rowid", [row["id"]]
+            )
+        )
+        fields = {k: row[k] for k in Deploy.__dataclass_fields__ if k in row}
+        fields["version_prefixed"] = bool(row["version_prefixed"])
+        return Deploy(**fields, checklist=checklist, approvals=approvals)
+
+    def in_flight(self, service: str, environment: str) -> Deploy | None:
+        """The deploy occupying ``service`` on ``environment``, if any."""
+        placeholders = ", ".join("?" for _ in ACTIVE_STATES)
+        rows = list(self.db.query(
+            f"SELECT * FROM deploys WHERE service = ? AND environment = ? AND status IN ({placeholders})",
+            [service, environment, *ACTIVE_STATES],
+        ))
+        return self._hydrate(rows[0]) if rows else None
+
+    def latest_successful(self, service: str, environment: str) -> Deploy | None:
+        """The most recent deploy of ``service`` that succeeded on ``environment``:
+        what is live there now."""
+        rows = list(self.db.query(
+            "SELECT * FROM deploys WHERE service = ? AND environment = ? AND status = 'succeeded' "
+            "ORDER BY finished_at DESC, id DESC LIMIT 1",
+            [service, environment],
+        ))
+        return self._hydrate(rows[0]) if rows else None
+
+    def has_succeeded(self, service: str, environment: str, version: str) -> bool:
+        """Whether ``version`` of ``service`` ever succeeded on ``environment``."""
+        row = self.db.execute(
+            "SELECT 1 FROM deploys WHERE service = ? AND environment = ? AND version = ? "
+            "AND status = 'succeeded' LIMIT 1",
+            [service, environment, version],
+        ).fetchone()
+        return row is not None
+
+    def find_by_trigger(self, trigger_id: str) -> Deploy | None:
+        rows = list(self.db.query("SELECT * FROM deploys WHERE trigger_id = ?", [trigger_id]))
+        return self._hydrate(rows[0]) if rows else None
+
+    def deploys_in(self, statuses: tuple[str, ...]) -> list[Deploy]:
+        placeholders = ", ".join("?" for _ in statuses)
+        rows = self.db.query(f"SELECT * FROM deploys WHERE status IN ({placeholders}) ORDER BY id", list(statuses))
+        return [self._hydrate(r) for r in rows]
+
+    def audit_events(self, deploy_id: int | None = None) -> list[AuditEvent]:
+        """The audit log, oldest first; only one deploy's when ``deploy_id`` is given."""
+        where, params = ("WHERE deploy_id = ?", [deploy_id]) if deploy_id is not None else ("", [])
+        return [
+            AuditEvent(r["id"], r["at"], r["deploy_id"], r["actor"], r["action"], json.loads(r["detail"] or "{}"), r["source"])
+            for r in self.db.query(f"SELECT * FROM audit {where} ORDER BY id", params)
+        ]
+
+    # -- deploy lifecycle -------------------------------------------------------------
+
+    def create_deploy(
+        self,
+        *,
+        service: str,
+        environment: str,
+        version: str,
+        version_prefixed: bool,
+        requested_by: str,
+        previous_version: str | None,
+        checklist: list[str],
+        needs_approval: bool,
+        trigger_id: str | None = None,
+        rollback_of: int | None = None,
+        source: str | None = None,
+    ) -> Deploy:
+        """Record a new deploy request (``awaiting_approval``, or ``approved``
+        straight away when the environment needs no approval).
+
+        Raises:
+            DuplicateRequest: a deploy was already recorded for ``trigger_id``.
+            DeployInFlight: another deploy occupies the service+environment.
+        """
+        now = self._now()
+        status = "awaiting_approval" if needs_approval else "approved"
+        with self._transaction():
+            if trigger_id and (existing := self.find_by_trigger(trigger_id)):
+                raise DuplicateRequest(existing)
+            if existing := self.in_flight(service, environment):
+                raise DeployInFlight(existing)
+            cursor = self.db.execute(
+                "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
+                "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [service, environment, version, int(version_prefixed), status, requested_by, now,
+                 trigger_id, previous_version, None if needs_approval else now, rollback_of, now],
+            )
+            deploy_id = cursor.lastrowid
+            for position, label in enumerate(checklist):
+                self.db.execute(
+                    "INSERT INTO checklist_items (deploy_id, position, label) VALUES (?, ?, ?)",
+                    [deploy_id, position, label],
+                )
+            self._audit(deploy_id, requested_by, "requested",
+                        {"service": service, "environment": environment, "version": version}, source)
+            if not needs_approval:
+                self._audit(deploy_id, None, "approved", {"reason": "environment needs no approval"}, source)
+        return self.get_deploy(deploy_id)
+
+    def attach_message(self, deploy_id: int, channel: str, message_ts: str, permalink: str | None) -> Deploy:
+        """Remember where the deploy's Slack message is, to update it in place."""
+        with self._transaction():
+            self.db.execute(
+                "UPDATE deploys SET channel = ?, message_ts = ?, permalink = ?, updated_at = ? WHERE id = ?",
+                [channel, message_ts, permalink, self._now(), deploy_id],
+            )
+        return self.get_deploy(deploy_id)
+
+    def transition(
+        self,
+        deploy_id: int,
+        *,
+        allowed_from: tuple[str, ...],
+        to: str,
+        actor: str | None,
+        action: str,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Deploy:
+        """Move a deploy to state ``to`` if it is in one of ``allowed_from``.
+
+        Raises:
+            DeployNotFound: no deploy has that id.
+            StateConflict: the deploy is in another state; nothing changed.
+        """
+        with self._transaction():
+            current = self._status(deploy_id)
+            if current not in allowed_from:
+                raise StateConflict(deploy_id, current, to)
+            now = self._now()
+            stamps = {"approved": "approved_at", "deploying": "started_at"}
+            extra = f", {stamps[to]} = :now" if to in stamps else ""
+            if to in ("succeeded", "failed", "rejected", "cancelled", "rolled_back"):
+                extra += ", finished_at = :now"
+            self.db.execute(
+                f"UPDATE deploys SET status = :to, status_reason = :reason, updated_at = :now{extra} WHERE id = :id",
+                {"to": to, "reason": reason, "now": now, "id": deploy_id},
+            )
+            self._audit(deploy_id, actor, action, {"from": current, "to": to, "reason": reason, **(detail or {})}, source)
+        return self.get_deploy(deploy_id)
+
+    def _status(self, deploy_id: int) -> str:
+        row = self.db.execute("SELECT status FROM deploys WHERE id = ?", [deploy_id]).fetchone()
+        if row is None:
+            raise DeployNotFound(f"no deploy #{deploy_id}")
+        return row[0]
+
+    def set_checklist_item(self, deploy_id: int, position: int, ticked: bool, user: str,
+                           source: str | None = None) -> Deploy:
+        """Tick or untick one checklist item of a deploy awaiting approval.
+
+        Raises:
+            DeployNotFound, StateConflict: as for :meth:`transition`.
+            LookupError: the deploy has no item at ``position``.
+        """
+        with self._transaction():
+            current = self._status(deploy_id)
+            if current != "awaiting_approval":
+                raise StateConflict(deploy_id, current, "awaiting_approval")
+            row = self.db.execute(
+                "SELECT label, ticked_by FROM checklist_items WHERE deploy_id = ? AND position = ?",
+                [deploy_id, position],
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"deploy #{deploy_id} has no checklist item {position}")
+            if (row[1] is not None) != ticked:  # only a real change is written and audited
+                self.db.execute(
+                    "UPDATE checklist_items SET ticked_by = ?, ticked_at = ? WHERE deploy_id = ? AND position = ?",
+                    [user if ticked else None, self._now() if ticked else None, deploy_id, position],
+                )
+                self._audit(deploy_id, user, "checklist_ticked" if ticked else "checklist_unticked",
+                            {"item": row[0], "position": position}, source)
+        return self.get_deploy(deploy_id)
+
+    def record_approval(self, deploy_id: int, user: str, *, required: int,
+                        source: str | None = None) -> Deploy:
+        """Count ``user``'s approval; the ``required``-th one moves the deploy
+        to ``approved`` in the same transaction.
+
+        Raises:
+            DeployNotFound, StateConflict: as for :meth:`transition`.
+            AlreadyApproved: ``user`` has already approved this deploy.
+            ChecklistIncomplete: this would be the final approval, but some
+                checklist items are unticked; the approval is not counted.
+        """
+        with self._transaction():
+            current = self._status(deploy_id)
+            if current != "awaiting_approval":
+                raise StateConflict(deploy_id, current, "approved")
+            if self.db.execute("SELECT 1 FROM approvals WHERE deploy_id = ? AND user_id = ?",
+                               [deploy_id, user]).fetchone():
+                raise AlreadyApproved(f"{user} already approved deploy #{deploy_id}")
+            count = self.db.execute("SELECT count(*) FROM approvals WHERE deploy_id = ?", [deploy_id]).fetchone()[0]
+            final = count + 1 >= required
+            if final:
+                unticked = [r[0] for r in self.db.execute(
+                    "SELECT label FROM checklist_items WHERE deploy_id = ? AND ticked_by IS NULL ORDER BY position",
+                    [deploy_id])]
+                if unticked:
+                    raise ChecklistIncomplete(unticked)
+            now = self._now()
+            self.db.execute("INSERT INTO approvals (deploy_id, user_id, approved_at) VALUES (?, ?, ?)",
+                            [deploy_id, user, now])
+            self._audit(deploy_id, user, "approval", {"count": count + 1, "required": required}, source)
+            if final:
+                self.db.execute(
+                    "UPDATE deploys SET status = 'approved', approved_at = ?, updated_at = ? WHERE id = ?",
+                    [now, now, deploy_id],
+                )
+                self._audit(deploy_id, user, "approved", {"from": "awaiting_approval", "to": "approved"}, source)
+        return self.get_deploy(deploy_id)
+
+    def record_event(self, deploy_id: int | None, actor: str | None, action: str,
+                     detail: dict[str, Any] | None = None, source: str | None = None) -> None:
+        """Append an event that changes no state (e.g. a refused click)."""
+        with self._transaction():
+            self._audit(deploy_id, actor, action, detail, source)
+
+    # -- locks ------------------------------------------------------------------------
+
+    def locks_for(self, service: str, environment: str) -> list[Lock]:
+        """Locks that stop deploys of ``service`` to ``environment``, unexpired."""
+        now = self._now()
+        rows = self.db.query(
+            "SELECT * FROM locks WHERE service = ? AND environment IN (?, ?) AND (until IS NULL OR until > ?)",
+            [service, environment, ALL_ENVIRONMENTS, now],
+        )
+        return [Lock(**row) for row in rows]
+
+    def all_locks(self) -> list[Lock]:
+        now = self._now()
+        return [Lock(**row) for row in self.db.query(
+            "SELECT * FROM locks WHERE until IS NULL OR until > ? ORDER BY service, environment", [now])]
+
+    def acquire_lock(self, service: str, environment: str, user: str, reason: str,
+                     until: str | None = None, source: str | None = None) -> Lock:
+        """Lock ``service`` on ``environment`` (``"*"``: all of them), replacing
+        an existing lock of the same scope."""
+        lock = Lock(service, environment, user, self._now(), reason, until)
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO locks (service, environment, locked_by, locked_at, reason, until) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [lock.service, lock.environment, lock.locked_by, lock.locked_at, lock.reason, lock.until],
+            )
+            self._audit(None, user, "locked", {"service": service, "environment": environment,
+                                                "reason": reason, "until": until}, source)
+        return lock
+
+    def release_locks(self, service: str, environment: str | None, user: str,
+                      source: str | None = None) -> list[Lock]:
+        """Remove the lock on ``service`` for ``environment`` (``None``: every
+        lock of the service) and return what was removed."""
+        with self._transaction():
+            if environment is None:
+                rows = list(self.db.query("SELECT * FROM locks WHERE service = ?", [service]))
+                self.db.execute("DELETE FROM locks WHERE service = ?", [service])
+            else:
+                rows = list(self.db.query("SELECT * FROM locks WHERE service = ? AND environment = ?",
+                                          [service, environment]))
+                self.db.execute("DELETE FROM locks WHERE service = ? AND environment = ?", [service, environment])
+            released = [Lock(**row) for row in rows]
+            if released:
+                self._audit(None, user, "unlocked", {"service": service, "environment": environment or "*",
+                                                      "released": len(released)}, source)
+        return released

@@ -1,0 +1,97 @@
+"""Versioned schema migrations.
+
+Each migration is applied once, in order, inside a transaction, and its
+number is recorded in ``schema_migrations``. Never edit a migration that has
+shipped: add the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+# States in which a deploy still occupies its service+environment.
+ACTIVE_STATES = ("awaiting_approval", "approved", "deploying", "verifying")
+
+
+def _m1_foundation(db: sqlite_utils.Database) -> None:
+    db["deploys"].create(
+        {
+            "id": int,
+            "service": str,
+            "environment": str,
+            "version": str,
+            "version_prefixed": int,
+            "status": str,
+            "status_reason": str,
+            "requested_by": str,
+            "requested_at": str,
+            "trigger_id": str,
+            "previous_version": str,
+            "approved_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "rollback_of": int,
+            "channel": str,
+            "message_ts": str,
+            "permalink": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"service", "environment", "version", "status", "requested_by", "requested_at"},
+        foreign_keys=[("rollback_of", "deploys", "id")],
+    )
+    db["deploys"].create_index(["service", "environment", "status"])
+    db["deploys"].create_index(["trigger_id"], unique=True)
+    # The database itself guarantees one deploy in flight per service and
+    # environment, whatever races the event loop or a second process brings.
+    states = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
+    db.execute(
+        "CREATE UNIQUE INDEX one_deploy_in_flight ON deploys(service, environment) "
+        f"WHERE status IN ({states})"
+    )
+    db["checklist_items"].create(
+        {"deploy_id": int, "position": int, "label": str, "ticked_by": str, "ticked_at": str},
+        pk=("deploy_id", "position"),
+        not_null={"label"},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["approvals"].create(
+        {"deploy_id": int, "user_id": str, "approved_at": str},
+        pk=("deploy_id", "user_id"),
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["locks"].create(
+        {"service": str, "environment": str, "locked_by": str, "locked_at": str, "reason": str, "until": str},
+        pk=("service", "environment"),
+    )
+    db["audit"].create(
+        {"id": int, "at": str, "deploy_id": int, "actor": str, "action": str, "detail": str, "source": str},
+        pk="id",
+        not_null={"at", "action"},
+    )
+    db["audit"].create_index(["deploy_id"])
+    # Append-only: history is evidence, so the database refuses to rewrite it.
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+        )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation]
+
+
+def migrate(db: sqlite_utils.Database, now: str) -> int:
+    """Apply every migration not yet applied; return the schema version."""
+    if "schema_migrations" not in db.table_names():
+        db["schema_migrations"].create({"version": int, "applied_at": str}, pk="version")
+    applied = {row["version"] for row in db["schema_migrations"].rows}
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number in applied:
+            continue
+        with db.atomic():
+            migration(db)
+            db["schema_migrations"].insert({"version": number, "applied_at": now})
+    return len(MIGRATIONS)
