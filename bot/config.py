@@ -255,7 +255,8 @@ def _format_path(location: list[Any]) -> str:
 
 
 def _line_of(node: yaml.Node | None, location: list[Any]) -> int | None:
-    """The 1-based line of the deepest YAML node that ``location`` reaches."""
+    """The 1-based line of the key (or list item) ``location`` reaches; the
+    deepest existing one when the rest is missing."""
     if node is None:
         return None
     line = node.start_mark.line + 1
@@ -264,13 +265,12 @@ def _line_of(node: yaml.Node | None, location: list[Any]) -> int | None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if key.value == str(part) or (part == "starts" and key.value == "from"):
-                    child = key if isinstance(value, yaml.ScalarNode) and value.value == "" else value
-                    line = key.start_mark.line + 1
+                    child, line = value, key.start_mark.line + 1
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             child = node.value[part]
+            line = child.start_mark.line + 1
         if child is None:
             return line
         node = child
-        line = node.start_mark.line + 1
     return line

@@ -1,0 +1,99 @@
+"""The ``slipway`` command as a person runs it: a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from bot.fake_slack import FakeSlack, SlackSender
+from tests.conftest import BOT_TOKEN, SIGNING_SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "slipway.example.yml"
+
+
+def slipway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True,
+                          env={**clean, **(env or {})}, timeout=60, cwd=ROOT)
+
+
+def test_check_config_accepts_the_example() -> None:
+    result = slipway("check-config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "OK — 2 service(s), ladder staging → production" in result.stdout
+
+
+def test_check_config_prints_every_problem_with_key_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(EXAMPLE.read_text().replace("required: 2", "required: 0").replace("requires: staging", "requires: qa"))
+    result = slipway("check-config", str(bad))
+    assert result.returncode == 1
+    assert "environments[1].approvals.required (line 12)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_without_secrets_says_which_in_one_line(tmp_path: Path) -> None:
+    result = slipway("serve", "--config", str(EXAMPLE), "--db", str(tmp_path / "s.db"),
+                     env={"SLACK_BOT_TOKEN": "xoxb-1"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "slipway: missing environment variable(s) for HTTP mode: SLACK_SIGNING_SECRET"
+    socket = slipway("serve", "--socket-mode", "--config", str(EXAMPLE), "--db", str(tmp_path / "s.db"))
+    assert socket.returncode == 2
+    assert socket.stderr.strip() == (
+        "slipway: missing environment variable(s) for Socket Mode: SLACK_BOT_TOKEN, SLACK_APP_TOKEN")
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("channel: C1\n")
+    result = slipway("serve", "--config", str(bad), "--db", str(tmp_path / "s.db"),
+                     env={"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"})
+    assert result.returncode == 2
+    assert "environments (line 1): required key is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_serve_answers_signed_slack_requests_end_to_end(tmp_path: Path) -> None:
+    fake = await FakeSlack(token=BOT_TOKEN).start()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", "--config", str(EXAMPLE), "--db", str(tmp_path / "slipway.db"),
+        "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+             "SLACK_API_URL": fake.api_url})
+    try:
+        port = await asyncio.wait_for(_listening_port(process), timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/healthz") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok", "database": "ok"}
+        async with SlackSender(base + "/slack/events", SIGNING_SECRET, fake) as slack:
+            status, reply = await slack.command("web 1.0.0", "U0DAVE")
+            assert status == 200 and "needs no approval" in reply
+            await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
+            posted = fake.calls_to("chat.postMessage")[0].args
+            assert posted["channel"] == "C0DEPLOYS" and "Deploy web 1.0.0 to staging" in posted["text"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await fake.stop()
+
+
+async def _listening_port(process: asyncio.subprocess.Process) -> int:
+    assert process.stderr is not None
+    while line := (await process.stderr.readline()).decode():
+        if match := re.search(r"listening on http://[\d.]+:(\d+)", line):
+            return int(match.group(1))
+    raise AssertionError(f"slipway exited ({await process.wait()}) before listening")

@@ -1,0 +1,60 @@
+"""What the manifest, the renderer, the help and the listeners promise each
+other: every command and action id has a listener and help text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.commands import HELP_TEXT, SUBCOMMANDS
+from bot.fake_slack import Message
+from bot.render import ACTION_IDS
+from handlers.commands import COMMAND
+from tests.conftest import CHANNEL, Harness
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = yaml.safe_load((ROOT / "manifest.yml").read_text())
+
+
+def test_the_manifest_declares_exactly_the_commands_the_code_registers() -> None:
+    assert [c["command"] for c in MANIFEST["features"]["slash_commands"]] == [COMMAND]
+
+
+def test_the_manifest_sends_commands_and_clicks_to_the_events_path() -> None:
+    command = MANIFEST["features"]["slash_commands"][0]
+    assert command["url"].endswith("/slack/events")
+    assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
+    assert MANIFEST["settings"]["interactivity"]["request_url"].endswith("/slack/events")
+    for subcommand in SUBCOMMANDS:
+        assert subcommand in command["usage_hint"]
+
+
+def test_the_manifest_asks_only_for_the_scopes_the_code_uses() -> None:
+    used = {"commands", "chat:write", "usergroups:read"}
+    assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == used
+
+
+def test_every_subcommand_has_help() -> None:
+    for subcommand in SUBCOMMANDS:
+        assert f"/deploy {subcommand}" in HELP_TEXT
+
+
+@pytest.mark.parametrize("action_id", ACTION_IDS)
+async def test_every_rendered_action_id_has_a_listener(harness: Harness, action_id: str) -> None:
+    """Bolt answers 404 to a request no listener matches; ours must answer 200."""
+    element = {"type": "checkboxes", "action_id": action_id, "options": [{"value": "1:0", "text": {}}]} \
+        if action_id == "checklist_tick" else {"type": "button", "action_id": action_id, "value": "1",
+                                               "text": {"type": "plain_text", "text": "x"}}
+    block_id = "checklist:1:0" if action_id == "checklist_tick" else "deploy:1"
+    message = Message(CHANNEL, "1.1", "", [{"type": "actions", "block_id": block_id, "elements": [element]}])
+    assert await harness.click(message, "U0ALICE", action_id) == 200
+    # there is no deploy #1, and the clicker is told so
+    assert "There is no deploy #1" in harness.fake.ephemerals_for("U0ALICE")[-1].text
+
+
+async def test_an_unknown_action_is_not_silently_accepted(harness: Harness) -> None:
+    element = {"type": "button", "action_id": "not_ours", "value": "1", "text": {"type": "plain_text", "text": "x"}}
+    message = Message(CHANNEL, "1.1", "", [{"type": "actions", "block_id": "b", "elements": [element]}])
+    assert await harness.click(message, "U0ALICE", "not_ours") == 404

@@ -1,0 +1,130 @@
+"""The store on a real SQLite file: migrations, WAL, state checks, the
+append-only audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store import (
+    AlreadyApproved,
+    ChecklistIncomplete,
+    DeployInFlight,
+    DeployNotFound,
+    DuplicateRequest,
+    StateConflict,
+    Store,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = Store.open(tmp_path / "slipway.db")
+    yield opened
+    opened.close()
+
+
+def new_deploy(store: Store, **overrides):
+    fields = dict(service="api", environment="production", version="2.7.0", version_prefixed=True,
+                  requested_by="U0DAVE", previous_version="2.6.0", checklist=["one", "two"], needs_approval=True)
+    return store.create_deploy(**{**fields, **overrides})
+
+
+def test_opening_twice_applies_migrations_once_and_keeps_data(tmp_path: Path) -> None:
+    first = Store.open(tmp_path / "s.db")
+    deploy = new_deploy(first)
+    first.close()
+    again = Store.open(tmp_path / "s.db")
+    assert again.get_deploy(deploy.id).checklist[1].label == "two"
+    assert [r["version"] for r in again.db["schema_migrations"].rows] == [1]
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+def test_one_deploy_in_flight_per_service_and_environment(store: Store) -> None:
+    first = new_deploy(store)
+    with pytest.raises(DeployInFlight) as caught:
+        new_deploy(store, version="2.7.1")
+    assert caught.value.existing.id == first.id
+    new_deploy(store, environment="staging")  # another environment is free
+    store.transition(first.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE", action="rejected")
+    assert new_deploy(store, version="2.7.1").id > first.id
+
+
+def test_the_database_itself_refuses_a_second_deploy_in_flight(store: Store) -> None:
+    new_deploy(store)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.db.execute("INSERT INTO deploys (service, environment, version, status, requested_by, requested_at) "
+                         "VALUES ('api', 'production', '9.9.9', 'deploying', 'U1', 'now')")
+
+
+def test_a_trigger_id_is_recorded_once(store: Store) -> None:
+    first = new_deploy(store, trigger_id="t-1")
+    with pytest.raises(DuplicateRequest) as caught:
+        new_deploy(store, trigger_id="t-1", environment="staging")
+    assert caught.value.existing.id == first.id
+
+
+def test_transitions_check_the_current_state(store: Store) -> None:
+    deploy = new_deploy(store)
+    store.transition(deploy.id, allowed_from=("awaiting_approval",), to="cancelled", actor="U0DAVE", action="cancelled")
+    with pytest.raises(StateConflict) as caught:
+        store.transition(deploy.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE",
+                         action="rejected")
+    assert caught.value.current == "cancelled"
+    assert store.get_deploy(deploy.id).status == "cancelled"
+    with pytest.raises(DeployNotFound):
+        store.get_deploy(999)
+
+
+def test_approvals_count_once_and_the_last_needs_the_checklist(store: Store) -> None:
+    deploy = new_deploy(store)
+    store.record_approval(deploy.id, "U0ALICE", required=2)
+    with pytest.raises(AlreadyApproved):
+        store.record_approval(deploy.id, "U0ALICE", required=2)
+    with pytest.raises(ChecklistIncomplete) as caught:
+        store.record_approval(deploy.id, "U0BOB", required=2)
+    assert caught.value.unticked == ["one", "two"]
+    assert store.get_deploy(deploy.id).approvers == ["U0ALICE"]  # the refused vote left no trace
+    for position in (0, 1):
+        store.set_checklist_item(deploy.id, position, True, "U0ALICE")
+    approved = store.record_approval(deploy.id, "U0BOB", required=2)
+    assert approved.status == "approved" and approved.approved_at is not None
+
+
+def test_ticking_twice_is_one_audited_change(store: Store) -> None:
+    deploy = new_deploy(store)
+    store.set_checklist_item(deploy.id, 0, True, "U0ALICE")
+    store.set_checklist_item(deploy.id, 0, True, "U0BOB")
+    assert store.get_deploy(deploy.id).checklist[0].ticked_by == "U0ALICE"
+    assert [e.action for e in store.audit_events(deploy.id)] == ["requested", "checklist_ticked"]
+
+
+def test_the_audit_log_is_append_only(store: Store) -> None:
+    deploy = new_deploy(store)
+    for statement in ("UPDATE audit SET actor = 'U0EVE'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            store.db.execute(statement)
+    assert [e.actor for e in store.audit_events(deploy.id)] == ["U0DAVE"]
+
+
+def test_a_failed_transaction_leaves_nothing_half_written(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        # the second checklist row breaks NOT NULL after the deploy row and the first item were written
+        store.create_deploy(service="api", environment="production", version="1.0.0", version_prefixed=False,
+                            requested_by="U0DAVE", previous_version=None, checklist=["a", None],
+                            needs_approval=True)
+    assert store.db.execute("SELECT count(*) FROM deploys").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM checklist_items").fetchone()[0] == 0
+    assert store.audit_events() == []
+
+
+def test_locks_expire_and_scope(store: Store) -> None:
+    store.acquire_lock("api", "*", "U0ERIN", "all of it")
+    assert [l.environment for l in store.locks_for("api", "staging")] == ["*"]
+    assert store.locks_for("web", "staging") == []
+    store.acquire_lock("web", "staging", "U0ERIN", "short", until="2000-01-01T00:00:00+00:00")
+    assert store.locks_for("web", "staging") == []  # expired
+    assert [l.reason for l in store.release_locks("api", None, "U0ERIN")] == ["all of it"]
