@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,13 +17,18 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
+import handlers.webhooks
 from bot.config import Config
 from bot.directory import Directory
+from bot.executors import EngineReports
+from bot.lifecycle import DeployRunner
+from bot.render import mention, rollback_plan_text
+from bot.rollback import Rollbacks
 from bot.messages import DeployMessages
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks
 from bot.workflow import DeployWorkflow
-from store import Store, utc_now
+from store import Deploy, Store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,29 @@ class Slipway:
     workflow: DeployWorkflow
     messages: DeployMessages
     tasks: BackgroundTasks
+    reports: EngineReports
+    rollbacks: Rollbacks
+    runner: DeployRunner
     socket_mode: bool = False
+    environ: Mapping[str, str] | None = None  # where engine secrets are read (None: os.environ)
+
+    async def start_rollback(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
+        """Record, announce and run a rollback the person confirmed.
+
+        Raises:
+            SlipwayError: refused (who, what, or a deploy in the way).
+        """
+        rollback, undone, superseded = await self.rollbacks.start(deploy_id, target, user, source)
+        if superseded is not None:
+            self.messages.refresh(superseded.id)
+            await self.messages.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
+        rollback = await self.messages.announce(rollback)
+        plan = rollback_plan_text(undone, rollback.version)
+        await self.messages.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
+                                           f"<{rollback.permalink or ''}|Follow it here>.")
+        self.messages.refresh(undone.id)
+        self.runner.start(rollback.id)
+        return rollback
 
     async def close(self) -> None:
         await self.tasks.close()
@@ -61,7 +88,7 @@ def create_slack_client(settings: Settings) -> AsyncWebClient:
 
 
 def create_slipway(config: Config, store: Store, settings: Settings,
-                   clock: Callable[[], datetime] = utc_now) -> Slipway:
+                   clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None) -> Slipway:
     """Wire a Slipway from its parts (the store is owned by the caller)."""
     client = create_slack_client(settings)
     bolt = AsyncApp(
@@ -72,10 +99,16 @@ def create_slipway(config: Config, store: Store, settings: Settings,
         process_before_response=False,
     )
     tasks = BackgroundTasks()
-    workflow = DeployWorkflow(config, store, Directory(client), clock)
-    messages = DeployMessages(client, workflow, tasks)
-    handlers.register(bolt, workflow, messages, tasks)
-    return Slipway(config, store, client, bolt, workflow, messages, tasks, settings.socket_mode)
+    directory = Directory(client)
+    workflow = DeployWorkflow(config, store, directory, clock)
+    rollbacks = Rollbacks(config, store, directory)
+    messages = DeployMessages(client, workflow, tasks, rollback_offer=rollbacks.offer)
+    reports = EngineReports(store)
+    runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
+    slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
+                      settings.socket_mode, environ)
+    handlers.register(bolt, slipway)
+    return slipway
 
 
 def create_web_app(slipway: Slipway) -> web.Application:
@@ -106,10 +139,15 @@ def create_web_app(slipway: Slipway) -> web.Application:
         return web.json_response({"status": "ok" if healthy else "unhealthy", "database": database},
                                  status=200 if healthy else 503, dumps=json.dumps)
 
+    async def recover(app: web.Application) -> None:
+        slipway.runner.recover()
+
     async def shutdown(app: web.Application) -> None:
         await slipway.close()
 
     app.router.add_post(SLACK_EVENTS_PATH, slack_events)
     app.router.add_get("/healthz", healthz)
+    handlers.webhooks.register(app, slipway)
+    app.on_startup.append(recover)
     app.on_cleanup.append(shutdown)
     return app

@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("path")
+
+    report = commands.add_parser("report", help="print the Markdown ship report of a deploy")
+    report.add_argument("deploy_id", type=int)
+    report.add_argument("--config", default=os.environ.get("SLIPWAY_CONFIG", "slipway.yml"))
+    report.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"))
     return parser
 
 
@@ -41,7 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "report":
+        return print_report(args)
     return serve(args)
+
+
+def print_report(args: argparse.Namespace) -> int:
+    from bot.report import ship_report
+    from store import DeployNotFound, Store
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"slipway: {args.config} is invalid: " + "; ".join(exc.problems), file=sys.stderr)
+        return 2
+    if not os.path.exists(args.db):
+        print(f"slipway: no database at {args.db}", file=sys.stderr)
+        return 2
+    store = Store.open(args.db)
+    try:
+        print(ship_report(store, config, store.get_deploy(args.deploy_id)))
+    except DeployNotFound:
+        print(f"slipway: there is no deploy #{args.deploy_id} in {args.db}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
 
 
 def check_config(path: str) -> int:

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,13 @@ USERGROUP_HANDLE = re.compile(r"^@[a-z0-9][a-z0-9._-]*$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 MAX_CHECKLIST_ITEMS = 20  # each item is one Block Kit block; the message must stay under 50
 MAX_CHECKLIST_TEXT = 150
+
+
+def _check_people(people: list[str]) -> list[str]:
+    bad = [p for p in people if not (USER_ID.match(p) or USERGROUP_HANDLE.match(p))]
+    if bad:
+        raise ValueError(f"not a Slack user id (U…) or usergroup handle (@name): {', '.join(map(repr, bad))}")
+    return people
 
 
 class _Model(BaseModel):
@@ -52,12 +60,7 @@ class Approvals(_Model):
     @field_validator("approvers")
     @classmethod
     def _approver_format(cls, approvers: list[str]) -> list[str]:
-        bad = [a for a in approvers if not (USER_ID.match(a) or USERGROUP_HANDLE.match(a))]
-        if bad:
-            raise ValueError(
-                f"not a Slack user id (U…) or usergroup handle (@name): {', '.join(map(repr, bad))}"
-            )
-        return approvers
+        return _check_people(approvers)
 
     @model_validator(mode="after")
     def _enough_approvers(self) -> "Approvals":
@@ -77,6 +80,17 @@ class Approvals(_Model):
         return [a[1:] for a in self.approvers if a.startswith("@")]
 
 
+class Roles(_Model):
+    """Who may do what on an environment, beyond approving."""
+
+    rollback: list[str] | None = None  # default: the approvers plus whoever deployed
+
+    @field_validator("rollback")
+    @classmethod
+    def _people(cls, people: list[str] | None) -> list[str] | None:
+        return _check_people(people) if people is not None else None
+
+
 class Environment(_Model):
     """One rung of the ladder."""
 
@@ -84,6 +98,7 @@ class Environment(_Model):
     requires: str | None = None
     approvals: Approvals | None = None
     checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
+    roles: Roles = Roles()
 
 
 class Freeze(_Model):
@@ -112,14 +127,94 @@ class Freeze(_Model):
         return applies and self.starts <= moment < self.until
 
 
-class DeployExecutor(_Model):
-    """How a service is deployed (executed by the execution issue's engine)."""
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``"10m"``, ``"1h30m"``, ``"45s"``, ``"2.5s"`` or a bare number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := DURATION.match(value.strip())) and value.strip():
+        hours, minutes, secs = match.groups()
+        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+    else:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 10m or 1h30m")
+    if seconds <= 0:
+        raise ValueError("a duration must be longer than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class WebhookSpec(_Model):
+    """POST a signed JSON deploy request to a CI system, which reports back."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret_env: Annotated[str, Field(pattern=ENV_NAME)]  # environment variable holding the HMAC secret
+
+
+class GitHubActionsSpec(_Model):
+    """Dispatch a workflow and follow its run to the conclusion."""
+
+    repository: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    workflow: Annotated[str, Field(min_length=1)]  # file name (deploy.yml) or numeric id
+    ref: str = "main"
+    inputs: dict[str, str] = {}  # extra inputs; version, environment and deploy_id are always sent
+    token_env: Annotated[str, Field(pattern=ENV_NAME)] = "GITHUB_TOKEN"
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.github.com"
+    poll_interval: Duration = 10.0
+
+
+class DeployExecutor(_Model):
+    """How a service is deployed (or rolled back): exactly one engine."""
+
+    command: Annotated[list[str], Field(min_length=1)] | None = None
+    webhook: WebhookSpec | None = None
+    github_actions: GitHubActionsSpec | None = None
+    timeout: Duration = 600.0
+    working_dir: str | None = None  # for command: where it runs (default: Slipway's working directory)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DeployExecutor":
+        chosen = [k for k in ("command", "webhook", "github_actions") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of command, webhook, github_actions"
+                             + (f" (found {', '.join(chosen)})" if chosen else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("command", "webhook", "github_actions") if getattr(self, k) is not None)
+
+
+class HealthCheck(_Model):
+    """An HTTP check retried until it passes or its deadline passes."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
+    expect_json: dict[str, str] = {}  # top-level fields; "{version}" stands for the deployed version
+    deadline: Duration = 60.0
+    interval: Duration = 2.0
+    request_timeout: Duration = 5.0
+
+
+class SmokeTest(_Model):
     command: Annotated[list[str], Field(min_length=1)]
+    timeout: Duration = 300.0
+    working_dir: str | None = None
+
+
+class Verification(_Model):
+    health_checks: list[HealthCheck] = []
+    smoke: SmokeTest | None = None
 
 
 class Service(_Model):
     deploy: DeployExecutor | None = None
+    rollback: DeployExecutor | None = None  # default: redeploy the previous good version with `deploy`
+    verify: dict[str, Verification] = {}  # keyed by environment name
     environments: list[str] | None = None  # None: every rung of the ladder
 
 
@@ -127,6 +222,7 @@ class Config(_Model):
     """The whole config file."""
 
     channel: Annotated[str, Field(min_length=1)]
+    public_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # where engines call back
     environments: Annotated[list[Environment], Field(min_length=1)]
     freeze: list[Freeze] = []
     services: Annotated[dict[str, Service], Field(min_length=1)]
@@ -212,6 +308,14 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
             if name not in names:
                 problems.append((["freeze", index, "environments"], f"unknown environment {name!r}"))
     for service_name, service in config.services.items():
+        for name in service.verify:
+            if name not in names:
+                problems.append((["services", service_name, "verify", name], f"unknown environment {name!r}"))
+        for role in ("deploy", "rollback"):
+            executor = getattr(service, role)
+            if executor is not None and executor.webhook is not None and config.public_url is None:
+                problems.append((["services", service_name, role, "webhook"],
+                                 "a webhook engine reports back to Slipway: set public_url at the top level"))
         for name in service.environments or []:
             if name not in names:
                 problems.append(

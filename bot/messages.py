@@ -11,6 +11,7 @@ slack_sdk's rate-limit handler, which honours Retry-After.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -25,15 +26,19 @@ log = logging.getLogger(__name__)
 
 
 class DeployMessages:
-    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks) -> None:
+    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks,
+                 rollback_offer: Callable[[Deploy], tuple[str | None, str | None]] | None = None) -> None:
         self._client = client
         self._workflow = workflow
         self._tasks = tasks
+        self._rollback_offer = rollback_offer or (lambda deploy: (None, None))
         self._dirty: set[int] = set()
         self._updating: set[int] = set()
 
     def _render(self, deploy: Deploy) -> dict:
-        blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy))
+        target, note = self._rollback_offer(deploy)
+        blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
+                               rollback_to=target, rollback_note=note)
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
 
     async def announce(self, deploy: Deploy) -> Deploy:
@@ -83,6 +88,25 @@ class DeployMessages:
                     log.error("chat.update of deploy %s failed: %s", deploy_id, exc.response.get("error"))
         finally:
             self._updating.discard(deploy_id)
+
+    async def thread(self, deploy: Deploy, text: str) -> None:
+        """A reply in the deploy's thread (dropped with a log line if the
+        deploy has no message: there is no thread to reply in)."""
+        if deploy.channel is None or deploy.message_ts is None:
+            log.warning("deploy %s has no message; not posted: %s", deploy.id, text[:200])
+            return
+        try:
+            await self._client.chat_postMessage(channel=deploy.channel, thread_ts=deploy.message_ts, text=text,
+                                                unfurl_links=False)
+        except SlackApiError as exc:
+            log.error("thread reply on deploy %s failed: %s", deploy.id, exc.response.get("error"))
+
+    async def post(self, text: str) -> None:
+        """A message in the deploy channel, outside any thread."""
+        try:
+            await self._client.chat_postMessage(channel=self._workflow.config.channel, text=text, unfurl_links=False)
+        except SlackApiError as exc:
+            log.error("channel post failed: %s", exc.response.get("error"))
 
     async def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral message only ``user`` sees in ``channel``."""

@@ -20,7 +20,9 @@ ACTION_APPROVE = "deploy_approve"
 ACTION_REJECT = "deploy_reject"
 ACTION_CANCEL = "deploy_cancel"
 ACTION_CHECKLIST = "checklist_tick"
-ACTION_IDS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_CHECKLIST)
+ACTION_ROLLBACK = "deploy_rollback"
+ACTION_IDS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_ROLLBACK)
+MAX_LOG_TAIL = 2500  # characters of engine output shown in the thread
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
@@ -62,8 +64,13 @@ def version_change(deploy: Deploy) -> str:
     return f"{previous} → {deploy.display_version} ({bump_kind(deploy.previous_version, deploy.version)})"
 
 
-def deploy_blocks(deploy: Deploy, *, required_approvals: int) -> list[dict[str, Any]]:
-    """The deploy's message in #deployments, for its current state."""
+def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str | None = None,
+                  rollback_note: str | None = None) -> list[dict[str, Any]]:
+    """The deploy's message in #deployments, for its current state.
+
+    ``rollback_to`` is the version a Rollback button would go back to (the
+    button is shown only with it); ``rollback_note`` says why there is none.
+    """
     open_for_votes = deploy.status == "awaiting_approval"
     blocks: list[dict[str, Any]] = [
         {
@@ -86,13 +93,159 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int) -> list[dict[str, 
     if deploy.checklist:
         blocks.append({"type": "divider"})
         blocks.extend(_checklist_block(deploy, item, open_for_votes) for item in deploy.checklist)
+    steps = _steps(deploy)
+    if steps:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(steps, MAX_SECTION_TEXT)}})
     if open_for_votes:
         blocks.append(_buttons(deploy))
-    blocks.append({
-        "type": "context",
-        "elements": [{"type": "mrkdwn", "text": f"Deploy #{deploy.id} · requested {when(deploy.requested_at)}"}],
-    })
+    elif rollback_to is not None:
+        blocks.append(_rollback_button(deploy, rollback_to))
+    footer = f"Deploy #{deploy.id} · requested {when(deploy.requested_at)}"
+    if deploy.rollback_of is not None:
+        footer += f" · rolls back #{deploy.rollback_of}"
+    if rollback_note:
+        footer += f" · {rollback_note}"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(footer, MAX_SECTION_TEXT)}]})
     return blocks
+
+
+def _steps(deploy: Deploy) -> str:
+    """What the engine and the checks did, with durations."""
+    lines = []
+    if deploy.started_at:
+        took = f", took {duration_text(deploy.duration_seconds)}" if deploy.duration_seconds is not None else ""
+        lines.append(f"*Started* {when(deploy.started_at)}{took}")
+    if deploy.engine_summary:
+        kind = (deploy.executor_kind or "engine").replace("_", " ")
+        link = f" · <{deploy.run_url}|run log>" if deploy.run_url else ""
+        engine_ok = deploy.status in ("verifying", "succeeded", "rolled_back") or bool(deploy.checks)
+        mark = ":white_check_mark:" if engine_ok else ":x:"
+        lines.append(f"{mark} *Deploy* ({kind}): {deploy.engine_summary}{link}")
+    if deploy.checks:
+        passed = sum(1 for check in deploy.checks if check.get("passed"))
+        mark = ":white_check_mark:" if passed == len(deploy.checks) else ":x:"
+        lines.append(f"{mark} *Verification*: {passed} of {len(deploy.checks)} check(s) passed")
+    return "\n".join(lines)
+
+
+def _rollback_button(deploy: Deploy, target: str) -> dict[str, Any]:
+    plan = rollback_plan_text(deploy, target)
+    return {
+        "type": "actions",
+        "block_id": f"rollback:{deploy.id}",
+        "elements": [{
+            "type": "button", "action_id": ACTION_ROLLBACK, "style": "danger", "value": f"{deploy.id}:{target}",
+            "text": {"type": "plain_text", "text": _clip(f"Roll back to {target}", 75)},
+            "confirm": {
+                "title": {"type": "plain_text", "text": "Roll back now?"},
+                "text": {"type": "mrkdwn", "text": _clip(f"{plan}. This runs at once, without approvals.", 300)},
+                "confirm": {"type": "plain_text", "text": "Roll back"},
+                "deny": {"type": "plain_text", "text": "Not now"},
+                "style": "danger",
+            },
+        }],
+    }
+
+
+def rollback_plan_text(deploy: Deploy, target: str) -> str:
+    """Exactly what a rollback of ``deploy`` does: ``api production: 2.7.0 → 2.6.3``."""
+    return f"{deploy.service} {deploy.environment}: {deploy.version} → {target}"
+
+
+def rollback_offer_blocks(deploy: Deploy, target: str) -> list[dict[str, Any]]:
+    """The ephemeral confirmation `/deploy rollback` answers with."""
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(
+            f"*{rollback_plan_text(deploy, target)}*\nThis undoes #{deploy.id} ({deploy.display_version}, "
+            f"{deploy.status.replace('_', ' ')}, deployed by {mention(deploy.requested_by)}) and runs at once.",
+            MAX_SECTION_TEXT)}},
+        _rollback_button(deploy, target),
+    ]
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "an unknown time"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def engine_log_text(deploy: Deploy, succeeded: bool) -> str:
+    mark = ":white_check_mark:" if succeeded else ":x:"
+    kind = (deploy.executor_kind or "engine").replace("_", " ")
+    text = f"{mark} Deploy engine ({kind}): {deploy.engine_summary}"
+    if deploy.run_url:
+        text += f" — <{deploy.run_url}|run log>"
+    tail = (deploy.log_tail or "").strip()
+    if tail:
+        if len(tail) > MAX_LOG_TAIL:
+            tail = "…" + tail[-MAX_LOG_TAIL:]
+        text += "\n```" + tail.replace("```", "ˋˋˋ") + "```"
+    return text
+
+
+def verification_text(deploy: Deploy) -> str:
+    lines = ["*Verification*"]
+    for check in deploy.checks:
+        mark = ":white_check_mark:" if check.get("passed") else ":x:"
+        lines.append(f"{mark} {check.get('name')}: {check.get('detail')}")
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def success_text(deploy: Deploy, took: str) -> str:
+    what = "rolled back to" if deploy.rollback_of is not None else "is live on"
+    if deploy.rollback_of is not None:
+        return f":large_green_circle: {deploy.service} {deploy.environment} {what} {deploy.display_version} (took {took})."
+    return f":large_green_circle: {deploy.service} {deploy.display_version} {what} {deploy.environment} (took {took})."
+
+
+def failure_text(deploy: Deploy) -> str:
+    return (f":red_circle: {deploy.service} {deploy.display_version} failed on {deploy.environment}: "
+            f"{deploy.status_reason}.\n{deploy.service} is unlocked on {deploy.environment}: fix forward with a new "
+            "`/deploy`, or roll back with the button on this message.")
+
+
+def record_text(deploy: Deploy) -> str:
+    """``/deploy show``: the whole record of one deploy."""
+    lines = [f"*Deploy #{deploy.id}* — {deploy.service} {deploy.display_version} to {deploy.environment}: "
+             f"{deploy.status.replace('_', ' ')}" + (f" ({deploy.status_reason})" if deploy.status_reason else "")]
+    lines.append(f"• Version: {version_change(deploy)}")
+    lines.append(f"• Requested by {mention(deploy.requested_by)} {when(deploy.requested_at)}")
+    if deploy.approvals:
+        lines.append("• Approved by " + ", ".join(f"{mention(a.user_id)} {when(a.approved_at)}" for a in deploy.approvals))
+    elif deploy.approved_at:
+        lines.append(f"• Approved {when(deploy.approved_at)} (no approval needed)")
+    if deploy.started_at:
+        lines.append(f"• Started {when(deploy.started_at)}" + (
+            f", finished {when(deploy.finished_at)} ({duration_text(deploy.duration_seconds)})" if deploy.finished_at else ""))
+    if deploy.engine_summary:
+        ref = f", exit code {deploy.exit_code}" if deploy.exit_code is not None else ""
+        link = f", <{deploy.run_url}|run>" if deploy.run_url else ""
+        lines.append(f"• Engine ({deploy.executor_kind}): {deploy.engine_summary}{ref}{link}")
+    for check in deploy.checks:
+        lines.append(f"• {'✅' if check.get('passed') else '❌'} {check.get('name')}: {check.get('detail')}")
+    if deploy.rollback_of is not None:
+        lines.append(f"• Rollback of #{deploy.rollback_of}")
+    if deploy.permalink:
+        lines.append(f"• <{deploy.permalink}|Message in the deploy channel>")
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def history_text(service: str, environment: str | None, deploys: list[Deploy]) -> str:
+    where = f" on {environment}" if environment else ""
+    if not deploys:
+        return f"No deploys of {service}{where} yet."
+    lines = [f"*Recent deploys of {service}{where}*"]
+    for deploy in deploys:
+        rollback = f" (rollback of #{deploy.rollback_of})" if deploy.rollback_of is not None else ""
+        lines.append(f"• #{deploy.id} {deploy.display_version} → {deploy.environment}: "
+                     f"{deploy.status.replace('_', ' ')}{rollback}, by {mention(deploy.requested_by)} "
+                     f"{when(deploy.requested_at)}")
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
 
 
 def deploy_fallback_text(deploy: Deploy) -> str:

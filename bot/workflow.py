@@ -53,6 +53,8 @@ class DeployWorkflow:
         Raises:
             SlipwayError: the request is refused; the message says why.
         """
+        if trigger_id and (seen := self.store.find_by_trigger(trigger_id)):
+            return seen, False  # the same Slack request again: answer as the first time, change nothing
         plan = check_request(self.config, self.store, service, version, environment, self.clock())
         try:
             deploy = self.store.create_deploy(

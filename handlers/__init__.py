@@ -3,16 +3,18 @@ of ``bot/`` and renders the reply. No business rules live here."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from slack_bolt.async_app import AsyncApp
 
-from bot.messages import DeployMessages
-from bot.tasks import BackgroundTasks
-from bot.workflow import DeployWorkflow
 from handlers import actions, commands, errors
 
+if TYPE_CHECKING:
+    from bot.app import Slipway
 
-def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, tasks: BackgroundTasks) -> None:
+
+def register(app: AsyncApp, slipway: "Slipway") -> None:
     """Attach every Slack listener to ``app``."""
-    commands.register(app, workflow, messages, tasks)
-    actions.register(app, workflow, messages, tasks)
+    commands.register(app, slipway)
+    actions.register(app, slipway)
     errors.register(app)

@@ -1,4 +1,5 @@
-"""Clicks on the deploy message: checklist ticks, Approve, Reject, Cancel.
+"""Clicks on the deploy message: checklist ticks, Approve, Reject, Cancel,
+Rollback.
 
 Every click is acked first; the decision is the workflow's; a refusal is
 told to the clicker alone, and any change refreshes the message in place.
@@ -7,23 +8,25 @@ told to the clicker alone, and any change refreshes the message in place.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import SlipwayError
-from bot.messages import DeployMessages
-from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT
-from bot.tasks import BackgroundTasks
-from bot.workflow import DeployWorkflow
+from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT, ACTION_ROLLBACK
 from handlers.errors import after_ack
 from store import Deploy
+
+if TYPE_CHECKING:
+    from bot.app import Slipway
 
 Decide = Callable[[int, str, str], Awaitable[Deploy]]
 
 
-def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, tasks: BackgroundTasks) -> None:
+def register(app: AsyncApp, slipway: "Slipway") -> None:
+    workflow, messages = slipway.workflow, slipway.messages
+
     async def handle(body: dict[str, Any], action: dict[str, Any], deploy_id: int, decide: Decide) -> None:
         user = body["user"]["id"]
         source = f"slack:{action['action_id']}:{action.get('action_ts', '')}"
@@ -33,9 +36,11 @@ def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, 
             await messages.tell(body["channel"]["id"], user, refusal.message)
             return
         messages.refresh(deploy.id)
+        if deploy.status == "approved":
+            slipway.runner.start(deploy.id)
 
     def later(client: AsyncWebClient, body: dict[str, Any], work: Awaitable[None]) -> None:
-        after_ack(tasks, client, work, channel=body["channel"]["id"], user=body["user"]["id"],
+        after_ack(slipway.tasks, client, work, channel=body["channel"]["id"], user=body["user"]["id"],
                   name=f"click-{body['actions'][0]['action_id']}")
 
     def button(action_id: str, decide: Decide) -> None:
@@ -59,3 +64,18 @@ def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, 
             return await workflow.tick(deploy_id, int(position), ticked, user, source)
 
         later(client, body, handle(body, action, int(deploy_id), decide))
+
+    @app.action(ACTION_ROLLBACK)
+    async def on_rollback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        deploy_id, _, target = action["value"].partition(":")
+
+        async def roll_back() -> None:
+            user, channel = body["user"]["id"], body["channel"]["id"]
+            source = f"slack:{ACTION_ROLLBACK}:{action.get('action_ts', '')}"
+            try:
+                await slipway.start_rollback(int(deploy_id), target, user, source)
+            except SlipwayError as refusal:
+                await messages.tell(channel, user, refusal.message)
+
+        later(client, body, roll_back())

@@ -1,35 +1,72 @@
 """``/deploy``: the one slash command.
 
 It answers Slack in the ack itself (the reply is ephemeral to the person
-who typed it); only the channel post for an accepted request happens after
-the ack.
+who typed it); only the channel post for an accepted request, and what
+follows it, happens after the ack.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.commands import HELP_TEXT, Help, LockCommand, RequestDeploy, UnlockCommand, parse_command
+from bot.commands import (
+    HELP_TEXT,
+    Help,
+    HistoryCommand,
+    LockCommand,
+    RequestDeploy,
+    RollbackCommand,
+    ShowCommand,
+    UnlockCommand,
+    parse_command,
+)
 from bot.errors import SlipwayError
-from bot.messages import DeployMessages
-from bot.render import locks_text, request_accepted_text
-from bot.tasks import BackgroundTasks
-from bot.workflow import DeployWorkflow
+from bot.policy import resolve_environment, resolve_service
+from bot.render import history_text, locks_text, record_text, request_accepted_text, rollback_offer_blocks
 from handlers.errors import after_ack
 from store import Deploy
+
+if TYPE_CHECKING:
+    from bot.app import Slipway
 
 COMMAND = "/deploy"
 
 
-def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, tasks: BackgroundTasks) -> None:
-    async def announce(deploy: Deploy, respond: AsyncRespond) -> None:
+def register(app: AsyncApp, slipway: "Slipway") -> None:
+    workflow = slipway.workflow
+
+    async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         try:
-            await messages.announce(deploy)
+            deploy = await slipway.messages.announce(deploy)
         except SlipwayError as failure:
             await respond(text=failure.message, response_type="ephemeral", replace_original=False)
+            return
+        if deploy.status == "approved":
+            slipway.runner.start(deploy.id)
+
+    async def reply(parsed: Any, user: str, source: str, command: dict[str, Any]) -> dict[str, Any]:
+        """What to ack with, for every subcommand but a deploy request."""
+        if isinstance(parsed, Help):
+            return {"text": HELP_TEXT}
+        if isinstance(parsed, LockCommand):
+            lock = workflow.lock(user, parsed, source)
+            return {"response_type": "in_channel", "text": ":lock: " + locks_text([lock])}
+        if isinstance(parsed, UnlockCommand):
+            released = workflow.unlock(user, parsed, source)
+            return {"response_type": "in_channel", "text": f":unlock: <@{user}> released:\n" + locks_text(released)}
+        if isinstance(parsed, ShowCommand):
+            return {"text": record_text(workflow.get(parsed.deploy_id))}
+        if isinstance(parsed, HistoryCommand):
+            service = resolve_service(workflow.config, parsed.service)
+            env = resolve_environment(workflow.config, service, parsed.environment).name if parsed.environment else None
+            return {"text": history_text(service, env, workflow.store.history(service, env))}
+        if isinstance(parsed, RollbackCommand):
+            plan = slipway.rollbacks.plan_for(parsed.service, parsed.environment)
+            return {"text": f"Confirm: {plan.text}", "blocks": rollback_offer_blocks(plan.current, plan.target.version)}
+        raise AssertionError(f"unhandled command {parsed!r}")
 
     @app.command(COMMAND)
     async def deploy_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
@@ -38,18 +75,9 @@ def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, 
         source = f"slack:{COMMAND}:{command.get('trigger_id', '')}"
         try:
             parsed = parse_command(command.get("text", ""))
-            if isinstance(parsed, Help):
-                await ack(text=HELP_TEXT)
+            if not isinstance(parsed, RequestDeploy):
+                await ack(**await reply(parsed, user, source, command))
                 return
-            if isinstance(parsed, LockCommand):
-                lock = workflow.lock(user, parsed, source)
-                await ack(response_type="in_channel", text=":lock: " + locks_text([lock]))
-                return
-            if isinstance(parsed, UnlockCommand):
-                released = workflow.unlock(user, parsed, source)
-                await ack(response_type="in_channel", text=f":unlock: <@{user}> released:\n" + locks_text(released))
-                return
-            assert isinstance(parsed, RequestDeploy)
             deploy, new = workflow.request(user=user, service=parsed.service, version=parsed.version,
                                            environment=parsed.environment,
                                            trigger_id=command.get("trigger_id"), source=source)
@@ -58,5 +86,5 @@ def register(app: AsyncApp, workflow: DeployWorkflow, messages: DeployMessages, 
             return
         await ack(text=request_accepted_text(deploy, workflow.config.channel))
         if new:
-            after_ack(tasks, client, announce(deploy, respond), channel=command.get("channel_id"), user=user,
-                      name=f"announce-deploy-{deploy.id}")
+            after_ack(slipway.tasks, client, announce_and_run(deploy, respond), channel=command.get("channel_id"),
+                      user=user, name=f"announce-deploy-{deploy.id}")

@@ -116,8 +116,30 @@ class Deploy:
     channel: str | None
     message_ts: str | None
     permalink: str | None
+    executor_kind: str | None = None
+    executor_ref: str | None = None  # JSON: what a restarted Slipway needs to follow the engine up
+    exit_code: int | None = None
+    run_url: str | None = None
+    engine_summary: str | None = None
+    log_tail: str | None = None
+    verification: str | None = None  # JSON list of check results
     checklist: tuple[ChecklistItem, ...] = ()
     approvals: tuple[Approval, ...] = ()
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return json.loads(self.executor_ref) if self.executor_ref else {}
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        return json.loads(self.verification) if self.verification else []
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """From the engine's start to the end (None until both are known)."""
+        if not (self.started_at and self.finished_at):
+            return None
+        return (datetime.fromisoformat(self.finished_at) - datetime.fromisoformat(self.started_at)).total_seconds()
 
     @property
     def display_version(self) -> str:
@@ -134,6 +156,19 @@ class Deploy:
     @property
     def unticked(self) -> list[str]:
         return [item.label for item in self.checklist if not item.ticked]
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    deploy_id: int
+    at: str
+    status: str  # running | succeeded | failed
+    log_url: str | None
+    message: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("succeeded", "failed")
 
 
 @dataclass(frozen=True)
@@ -444,6 +479,78 @@ class Store:
                 )
                 self._audit(deploy_id, user, "approved", {"from": "awaiting_approval", "to": "approved"}, source)
         return self.get_deploy(deploy_id)
+
+    def record_engine_result(self, deploy_id: int, *, kind: str, summary: str, exit_code: int | None,
+                             run_url: str | None, log_tail: str, reference: dict[str, Any]) -> Deploy:
+        """Keep what the deploy engine reported (no state change)."""
+        with self._transaction():
+            self.db.execute(
+                "UPDATE deploys SET executor_kind = ?, engine_summary = ?, exit_code = ?, run_url = ?, log_tail = ?, "
+                "executor_ref = ?, updated_at = ? WHERE id = ?",
+                [kind, summary, exit_code, run_url, log_tail, json.dumps(reference, sort_keys=True), self._now(),
+                 deploy_id],
+            )
+            self._audit(deploy_id, None, "engine_result", {"summary": summary, "exit_code": exit_code,
+                                                            "run_url": run_url})
+        return self.get_deploy(deploy_id)
+
+    def remember_reference(self, deploy_id: int, kind: str, reference: dict[str, Any]) -> None:
+        """Merge what the engine said about itself (run id, pid) into the deploy,
+        so a restarted Slipway can follow it up."""
+        with self._transaction():
+            row = self.db.execute("SELECT executor_ref FROM deploys WHERE id = ?", [deploy_id]).fetchone()
+            if row is None:
+                raise DeployNotFound(f"no deploy #{deploy_id}")
+            merged = {**(json.loads(row[0]) if row[0] else {}), **reference}
+            self.db.execute("UPDATE deploys SET executor_kind = ?, executor_ref = ?, updated_at = ? WHERE id = ?",
+                            [kind, json.dumps(merged, sort_keys=True), self._now(), deploy_id])
+
+    def record_verification(self, deploy_id: int, checks: list[dict[str, Any]]) -> Deploy:
+        """Keep the result of every post-deploy check with the deploy."""
+        with self._transaction():
+            self.db.execute("UPDATE deploys SET verification = ?, updated_at = ? WHERE id = ?",
+                            [json.dumps(checks), self._now(), deploy_id])
+            self._audit(deploy_id, None, "verified", {"passed": all(c.get("passed") for c in checks),
+                                                       "checks": len(checks)})
+        return self.get_deploy(deploy_id)
+
+    def record_engine_report(self, deploy_id: int, status: str, log_url: str | None, message: str | None,
+                             source: str | None = None) -> EngineReport:
+        """Keep a report an engine sent back about a deploy (webhook callback).
+
+        Raises:
+            DeployNotFound: no deploy has that id.
+        """
+        now = self._now()
+        with self._transaction():
+            self._status(deploy_id)
+            self.db.execute("INSERT INTO engine_reports (deploy_id, at, status, log_url, message) VALUES (?, ?, ?, ?, ?)",
+                            [deploy_id, now, status, log_url, message])
+            self._audit(deploy_id, None, "engine_report", {"status": status, "log_url": log_url,
+                                                            "message": message}, source)
+        return EngineReport(deploy_id, now, status, log_url, message)
+
+    def engine_reports(self, deploy_id: int) -> list[EngineReport]:
+        return [EngineReport(r["deploy_id"], r["at"], r["status"], r["log_url"], r["message"])
+                for r in self.db.query("SELECT * FROM engine_reports WHERE deploy_id = ? ORDER BY id", [deploy_id])]
+
+    def history(self, service: str, environment: str | None = None, limit: int = 10) -> list[Deploy]:
+        """The most recent deploys of ``service`` (on ``environment``), newest first."""
+        where, params = "service = ?", [service]
+        if environment is not None:
+            where, params = where + " AND environment = ?", params + [environment]
+        rows = self.db.query(f"SELECT * FROM deploys WHERE {where} ORDER BY id DESC LIMIT ?", params + [limit])
+        return [self._hydrate(r) for r in rows]
+
+    def rollback_target(self, current: Deploy) -> Deploy | None:
+        """The last deploy that succeeded on ``current``'s environment before
+        it, with another version: what a rollback of ``current`` goes back to."""
+        rows = list(self.db.query(
+            "SELECT * FROM deploys WHERE service = ? AND environment = ? AND status = 'succeeded' "
+            "AND id < ? AND version != ? ORDER BY finished_at DESC, id DESC LIMIT 1",
+            [current.service, current.environment, current.id, current.version],
+        ))
+        return self._hydrate(rows[0]) if rows else None
 
     def record_event(self, deploy_id: int | None, actor: str | None, action: str,
                      detail: dict[str, Any] | None = None, source: str | None = None) -> None:

@@ -80,7 +80,23 @@ def _m1_foundation(db: sqlite_utils.Database) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation]
+def _m2_execution(db: sqlite_utils.Database) -> None:
+    deploys = db["deploys"]
+    for column, kind in [("executor_kind", str), ("executor_ref", str), ("exit_code", int), ("run_url", str),
+                         ("engine_summary", str), ("log_tail", str), ("verification", str)]:
+        deploys.add_column(column, kind)
+    # What engines report back (webhook callbacks), kept before anyone is
+    # woken, so a report that arrives during a restart is not lost.
+    db["engine_reports"].create(
+        {"id": int, "deploy_id": int, "at": str, "status": str, "log_url": str, "message": str},
+        pk="id",
+        not_null={"deploy_id", "at", "status"},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["engine_reports"].create_index(["deploy_id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_execution]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

@@ -3,6 +3,7 @@ Slipway served over real HTTP, driven by signed requests."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,10 @@ SIGNING_SECRET = "test-signing-secret"
 BOT_TOKEN = "xoxb-test-token"
 CHANNEL = "C0DEPLOYS"
 
-CONFIG = textwrap.dedent("""\
+ENGINE = str(Path(__file__).resolve().parent / "engines" / "engine.py")
+PYTHON = sys.executable
+
+CONFIG = textwrap.dedent(f"""\
     channel: C0DEPLOYS
     environments:
       - name: staging
@@ -42,10 +46,10 @@ CONFIG = textwrap.dedent("""\
     services:
       api:
         deploy:
-          command: ["./scripts/deploy.sh"]
+          command: ["{PYTHON}", "{ENGINE}"]
       web:
         deploy:
-          command: ["./scripts/deploy.sh"]
+          command: ["{PYTHON}", "{ENGINE}"]
     """)
 
 

@@ -48,13 +48,15 @@ async def test_two_approvers_and_a_ticked_checklist_approve_the_deploy(harness: 
 
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
     approved = harness.deploy(deploy.id)
-    assert approved.status == "approved" and approved.approvers == ["U0ALICE", "U0BOB"]
-    text = section_texts(harness, deploy)
-    assert "Approved" in text and "<@U0ALICE>, <@U0BOB>" in text
-    assert not [b for b in harness.message_of(deploy).blocks if b["type"] == "actions"]
-    assert harness.fake.messages[(CHANNEL, approved.message_ts)].updates == 4
+    assert approved.approvers == ["U0ALICE", "U0BOB"] and approved.approved_at is not None
     actions = [e.action for e in harness.store.audit_events(deploy.id)]
-    assert actions == ["requested", "checklist_ticked", "checklist_ticked", "approval", "approval", "approved"]
+    assert actions[:6] == ["requested", "checklist_ticked", "checklist_ticked", "approval", "approval", "approved"]
+    # the final approval hands the deploy to the engine at once
+    assert actions[6] == "deploy_started" and approved.status == "succeeded"
+    text = section_texts(harness, deploy)
+    assert "Approved by:* <@U0ALICE>, <@U0BOB>" in text
+    assert not [b for b in harness.message_of(deploy).blocks
+                if b["type"] == "actions" and b["block_id"].startswith("deploy:")]
 
 
 async def test_final_approval_waits_for_every_checklist_item(harness: Harness) -> None:
@@ -75,7 +77,7 @@ async def test_final_approval_waits_for_every_checklist_item(harness: Harness) -
 
     await tick_all(harness, deploy)
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
-    assert harness.deploy(deploy.id).status == "approved"
+    assert harness.deploy(deploy.id).approved_at is not None
 
 
 async def test_requester_cannot_approve_their_own_deploy(harness: Harness) -> None:
@@ -89,13 +91,15 @@ async def test_requester_cannot_approve_their_own_deploy(harness: Harness) -> No
     assert refused[-1].source.startswith(f"slack:{ACTION_APPROVE}:")
 
 
-@pytest.mark.parametrize("config_text", [CONFIG.replace("allow_self_approval: false", "allow_self_approval: true")])
+@pytest.mark.parametrize("config_text", [CONFIG.replace("allow_self_approval: false", "allow_self_approval: true")],
+                         ids=["allow_self_approval"])
 async def test_self_approval_when_the_config_allows_it(harness: Harness) -> None:
     deploy = await request_production(harness, user="U0ALICE")
     await tick_all(harness, deploy)
     await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
-    assert harness.deploy(deploy.id).status == "approved"
+    assert harness.deploy(deploy.id).approvers == ["U0ALICE", "U0BOB"]
+    assert harness.deploy(deploy.id).approved_at is not None
 
 
 async def test_non_approver_is_told_who_can_and_is_audited(harness: Harness) -> None:
@@ -123,7 +127,7 @@ async def test_usergroup_members_resolve_through_the_web_api(harness: Harness) -
     await tick_all(harness, deploy, user="U0SRE1")
     await harness.click(harness.message_of(deploy), "U0SRE1", ACTION_APPROVE)
     await harness.click(harness.message_of(deploy), "U0SRE2", ACTION_APPROVE)
-    assert harness.deploy(deploy.id).status == "approved"
+    assert harness.deploy(deploy.id).approvers == ["U0SRE1", "U0SRE2"]
     # resolved once and cached, not once per click
     assert len(harness.fake.calls_to("usergroups.list")) == 1
     assert len(harness.fake.calls_to("usergroups.users.list")) == 1
@@ -149,13 +153,14 @@ async def test_concurrent_final_approvals_approve_once(harness: Harness) -> None
                            for user in ("U0ALICE", "U0BOB", "U0CAROL", "U0SRE1")))
     await harness.settle()
     approved = harness.deploy(deploy.id)
-    assert approved.status == "approved" and len(approved.approvals) == 2
-    assert [e.action for e in harness.store.audit_events(deploy.id)].count("approved") == 1
+    assert len(approved.approvals) == 2
+    actions = [e.action for e in harness.store.audit_events(deploy.id)]
+    assert actions.count("approved") == 1 and actions.count("deploy_started") == 1
     late = [u for u in ("U0ALICE", "U0BOB", "U0CAROL", "U0SRE1") if u not in approved.approvers]
     for user in late:
-        assert "already approved" in last_ephemeral(harness, user)
+        assert "there is nothing left to decide" in last_ephemeral(harness, user)
     # the message shows the final state, whichever update reached Slack last
-    assert "Approved" in section_texts(harness, deploy)
+    assert "Succeeded" in section_texts(harness, deploy)
 
 
 async def test_a_retried_click_after_approval_changes_nothing(harness: Harness) -> None:
@@ -171,7 +176,7 @@ async def test_a_retried_click_after_approval_changes_nothing(harness: Harness) 
     await harness.settle()
     assert status == 200
     assert harness.deploy(deploy.id).approvers == ["U0ALICE", "U0BOB"]
-    assert "already approved" in last_ephemeral(harness, "U0CAROL")
+    assert "already succeeded" in last_ephemeral(harness, "U0CAROL")
     assert len(harness.store.audit_events(deploy.id)) == events_before
 
 

@@ -13,7 +13,8 @@ def deploy_rows(harness: Harness) -> int:
 
 
 def channel_posts(harness: Harness) -> int:
-    return len(harness.fake.calls_to("chat.postMessage"))
+    """Top-level posts (thread replies excluded)."""
+    return len([c for c in harness.fake.calls_to("chat.postMessage") if "thread_ts" not in c.args])
 
 
 async def test_accepted_request_posts_the_checklist_message(harness: Harness) -> None:
@@ -45,11 +46,12 @@ async def test_accepted_request_posts_the_checklist_message(harness: Harness) ->
 async def test_environment_defaults_to_first_rung_and_needs_no_approval_there(harness: Harness) -> None:
     reply = await harness.command("web 1.0.0")
     deploy = harness.latest_deploy()
-    assert deploy.environment == "staging" and deploy.status == "approved"
+    assert deploy.environment == "staging" and deploy.approved_at == deploy.requested_at
     assert "needs no approval" in reply
+    assert [e.action for e in harness.store.audit_events(deploy.id)][:3] == ["requested", "approved", "deploy_started"]
     message = harness.message_of(deploy)
     assert not [b for b in message.blocks if b["type"] == "actions"]
-    assert "Approved" in message.blocks[2]["text"]["text"]
+    assert "Succeeded" in message.blocks[2]["text"]["text"]
     assert deploy.version == "1.0.0" and deploy.display_version == "1.0.0"
 
 

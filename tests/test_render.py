@@ -65,6 +65,8 @@ def test_the_biggest_allowed_message_stays_within_block_kit_limits() -> None:
 def test_only_known_action_ids_are_rendered() -> None:
     deploy = make_deploy(checklist=(ChecklistItem(0, "one", None, None),))
     rendered = {e["action_id"] for e in elements(deploy_blocks(deploy, required_approvals=2))}
+    done = make_deploy(status="succeeded")
+    rendered |= {e["action_id"] for e in elements(deploy_blocks(done, required_approvals=2, rollback_to="2.6.3"))}
     assert rendered == set(ACTION_IDS)
 
 

@@ -1,0 +1,134 @@
+"""The ``webhook`` engine: a CI system that takes a signed JSON deploy
+request and reports back on ``POST /webhooks/deploys/{id}``.
+
+Reports are stored before anyone waiting is woken (see
+:class:`EngineReports`), so a report that arrives while Slipway restarts is
+found by the resumed deploy instead of being lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from bot.config import DeployExecutor
+from bot.executors.base import Job, Outcome, RememberReference
+from bot.executors.signing import signed_headers
+from store import EngineReport, Store
+
+REPORT_STATUSES = ("running", "succeeded", "failed")
+
+
+class EngineReports:
+    """Reports from engines about deploys: kept in the store, waited on in memory."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._events: dict[int, asyncio.Event] = {}
+
+    def record(self, deploy_id: int, status: str, log_url: str | None, message: str | None,
+               source: str | None = None) -> EngineReport:
+        """Store a report, then wake whoever waits for that deploy.
+
+        Raises:
+            ValueError: ``status`` is not running, succeeded or failed.
+            DeployNotFound: no deploy has that id.
+        """
+        if status not in REPORT_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(REPORT_STATUSES)}")
+        report = self._store.record_engine_report(deploy_id, status, log_url, message, source)
+        if event := self._events.get(deploy_id):
+            event.set()
+        return report
+
+    async def wait_terminal(self, deploy_id: int, timeout: float) -> EngineReport | None:
+        """The first succeeded/failed report, or ``None`` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = self._events.setdefault(deploy_id, asyncio.Event())
+        try:
+            while True:
+                event.clear()
+                final = next((r for r in self._store.engine_reports(deploy_id) if r.terminal), None)
+                if final is not None:
+                    return final
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    continue
+        finally:
+            self._events.pop(deploy_id, None)
+
+    def latest_log_url(self, deploy_id: int) -> str | None:
+        urls = [r.log_url for r in self._store.engine_reports(deploy_id) if r.log_url]
+        return urls[-1] if urls else None
+
+
+class WebhookExecutor:
+    kind = "webhook"
+
+    def __init__(self, spec: DeployExecutor, reports: EngineReports, public_url: str,
+                 environ: Mapping[str, str] | None = None) -> None:
+        assert spec.webhook is not None
+        self._spec = spec
+        self._reports = reports
+        self._public_url = public_url.rstrip("/")
+        self._environ = os.environ if environ is None else environ
+
+    def _secret(self) -> str | None:
+        return self._environ.get(self._spec.webhook.secret_env) or None
+
+    def request_body(self, job: Job) -> bytes:
+        return json.dumps({
+            "deploy_id": job.deploy_id, "service": job.service, "environment": job.environment,
+            "version": job.version, "previous_version": job.previous_version, "rollback_of": job.rollback_of,
+            "callback_url": f"{self._public_url}/webhooks/deploys/{job.deploy_id}",
+        }, sort_keys=True).encode()
+
+    async def run(self, job: Job, remember: RememberReference) -> Outcome:
+        secret = self._secret()
+        if secret is None:
+            return Outcome(False, f"environment variable {self._spec.webhook.secret_env} is not set; "
+                                  "the request was not sent")
+        body = self.request_body(job)
+        headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+                async with session.post(self._spec.webhook.url, data=body, headers=headers) as response:
+                    text = (await response.text())[:300]
+                    if response.status >= 300:
+                        return Outcome(False, f"the engine refused the request: HTTP {response.status} {text}".strip())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return Outcome(False, f"could not reach the engine at {self._spec.webhook.url}: {exc or type(exc).__name__}")
+        await remember({"requested": True})
+        return await self._await_report(job)
+
+    async def resume(self, job: Job, reference: dict[str, Any], remember: RememberReference) -> Outcome:
+        if not reference.get("requested"):
+            # Slipway stopped before the engine accepted the request: ask again.
+            return await self.run(job, remember)
+        return await self._await_report(job)
+
+    async def _await_report(self, job: Job) -> Outcome:
+        elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()
+        report = await self._reports.wait_terminal(job.deploy_id, max(0.0, self._spec.timeout - elapsed))
+        log_url = self._reports.latest_log_url(job.deploy_id)
+        if report is None:
+            return Outcome(False, f"no report from the engine within {_human(self._spec.timeout)}", run_url=log_url)
+        summary = f"engine reported {report.status}" + (f": {report.message}" if report.message else "")
+        return Outcome(report.status == "succeeded", summary, run_url=report.log_url or log_url,
+                       log_tail=report.message or "")
+
+
+def _human(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"

@@ -1,0 +1,185 @@
+"""An approved deploy's life: deploying → verifying → succeeded | failed.
+
+The runner hands the deploy to the team's engine (never deploying by
+itself), verifies the result, keeps every step in the store and shows it in
+the deploy's message (updated in place) and thread. On start it picks up
+what a previous Slipway left behind: engines that can be followed up are
+followed up, and a local command whose process died with the old Slipway is
+marked failed as interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+
+from bot.config import Config, DeployExecutor
+from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
+from bot.messages import DeployMessages
+from bot.render import duration_text, engine_log_text, failure_text, success_text, verification_text
+from bot.report import ship_report
+from bot.tasks import BackgroundTasks
+from store import Deploy, StateConflict, Store
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DeployRunner:
+    """Runs approved deploys, one task each, and recovers after a restart."""
+
+    def __init__(self, config: Config, store: Store, messages: DeployMessages, tasks: BackgroundTasks,
+                 reports: EngineReports, environ: Mapping[str, str] | None = None,
+                 now: Callable[[], datetime] = wall_clock) -> None:
+        self.config = config
+        self.store = store
+        self.messages = messages
+        self.tasks = tasks
+        self.reports = reports
+        self.environ = environ
+        self.now = now  # the engines' clock: deadlines are real time, whatever the store's clock says
+        self._running: set[int] = set()
+        self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
+
+    def start(self, deploy_id: int) -> None:
+        """Run an approved deploy in the background (once, however often asked)."""
+        self._spawn(deploy_id, resume=False)
+
+    def _spawn(self, deploy_id: int, *, resume: bool) -> None:
+        if deploy_id in self._running:
+            return
+        self._running.add(deploy_id)
+        self.tasks.spawn(self._guarded(deploy_id, resume), name=f"deploy-{deploy_id}")
+
+    async def _guarded(self, deploy_id: int, resume: bool) -> None:
+        try:
+            await self._run(deploy_id, resume)
+        except Exception:
+            log.exception("deploy %s: unexpected failure in the runner", deploy_id)
+            await self._finish(self.store.get_deploy(deploy_id), "failed",
+                               "Slipway failed while running it (see its log); the engine's state is unknown")
+            raise
+        finally:
+            self._running.discard(deploy_id)
+
+    def recover(self) -> list[int]:
+        """Pick up deploys a previous Slipway left approved, deploying or verifying."""
+        picked = []
+        for deploy in self.store.deploys_in(("approved", "deploying", "verifying")):
+            self._spawn(deploy.id, resume=deploy.status != "approved")
+            picked.append(deploy.id)
+        if picked:
+            log.info("recovering deploys %s after a restart", picked)
+        return picked
+
+    # -- one deploy -----------------------------------------------------------------
+
+    def engine_of(self, deploy: Deploy) -> DeployExecutor | None:
+        """The engine that runs ``deploy``: the service's rollback engine for a
+        rollback when it has one, else its deploy engine."""
+        service = self.config.services[deploy.service]
+        if deploy.rollback_of is not None and service.rollback is not None:
+            return service.rollback
+        return service.deploy
+
+    async def _run(self, deploy_id: int, resume: bool) -> None:
+        deploy = self.store.get_deploy(deploy_id)
+        if resume and deploy.status == "verifying":
+            await self._verify(deploy, self._job(deploy, fresh=False))
+            return
+        spec = self.engine_of(deploy)
+        if spec is None:
+            await self._finish(deploy, "failed", f"no deploy engine is configured: add services.{deploy.service}.deploy",
+                               allowed_from=("approved", "deploying"))
+            return
+        if not resume:
+            try:
+                deploy = self.store.transition(deploy_id, allowed_from=("approved",), to="deploying", actor=None,
+                                               action="deploy_started", detail={"engine": spec.kind})
+            except StateConflict:
+                return  # another runner got there first
+            self.messages.refresh(deploy_id)
+            await self.messages.thread(deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
+                                               f"{spec.kind.replace('_', ' ')} engine…")
+        job = self._job(deploy, fresh=not resume)
+        outcome = await self._execute(deploy, spec, job, resume)
+        deploy = self.store.record_engine_result(
+            deploy_id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
+            run_url=outcome.run_url, log_tail=outcome.log_tail, reference={**deploy.reference, **outcome.reference})
+        await self.messages.thread(deploy, engine_log_text(deploy, outcome.succeeded))
+        if not outcome.succeeded:
+            await self._finish(deploy, "failed", f"deploy engine: {outcome.summary}")
+            return
+        deploy = self.store.transition(deploy_id, allowed_from=("deploying",), to="verifying", actor=None,
+                                       action="verifying")
+        self.messages.refresh(deploy_id)
+        await self._verify(deploy, job)
+
+    def _job(self, deploy: Deploy, *, fresh: bool) -> Job:
+        """The engine's view of ``deploy``; a resumed job keeps its first start,
+        so its timeout still counts from then."""
+        started = self.now()
+        if not fresh and "engine_started_at" in deploy.reference:
+            started = datetime.fromisoformat(deploy.reference["engine_started_at"])
+        return Job(deploy.id, deploy.service, deploy.environment, deploy.version, deploy.previous_version,
+                   deploy.rollback_of, started)
+
+    async def _execute(self, deploy: Deploy, spec: DeployExecutor, job: Job, resume: bool) -> Outcome:
+        executor = build_executor(spec, reports=self.reports, public_url=self.config.public_url, environ=self.environ)
+
+        async def remember(reference: dict) -> None:
+            self.store.remember_reference(deploy.id, spec.kind, reference)
+
+        if not resume:
+            await remember({"engine_started_at": job.started_at.isoformat()})
+            if self.on_executor_start is not None:
+                self.on_executor_start(deploy.id)
+            return await executor.run(job, remember)
+        try:
+            return await executor.resume(job, deploy.reference, remember)
+        except NotResumable as reason:
+            return Outcome(False, f"interrupted by restart ({reason})")
+
+    async def _verify(self, deploy: Deploy, job: Job) -> None:
+        from bot.verification import verify
+
+        checks = self.config.services[deploy.service].verify.get(deploy.environment)
+        result = await verify(checks, job)
+        deploy = self.store.record_verification(deploy.id, result.as_records())
+        if result.checks:
+            await self.messages.thread(deploy, verification_text(deploy))
+        if result.passed:
+            await self._finish(deploy, "succeeded", None)
+        else:
+            failed = next(c for c in result.checks if not c.passed)
+            await self._finish(deploy, "failed", f"verification: {failed.name} — {failed.detail}")
+
+    async def _finish(self, deploy: Deploy, status: str, reason: str | None,
+                      allowed_from: tuple[str, ...] = ("deploying", "verifying")) -> None:
+        try:
+            deploy = self.store.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
+                                           action=status, reason=reason)
+        except StateConflict:
+            return
+        self.messages.refresh(deploy.id)
+        if status == "failed":
+            await self.messages.thread(deploy, failure_text(deploy))
+            return
+        await self.messages.thread(deploy, success_text(deploy, duration_text(deploy.duration_seconds)))
+        if deploy.rollback_of is not None:
+            await self._mark_rolled_back(deploy)
+        if deploy.environment == self.config.environment_names[-1]:
+            await self.messages.thread(deploy, ship_report(self.store, self.config, deploy))
+
+    async def _mark_rolled_back(self, rollback: Deploy) -> None:
+        try:
+            undone = self.store.transition(rollback.rollback_of, allowed_from=("succeeded",), to="rolled_back",
+                                           actor=rollback.requested_by, action="rolled_back",
+                                           reason=f"rolled back to {rollback.display_version} by #{rollback.id}")
+        except StateConflict:
+            return  # a failed deploy stays failed; the rollback record points at it
+        self.messages.refresh(undone.id)

@@ -1,0 +1,58 @@
+"""The ship report: a Markdown record of a completed deploy, posted in its
+thread when a production deploy completes and printed by
+``slipway report <id>``."""
+
+from __future__ import annotations
+
+from bot.config import Config
+from bot.render import duration_text
+from store import Deploy, Store
+
+
+def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
+    """Version, times, approvals, checks and the rollback procedure for
+    exactly this deploy, in Markdown."""
+    target = store.rollback_target(deploy)
+    service = config.services.get(deploy.service)
+    lines = [
+        f"# Ship report: {deploy.service} {deploy.display_version} → {deploy.environment}",
+        "",
+        f"- **Deploy id:** #{deploy.id}" + (f" (rollback of #{deploy.rollback_of})" if deploy.rollback_of else ""),
+        f"- **Status:** {deploy.status.replace('_', ' ')}" + (f" — {deploy.status_reason}" if deploy.status_reason else ""),
+        f"- **Version:** {deploy.previous_version or 'nothing'} → {deploy.version}",
+        f"- **Requested:** {deploy.requested_at} by {deploy.requested_by}",
+        f"- **Approved:** {_approvals(deploy)}",
+        f"- **Started:** {deploy.started_at or '—'}",
+        f"- **Finished:** {deploy.finished_at or '—'} ({duration_text(deploy.duration_seconds)})",
+        f"- **Engine:** {deploy.executor_kind or '—'}: {deploy.engine_summary or '—'}"
+        + (f" ([run]({deploy.run_url}))" if deploy.run_url else ""),
+        "",
+        "## Checks",
+        "",
+    ]
+    checks = deploy.checks
+    lines += [f"- {'✅' if c.get('passed') else '❌'} {c.get('name')}: {c.get('detail')}" for c in checks] or [
+        "- no post-deploy checks are configured for this environment"]
+    lines += ["", "## Rollback procedure", ""]
+    if target is None:
+        lines.append(f"- No earlier version of {deploy.service} succeeded on {deploy.environment}; "
+                     "there is nothing to roll back to. Fix forward with a new deploy.")
+    else:
+        how = "the service's rollback engine" if service and service.rollback else "the deploy engine"
+        lines += [
+            f"- Target: {target.version} (deploy #{target.id}, the last good version before this one).",
+            f"- Click **Roll back to {target.version}** on the deploy message, or type "
+            f"`/deploy rollback {deploy.service} {deploy.environment}`; it runs {how} at once and is verified "
+            "like any deploy.",
+        ]
+    lines += ["", "## Monitoring", "",
+              f"- Watch {deploy.service} on {deploy.environment} for 15–30 minutes: error rate stable, latency "
+              "within SLA, no memory growth, logs normal. Roll back at once if the error rate passes 5% or the "
+              "service is unavailable."]
+    return "\n".join(lines)
+
+
+def _approvals(deploy: Deploy) -> str:
+    if deploy.approvals:
+        return ", ".join(f"{a.user_id} at {a.approved_at}" for a in deploy.approvals)
+    return f"{deploy.approved_at or '—'} (no approval needed)" if deploy.rollback_of is None else "rollback: no approval needed"

@@ -1,0 +1,162 @@
+"""Rollback: back to the last version that succeeded on the environment
+before the current one, at once and without approvals (speed matters: a
+code revert should take minutes), but only by people allowed to, audited,
+and itself a deploy record (``rollback_of``) verified like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.config import Config
+from bot.directory import Directory
+from bot.errors import NotAllowed, PolicyViolation, SlipwayError
+from bot.policy import resolve_environment, resolve_service
+from bot.render import mention, rollback_plan_text
+from store import Deploy, DeployInFlight, DuplicateRequest, StateConflict, Store
+
+ROLLBACK_FROM = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    current: Deploy  # what is undone: the live deploy, or a newer one that failed
+    target: Deploy  # the last good deploy before it
+
+    @property
+    def text(self) -> str:
+        return rollback_plan_text(self.current, self.target.version)
+
+
+class Rollbacks:
+    def __init__(self, config: Config, store: Store, directory: Directory) -> None:
+        self.config = config
+        self.store = store
+        self.directory = directory
+
+    def offer(self, deploy: Deploy) -> tuple[str | None, str | None]:
+        """What the deploy's message offers: the target version of a Rollback
+        button, or a note saying why there is none (``None, None``: nothing
+        to say, e.g. the deploy is still running)."""
+        if deploy.status not in ROLLBACK_FROM:
+            return None, None
+        newer = self._newer_success(deploy)
+        if newer is not None:
+            return None, f"superseded by #{newer.id} ({newer.display_version})"
+        target = self.store.rollback_target(deploy)
+        if target is None:
+            return None, f"no rollback: no earlier version of {deploy.service} succeeded on {deploy.environment}"
+        return target.version, None
+
+    def _newer_success(self, deploy: Deploy) -> Deploy | None:
+        live = self.store.latest_successful(deploy.service, deploy.environment)
+        return live if live is not None and live.id > deploy.id else None
+
+    def plan(self, deploy_id: int) -> RollbackPlan:
+        """The rollback a click on deploy ``deploy_id``'s message would run.
+
+        Raises:
+            SlipwayError: there is nothing to roll back, or nothing to go back to.
+        """
+        try:
+            current = self.store.get_deploy(deploy_id)
+        except LookupError:
+            raise SlipwayError(f"There is no deploy #{deploy_id}.") from None
+        if current.status not in ROLLBACK_FROM:
+            raise PolicyViolation(
+                f"#{current.id} is {current.status.replace('_', ' ')}; only a succeeded or failed deploy can be "
+                "rolled back.")
+        newer = self._newer_success(current)
+        if newer is not None:
+            raise PolicyViolation(
+                f"#{current.id} is no longer what runs on {current.environment}: #{newer.id} "
+                f"({newer.display_version}) is. Roll back from its message, or `/deploy rollback "
+                f"{current.service} {current.environment}`.")
+        target = self.store.rollback_target(current)
+        if target is None:
+            raise PolicyViolation(
+                f"No earlier version of {current.service} succeeded on {current.environment}, so there is nothing "
+                f"to roll back to. Fix forward: `/deploy {current.service} <version> {current.environment}`.")
+        return RollbackPlan(current, target)
+
+    def plan_for(self, service: str, environment: str | None) -> RollbackPlan:
+        """The rollback ``/deploy rollback service environment`` would run."""
+        service = resolve_service(self.config, service)
+        rungs = self.config.environments_of(service)
+        if environment is None and len(rungs) > 1:
+            choices = " or ".join(f"`/deploy rollback {service} {name}`" for name in rungs)
+            raise PolicyViolation(f"Which environment? {choices}.")
+        env = resolve_environment(self.config, service, environment or rungs[0])
+        recent = [d for d in self.store.history(service, env.name, limit=50) if d.status in ROLLBACK_FROM]
+        if not recent:
+            raise PolicyViolation(f"{service} has no finished deploy on {env.name} to roll back.")
+        return self.plan(recent[0].id)
+
+    async def may_roll_back(self, user: str, current: Deploy) -> bool:
+        """The environment's ``roles.rollback`` if set; else its approvers plus
+        whoever deployed; on an environment without approvers, anyone."""
+        env = self.config.environment(current.environment)
+        if env.roles.rollback is not None:
+            return await self.directory.is_member(user, env.roles.rollback)
+        if env.approvals is None:
+            return True
+        return user == current.requested_by or await self.directory.is_member(user, env.approvals.approvers)
+
+    async def start(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
+                    trigger_id: str | None = None) -> tuple[Deploy, Deploy, Deploy | None]:
+        """Record a rollback of deploy ``deploy_id`` to ``expected_target`` (the
+        version the person confirmed). Returns the rollback, the deploy it
+        undoes, and a request it superseded (cancelled), if any.
+
+        Raises:
+            NotAllowed: ``user`` may not roll back this environment.
+            PolicyViolation: nothing to roll back, the target changed since the
+                confirmation, or a deploy is running on the environment.
+        """
+        plan = self.plan(deploy_id)
+        current = plan.current
+        if not await self.may_roll_back(user, current):
+            self.store.record_event(current.id, user, "refused", {"attempted": "rollback"}, source)
+            raise NotAllowed(f"You may not roll back {current.service} on {current.environment}. "
+                             f"Allowed: {self._allowed_list(current)}.")
+        if plan.target.version != expected_target:
+            raise PolicyViolation(
+                f"The rollback target changed since you were asked: it is now {plan.text}. "
+                "Look again and confirm the new one.")
+        superseded = self._clear_the_way(current, user, source)
+        try:
+            rollback = self.store.create_deploy(
+                service=current.service, environment=current.environment, version=plan.target.version,
+                version_prefixed=plan.target.version_prefixed, requested_by=user,
+                previous_version=current.version, checklist=[], needs_approval=False,
+                rollback_of=current.id, trigger_id=trigger_id, source=source)
+        except (DeployInFlight, DuplicateRequest) as conflict:
+            existing = conflict.existing
+            if existing.rollback_of == current.id:
+                raise PolicyViolation(f"A rollback of #{current.id} is already under way: #{existing.id}, started by "
+                                      f"{mention(existing.requested_by)}.") from None
+            raise PolicyViolation(f"#{existing.id} is {existing.status.replace('_', ' ')} on "
+                                  f"{existing.environment}; roll back once it has finished.") from None
+        return rollback, current, superseded
+
+    def _clear_the_way(self, current: Deploy, user: str, source: str | None) -> Deploy | None:
+        """A request still waiting for approval must not block a rollback: it
+        is cancelled. A deploy the engine is running does block it."""
+        waiting = self.store.in_flight(current.service, current.environment)
+        if waiting is None:
+            return None
+        if waiting.status == "awaiting_approval" or (waiting.status == "approved" and waiting.rollback_of is None):
+            try:
+                return self.store.transition(waiting.id, allowed_from=("awaiting_approval", "approved"),
+                                             to="cancelled", actor=user, action="superseded",
+                                             reason=f"superseded by a rollback by {mention(user)}", source=source)
+            except StateConflict:
+                return None
+        return None
+
+    def _allowed_list(self, current: Deploy) -> str:
+        env = self.config.environment(current.environment)
+        if env.roles.rollback is not None:
+            return self.directory.describe(env.roles.rollback)
+        approvers = self.directory.describe(env.approvals.approvers) if env.approvals else ""
+        return ", ".join(filter(None, [approvers, f"{mention(current.requested_by)} (who deployed it)"]))

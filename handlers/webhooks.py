@@ -1,0 +1,70 @@
+"""``POST /webhooks/deploys/{id}``: a webhook deploy engine reporting back.
+
+The request must be signed with the service's webhook secret (see
+``bot/executors/signing.py``); the report is stored before it is answered,
+so an engine that got a 200 can forget about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.executors import signing
+from bot.executors.webhook import REPORT_STATUSES
+from store import DeployNotFound
+
+if TYPE_CHECKING:
+    from bot.app import Slipway
+
+log = logging.getLogger(__name__)
+MAX_REPORT_BYTES = 64 * 1024
+
+
+def problem(status: int, reason: str) -> web.Response:
+    return web.json_response({"ok": False, "error": reason}, status=status)
+
+
+def register(app: web.Application, slipway: "Slipway") -> None:
+    async def deploy_report(request: web.Request) -> web.Response:
+        raw_id = request.match_info["deploy_id"]
+        if not raw_id.isdigit():
+            return problem(404, "no such deploy")
+        body = await request.content.read(MAX_REPORT_BYTES + 1)
+        if len(body) > MAX_REPORT_BYTES:
+            return problem(413, f"report larger than {MAX_REPORT_BYTES} bytes")
+        try:
+            deploy = slipway.store.get_deploy(int(raw_id))
+        except DeployNotFound:
+            return problem(404, "no such deploy")
+        spec = slipway.runner.engine_of(deploy)
+        if spec is None or spec.webhook is None:
+            return problem(404, "this deploy is not run by a webhook engine")
+        secret = os.environ.get(spec.webhook.secret_env) if slipway.environ is None else slipway.environ.get(
+            spec.webhook.secret_env)
+        refused = signing.verify(secret, request.headers, body) if secret else "no secret configured"
+        if refused:
+            log.warning("refused report for deploy %s: %s", deploy.id, refused)
+            slipway.store.record_event(deploy.id, None, "refused_engine_report", {"reason": refused},
+                                       source=f"http:{request.remote}")
+            return problem(401, refused)
+        try:
+            report = json.loads(body)
+            status = report["status"]
+            log_url, message = report.get("log_url"), report.get("message")
+            if status not in REPORT_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(REPORT_STATUSES)}")
+            if not all(v is None or isinstance(v, str) for v in (log_url, message)):
+                raise ValueError("log_url and message must be strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            reason = "missing field status" if isinstance(exc, KeyError) else str(exc)
+            return problem(400, f"malformed report: {reason}")
+        slipway.reports.record(deploy.id, status, log_url, (message or "")[:2000] or None,
+                               source=f"http:{request.remote}")
+        return web.json_response({"ok": True})
+
+    app.router.add_post("/webhooks/deploys/{deploy_id}", deploy_report)
