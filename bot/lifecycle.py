@@ -170,6 +170,9 @@ class DeployRunner:
             await self.messages.thread(deploy, failure_text(deploy))
             return
         await self.messages.thread(deploy, success_text(deploy, duration_text(deploy.duration_seconds)))
+        previous = self.store.rollback_target(deploy)
+        if previous is not None:
+            self.messages.refresh(previous.id)  # its Rollback button no longer applies
         if deploy.rollback_of is not None:
             await self._mark_rolled_back(deploy)
         if deploy.environment == self.config.environment_names[-1]:

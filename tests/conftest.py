@@ -72,6 +72,7 @@ class Harness:
     def __init__(self, fake: FakeSlack, db_path: Path, config_text: str, clock: Clock) -> None:
         self.fake = fake
         self.db_path = db_path
+        self.config_source = config_text
         self.config = parse_config(config_text)
         self.clock = clock
         self.settings = Settings(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=fake.api_url)
