@@ -3,6 +3,7 @@ Slipway served over real HTTP, driven by signed requests."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -69,7 +70,11 @@ class Clock:
 class Harness:
     """Slipway running for real, between a fake Slack and a SQLite file."""
 
-    def __init__(self, fake: FakeSlack, db_path: Path, config_text: str, clock: Clock) -> None:
+    def __init__(self, fake: FakeSlack, db_path: Path, config_text: str, clock: Clock,
+                 sock: socket.socket | None = None, environ: dict[str, str] | None = None) -> None:
+        self._sock = sock
+        self.port = sock.getsockname()[1] if sock is not None else 0
+        self.environ = environ
         self.fake = fake
         self.db_path = db_path
         self.config_source = config_text
@@ -83,12 +88,17 @@ class Harness:
 
     async def start(self) -> "Harness":
         self.store = Store.open(self.db_path, clock=self.clock)
-        self.slipway = create_slipway(self.config, self.store, self.settings, clock=self.clock)
+        self.slipway = create_slipway(self.config, self.store, self.settings, clock=self.clock, environ=self.environ)
         self._runner = web.AppRunner(create_web_app(self.slipway))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        if self._sock is not None:  # the first start listens where the config says Slipway is
+            site: web.BaseSite = web.SockSite(self._runner, self._sock)
+            self._sock = None
+        else:  # a restart comes back on the same port
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.slack = await SlackSender(self.url + SLACK_EVENTS_PATH, SIGNING_SECRET, self.fake).__aenter__()
         return self
 
@@ -170,7 +180,29 @@ def config_text() -> str:
 
 
 @pytest.fixture
-async def harness(fake_slack: FakeSlack, tmp_path: Path, config_text: str, clock: Clock) -> AsyncIterator[Harness]:
-    running = await Harness(fake_slack, tmp_path / "slipway.db", config_text, clock).start()
+def slipway_socket() -> socket.socket:
+    """Slipway's listening socket, bound before the config is written, so a
+    config can name Slipway's own URL (``public_url``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture
+def slipway_url(slipway_socket: socket.socket) -> str:
+    return f"http://127.0.0.1:{slipway_socket.getsockname()[1]}"
+
+
+@pytest.fixture
+def environ() -> dict[str, str] | None:
+    """Where engine secrets are read (None: the process environment)."""
+    return None
+
+
+@pytest.fixture
+async def harness(fake_slack: FakeSlack, tmp_path: Path, config_text: str, clock: Clock,
+                  slipway_socket: socket.socket, environ: dict[str, str] | None) -> AsyncIterator[Harness]:
+    running = await Harness(fake_slack, tmp_path / "slipway.db", config_text, clock, slipway_socket, environ).start()
     yield running
     await running.stop()

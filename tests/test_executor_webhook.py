@@ -1,0 +1,215 @@
+"""The webhook engine: a local CI stand-in receives the signed deploy
+request; reports come back on Slipway's real callback endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.executors import signing
+from tests.conftest import Harness
+
+SECRET = "hook-secret"
+
+
+class CiEngine:
+    """A CI system that accepts deploy requests (and checks their signature)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.refused = 0
+        self.answer_status = 202
+        self.arrived = asyncio.Event()
+
+    async def start(self) -> "CiEngine":
+        app = web.Application()
+        app.router.add_post("/deploy", self._deploy)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/deploy"
+        return self
+
+    async def _deploy(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if signing.verify(SECRET, request.headers, body) is not None:
+            self.refused += 1
+            return web.json_response({"error": "bad signature"}, status=401)
+        self.requests.append(json.loads(body))
+        self.arrived.set()
+        return web.json_response({"accepted": True}, status=self.answer_status)
+
+
+@pytest.fixture
+async def engine() -> CiEngine:
+    running = await CiEngine().start()
+    yield running
+    await running._runner.cleanup()
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    return {"DEPLOY_HOOK_SECRET": SECRET}
+
+
+@pytest.fixture
+def config_text(engine: CiEngine, slipway_url: str) -> str:
+    return textwrap.dedent(f"""\
+        channel: C0DEPLOYS
+        public_url: {slipway_url}
+        environments:
+          - name: staging
+        services:
+          api:
+            deploy:
+              webhook: {{url: "{engine.url}", secret_env: DEPLOY_HOOK_SECRET}}
+              timeout: 20s
+          quick:
+            deploy:
+              webhook: {{url: "{engine.url}", secret_env: DEPLOY_HOOK_SECRET}}
+              timeout: 0.3s
+          nosecret:
+            deploy:
+              webhook: {{url: "{engine.url}", secret_env: UNSET_SECRET}}
+        """)
+
+
+async def report(url: str, payload: dict, secret: str = SECRET, headers: dict | None = None) -> tuple[int, dict]:
+    body = json.dumps(payload).encode()
+    sent = headers if headers is not None else {"Content-Type": "application/json",
+                                                 **signing.signed_headers(secret, body)}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body, headers=sent) as response:
+            return response.status, await response.json()
+
+
+async def request_deploy(harness: Harness, engine: CiEngine, service: str = "api") -> tuple[int, str]:
+    status, _ = await harness.slack.command(f"{service} 2.7.0", "U0DAVE")
+    assert status == 200
+    await asyncio.wait_for(engine.arrived.wait(), 10)
+    deploy_request = engine.requests[-1]
+    return deploy_request["deploy_id"], deploy_request["callback_url"]
+
+
+async def test_the_signed_request_reaches_the_engine_and_its_report_finishes_the_deploy(
+        harness: Harness, engine: CiEngine, slipway_url: str) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    assert engine.requests[-1] == {"deploy_id": deploy_id, "service": "api", "environment": "staging",
+                                   "version": "2.7.0", "previous_version": None, "rollback_of": None,
+                                   "callback_url": f"{slipway_url}/webhooks/deploys/{deploy_id}"}
+    assert engine.refused == 0
+    assert harness.deploy(deploy_id).status == "deploying"
+    assert await report(callback, {"status": "running", "log_url": "https://ci.example/run/7"}) == (200, {"ok": True})
+    assert harness.deploy(deploy_id).status == "deploying"
+    assert await report(callback, {"status": "succeeded", "message": "rolled out 3/3 pods"}) == (200, {"ok": True})
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == "succeeded"
+    assert deploy.engine_summary == "engine reported succeeded: rolled out 3/3 pods"
+    assert deploy.run_url == "https://ci.example/run/7"
+    assert [r.status for r in harness.store.engine_reports(deploy_id)] == ["running", "succeeded"]
+
+
+async def test_a_failed_report_fails_the_deploy(harness: Harness, engine: CiEngine) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    await report(callback, {"status": "failed", "message": "image pull backoff"})
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == "failed" and deploy.status_reason == "deploy engine: engine reported failed: image pull backoff"
+
+
+@pytest.mark.parametrize(("tamper", "status", "reason"), [
+    (lambda body: {**signing.signed_headers("wrong-secret", body)}, 401, "signature does not match"),
+    (lambda body: {}, 401, "missing X-Slipway-Timestamp or X-Slipway-Signature"),
+    (lambda body: signing.signed_headers(SECRET, body, now=time.time() - 3600), 401, "timestamp too far from now"),
+])
+async def test_reports_with_bad_auth_are_refused_and_change_nothing(harness: Harness, engine: CiEngine,
+                                                                    tamper, status: int, reason: str) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    body = json.dumps({"status": "succeeded"}).encode()
+    answer = await report(callback, {"status": "succeeded"}, headers={"Content-Type": "application/json", **tamper(body)})
+    assert answer[0] == status and reason in answer[1]["error"]
+    assert harness.store.engine_reports(deploy_id) == []
+    assert harness.deploy(deploy_id).status == "deploying"
+    assert harness.store.audit_events(deploy_id)[-1].action == "refused_engine_report"
+    await report(callback, {"status": "succeeded"})  # the real engine still gets through
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == "succeeded"
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    ({"status": "done"}, "status must be one of running, succeeded, failed"),
+    ({"log_url": "x"}, "missing field status"),
+    ({"status": "failed", "message": {"nested": True}}, "log_url and message must be strings"),
+])
+async def test_malformed_reports_get_400_with_the_reason(harness: Harness, engine: CiEngine, payload, reason) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    status, answer = await report(callback, payload)
+    assert status == 400 and reason in answer["error"]
+    assert harness.store.engine_reports(deploy_id) == []
+
+
+async def test_reports_for_unknown_deploys_and_oversized_bodies(harness: Harness, engine: CiEngine,
+                                                                slipway_url: str) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    assert (await report(f"{slipway_url}/webhooks/deploys/999", {"status": "succeeded"}))[0] == 404
+    assert (await report(f"{slipway_url}/webhooks/deploys/abc", {"status": "succeeded"}))[0] == 404
+    status, answer = await report(callback, {"status": "running", "message": "x" * 70_000})
+    assert status == 413
+    await report(callback, {"status": "succeeded"})
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == "succeeded"
+
+
+async def test_no_report_by_the_timeout_fails_the_deploy(harness: Harness, engine: CiEngine) -> None:
+    deploy_id, _ = await request_deploy(harness, engine, service="quick")
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == "failed" and "no report from the engine within" in deploy.status_reason
+
+
+async def test_an_engine_that_refuses_the_request_fails_the_deploy(harness: Harness, engine: CiEngine) -> None:
+    engine.answer_status = 503
+    deploy_id, _ = await request_deploy(harness, engine)
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == "failed" and "the engine refused the request: HTTP 503" in deploy.status_reason
+
+
+async def test_a_missing_secret_fails_without_sending_anything(harness: Harness, engine: CiEngine) -> None:
+    await harness.command("nosecret 1.0.0")
+    deploy = harness.latest_deploy()
+    assert deploy.status == "failed" and "UNSET_SECRET is not set" in deploy.status_reason
+    assert engine.requests == []
+
+
+async def test_a_deploy_waiting_on_its_engine_is_followed_up_after_a_restart(harness: Harness,
+                                                                             engine: CiEngine) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    await harness.restart()  # the new Slipway resumes waiting for the engine
+    await report(callback, {"status": "succeeded"})
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == "succeeded"
+    assert len(engine.requests) == 1  # followed up, not requested again
+
+
+async def test_a_report_stored_just_before_a_crash_is_acted_on_after_the_restart(harness: Harness,
+                                                                                engine: CiEngine) -> None:
+    deploy_id, callback = await request_deploy(harness, engine)
+    await harness.stop()
+    # the callback was stored and answered 200, then Slipway died before acting on it
+    from store import Store
+    store = Store.open(harness.db_path)
+    store.record_engine_report(deploy_id, "failed", None, "helm timed out")
+    store.close()
+    await harness.start()
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == "failed" and "helm timed out" in deploy.status_reason
+    assert len(engine.requests) == 1
