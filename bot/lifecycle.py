@@ -43,6 +43,7 @@ class DeployRunner:
         self.environ = environ
         self.now = now  # the engines' clock: deadlines are real time, whatever the store's clock says
         self._running: set[int] = set()
+        self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
 
     def start(self, deploy_id: int) -> None:
@@ -129,7 +130,8 @@ class DeployRunner:
                    deploy.rollback_of, started)
 
     async def _execute(self, deploy: Deploy, spec: DeployExecutor, job: Job, resume: bool) -> Outcome:
-        executor = build_executor(spec, reports=self.reports, public_url=self.config.public_url, environ=self.environ)
+        executor = build_executor(spec, reports=self.reports, public_url=self.config.public_url, environ=self.environ,
+                                  claimed_runs=self._claimed_runs)
 
         async def remember(reference: dict) -> None:
             self.store.remember_reference(deploy.id, spec.kind, reference)

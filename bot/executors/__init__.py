@@ -3,6 +3,7 @@ system, or a GitHub Actions workflow. Slipway never deploys by itself."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from bot.config import DeployExecutor
@@ -13,8 +14,9 @@ __all__ = ["Executor", "Job", "NotResumable", "Outcome", "RememberReference", "E
 
 
 def build_executor(spec: DeployExecutor, *, reports: EngineReports, public_url: str | None,
-                   environ: Mapping[str, str] | None = None) -> Executor:
-    """The executor ``spec`` describes."""
+                   environ: Mapping[str, str] | None = None, claimed_runs: set[int] | None = None) -> Executor:
+    """The executor ``spec`` describes. ``claimed_runs`` are the GitHub run ids
+    deploys already follow (shared, so two deploys never follow one run)."""
     if spec.command is not None:
         from bot.executors.command import CommandExecutor
 
@@ -26,4 +28,4 @@ def build_executor(spec: DeployExecutor, *, reports: EngineReports, public_url: 
         return WebhookExecutor(spec, reports, public_url, environ)
     from bot.executors.github_actions import GitHubActionsExecutor
 
-    return GitHubActionsExecutor(spec, environ=environ) if environ is not None else GitHubActionsExecutor(spec)
+    return GitHubActionsExecutor(spec, environ=os.environ if environ is None else environ, claimed_runs=claimed_runs)

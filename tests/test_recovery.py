@@ -1,0 +1,130 @@
+"""Kill Slipway (SIGKILL, a real process) in the middle of a deploy and
+start it again on the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bot.fake_slack import FakeSlack, SlackSender
+from bot.render import ACTION_APPROVE
+from store import Store
+from tests.conftest import BOT_TOKEN, ENGINE, PYTHON, SIGNING_SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SlipwayProcess:
+    def __init__(self, config: Path, db: Path, fake: FakeSlack) -> None:
+        self.config, self.db, self.fake = config, db, fake
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> str:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "serve", "--config", str(self.config), "--db", str(self.db),
+            "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+            env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                 "SLACK_API_URL": self.fake.api_url})
+        assert self.process.stderr is not None
+        while line := (await asyncio.wait_for(self.process.stderr.readline(), 30)).decode():
+            if match := re.search(r"listening on http://[\d.]+:(\d+)", line):
+                asyncio.get_running_loop().create_task(self._drain())
+                return f"http://127.0.0.1:{match.group(1)}/slack/events"
+        raise AssertionError("slipway exited before listening")
+
+    async def _drain(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while await self.process.stderr.readline():
+            pass
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    return {name: tmp_path / name for name in ("slipway.yml", "slipway.db", "started", "release", "record")}
+
+
+@pytest.fixture
+def config(files: dict[str, Path]) -> Path:
+    files["slipway.yml"].write_text(textwrap.dedent(f"""\
+        channel: C0DEPLOYS
+        environments:
+          - name: staging
+          - name: production
+            approvals:
+              required: 1
+              approvers: [U0ALICE]
+        services:
+          api:
+            deploy:
+              command: ["{PYTHON}", "{ENGINE}", "--started", "{files['started']}", "--wait-for", "{files['release']}",
+                        "--record", "{files['record']}"]
+          web:
+            deploy:
+              command: ["{PYTHON}", "{ENGINE}"]
+        """))
+    return files["slipway.yml"]
+
+
+async def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)  # polling a file another process writes; there is no event to wait on
+
+
+async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_keeps_the_rest(
+        fake_slack: FakeSlack, config: Path, files: dict[str, Path]) -> None:
+    slipway = SlipwayProcess(config, files["slipway.db"], fake_slack)
+    url = await slipway.start()
+    try:
+        async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
+            assert (await slack.command("web 1.0.0 production", "U0DAVE"))[0] == 200  # awaits approval
+            assert (await slack.command("api 2.7.0 staging", "U0DAVE"))[0] == 200  # runs, and hangs
+            await wait_until(lambda: files["started"].exists())
+            await fake_slack.wait_for(lambda f: len([c for c in f.calls_to("chat.postMessage")
+                                                     if "thread_ts" not in c.args]) == 2)
+        await slipway.kill()
+
+        store = Store.open(files["slipway.db"])
+        states = {d.service: d.status for d in store.deploys_in(("awaiting_approval", "deploying"))}
+        store.close()
+        assert states == {"web": "awaiting_approval", "api": "deploying"}  # nothing recorded was lost
+
+        url = await slipway.start()
+        await fake_slack.wait_for(lambda f: any(
+            "interrupted by restart" in c.args.get("text", "") for c in f.calls_to("chat.postMessage")))
+        store = Store.open(files["slipway.db"])
+        api = store.history("api")[0]
+        assert api.status == "failed" and api.status_reason.startswith("deploy engine: interrupted by restart")
+        await fake_slack.wait_for(lambda f: any(
+            c.args.get("ts") == api.message_ts and "Failed" in str(c.args.get("blocks"))
+            for c in f.calls_to("chat.update")))
+        store.close()
+
+        async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
+            # the lock is released: a new deploy of api to staging is accepted
+            status, reply = await slack.command("api 2.7.1 staging", "U0DAVE")
+            assert "needs no approval" in reply
+            # and the request that waited across the crash can still be approved
+            web = next(m for m in fake_slack.channel_messages("C0DEPLOYS") if "Deploy web 1.0.0" in m.text)
+            assert (await slack.click(web, "U0ALICE", ACTION_APPROVE))[0] == 200
+            files["release"].touch()
+            await fake_slack.wait_for(lambda f: "succeeded" in f.messages[(web.channel, web.ts)].text)
+    finally:
+        files["release"].touch()  # let the orphaned engine from the killed Slipway finish
+        if slipway.process and slipway.process.returncode is None:
+            slipway.process.send_signal(signal.SIGTERM)
+            await slipway.process.wait()
