@@ -191,7 +191,7 @@ def engine_log_text(deploy: Deploy, succeeded: bool) -> str:
 def verification_text(deploy: Deploy) -> str:
     lines = ["*Verification*"]
     for check in deploy.checks:
-        mark = ":white_check_mark:" if check.get("passed") else ":x:"
+        mark = ":white_check_mark:" if check.get("passed") else (":fast_forward:" if check.get("skipped") else ":x:")
         lines.append(f"{mark} {check.get('name')}: {check.get('detail')}")
     return _clip("\n".join(lines), MAX_SECTION_TEXT)
 

@@ -104,15 +104,16 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
         assert states == {"web": "awaiting_approval", "api": "deploying"}  # nothing recorded was lost
 
         url = await slipway.start()
-        await fake_slack.wait_for(lambda f: any(
-            "interrupted by restart" in c.args.get("text", "") for c in f.calls_to("chat.postMessage")))
+        api_message = next(m for m in fake_slack.channel_messages("C0DEPLOYS") if "Deploy api 2.7.0" in m.text)
+        # the message is updated in place once the deploy is recorded as failed
+        await fake_slack.wait_for(lambda f: f.messages[(api_message.channel, api_message.ts)].text.endswith("failed"))
+        assert "Failed" in str(fake_slack.messages[(api_message.channel, api_message.ts)].blocks)
         store = Store.open(files["slipway.db"])
         api = store.history("api")[0]
         assert api.status == "failed" and api.status_reason.startswith("deploy engine: interrupted by restart")
-        await fake_slack.wait_for(lambda f: any(
-            c.args.get("ts") == api.message_ts and "Failed" in str(c.args.get("blocks"))
-            for c in f.calls_to("chat.update")))
         store.close()
+        assert any("interrupted by restart" in c.args.get("text", "") and c.args.get("thread_ts") == api_message.ts
+                   for c in fake_slack.calls_to("chat.postMessage"))
 
         async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
             # the lock is released: a new deploy of api to staging is accepted
