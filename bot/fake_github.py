@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.fake_server import FakeServer
+
 DOCS = "https://docs.github.com/rest/actions"
 DEFAULT_STATUSES = ("queued", "in_progress", "completed")
 RUN_NAME_INPUT = re.compile(r"\$\{\{\s*inputs\.([\w-]+)\s*\}\}")
@@ -123,12 +125,14 @@ class Call:
     status: int = 0
 
 
-class FakeGitHub:
+class FakeGitHub(FakeServer):
     """GitHub's Actions API, as far as Slipway uses it."""
 
     def __init__(self, token: str = "ghp_test", *, prefix: str = "", run_details: str = "supported") -> None:
+        super().__init__()
         self.token = token
         self.prefix = prefix.rstrip("/")  # e.g. "/api/v3", as GitHub Enterprise Server serves it
+        self.url_suffix = self.prefix
         self.run_details = run_details  # "supported", "ignored" (always 204) or "rejected" (422)
         self.new_runs_hidden_for = 0  # listings that miss a freshly dispatched run
         self.workflows: dict[tuple[str, str], Workflow] = {}
@@ -136,9 +140,6 @@ class FakeGitHub:
         self.failures: list[Failure] = []
         self.calls: list[Call] = []
         self._ids = itertools.count(9001)
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- set-up -------------------------------------------------------------------
 
@@ -170,24 +171,7 @@ class FakeGitHub:
         app.router.add_get(repo + "/runs/{run_id}", self._get_run)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "FakeGitHub":
-        self._runner = web.AppRunner(self.web_app())
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.url = f"http://{host}:{self._runner.addresses[0][1]}{self.prefix}"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
     # -- what happened --------------------------------------------------------------
-
-    async def wait_for(self, predicate, timeout: float = 10.0):
-        """Wait until ``predicate(self)`` is truthy and return its value
-        (woken by each recorded call, never by a fixed sleep)."""
-        async with self._changed:
-            return await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
 
     def calls_to(self, route: str) -> list[Call]:
         return [call for call in self.calls if call.route == route]
@@ -278,9 +262,7 @@ class FakeGitHub:
 
     async def _answer(self, call: Call, response: web.Response) -> web.Response:
         call.status = response.status
-        async with self._changed:
-            self.calls.append(call)
-            self._changed.notify_all()
+        await self.changed(lambda: self.calls.append(call))
         return response
 
 

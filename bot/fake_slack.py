@@ -24,6 +24,8 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
+from bot.fake_server import FakeServer
+
 BOT_USER_ID = "USLIPWAY"
 TEAM_ID = "T0SLIPWAY"
 
@@ -53,11 +55,12 @@ class Ephemeral:
     blocks: list[dict[str, Any]] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
     """The Slack Web API, as far as Slipway uses it."""
 
     def __init__(self, token: str = "xoxb-test-token", usergroups: dict[str, list[str]] | None = None,
                  missing_channels: set[str] | None = None) -> None:
+        super().__init__()
         self.token = token
         self.usergroups = dict(usergroups or {})
         self.missing_channels = set(missing_channels or ())
@@ -69,9 +72,6 @@ class FakeSlack:
         self.retry_after = 1
         self._counter = itertools.count(1)
         self._ts = itertools.count(1)
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- serving ------------------------------------------------------------------
 
@@ -81,15 +81,6 @@ class FakeSlack:
         app.router.add_post("/response/{key}", self._response_url)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "FakeSlack":
-        self._runner = web.AppRunner(self.web_app())
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}"
-        return self
-
     @property
     def api_url(self) -> str:
         """The base URL for ``AsyncWebClient(base_url=...)`` / ``SLACK_API_URL``."""
@@ -98,17 +89,7 @@ class FakeSlack:
     def response_url(self, key: str = "r") -> str:
         return f"{self.url}/response/{key}"
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    # -- waiting on what happened ---------------------------------------------------
-
-    async def wait_for(self, predicate, timeout: float = 10.0):
-        """Wait until ``predicate(self)`` is truthy and return its value
-        (waits on each recorded call, never on a fixed sleep)."""
-        async with self._changed:
-            return await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+    # -- what happened --------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.status == 200]
@@ -139,9 +120,7 @@ class FakeSlack:
         return web.json_response(body)
 
     async def _record(self, call: Call) -> None:
-        async with self._changed:
-            self.calls.append(call)
-            self._changed.notify_all()
+        await self.changed(lambda: self.calls.append(call))
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://slipway-test.slack.com/", "team": "Slipway Test", "user": "slipway",
@@ -199,9 +178,7 @@ class FakeSlack:
 
     async def _response_url(self, request: web.Request) -> web.Response:
         payload = await request.json()
-        async with self._changed:
-            self.responses.append(payload)
-            self._changed.notify_all()
+        await self.changed(lambda: self.responses.append(payload))
         return web.Response(text="ok")
 
 

@@ -98,12 +98,7 @@ class DeployWorkflow:
             NotAllowed, InvalidTransition: with a message for the person.
         """
         deploy = self.get(deploy_id)
-        if user != deploy.requested_by and not await self._is_approver(deploy, user):
-            self._refuse(deploy, user, "tick", source)
-            raise NotAllowed(
-                f"Only {mention(deploy.requested_by)} (who requested it) and the approvers of "
-                f"{deploy.environment} ({self._approver_list(deploy)}) can tick the checklist of #{deploy.id}."
-            )
+        await self._requester_or_approver(deploy, user, "tick", "tick the checklist of", source)
         try:
             return self.store.set_checklist_item(deploy_id, position, ticked, user, source)
         except StateConflict as conflict:
@@ -162,12 +157,7 @@ class DeployWorkflow:
     async def cancel(self, deploy_id: int, user: str, source: str | None = None) -> Deploy:
         """End a request as cancelled (the requester or an approver)."""
         deploy = self.get(deploy_id)
-        if user != deploy.requested_by and not await self._is_approver(deploy, user):
-            self._refuse(deploy, user, "cancel", source)
-            raise NotAllowed(
-                f"Only {mention(deploy.requested_by)} (who requested it) or an approver of "
-                f"{deploy.environment} can cancel #{deploy.id}."
-            )
+        await self._requester_or_approver(deploy, user, "cancel", "cancel", source)
         return self._end(deploy, "cancelled", user, f"cancelled by {mention(user)}", source)
 
     def _end(self, deploy: Deploy, status: str, user: str, reason: str, source: str | None) -> Deploy:
@@ -182,6 +172,18 @@ class DeployWorkflow:
         so it does not block the service+environment."""
         return self.store.transition(deploy.id, allowed_from=("awaiting_approval", "approved"), to="cancelled",
                                      actor=None, action="abandoned", reason=reason)
+
+    async def _requester_or_approver(self, deploy: Deploy, user: str, what: str, verb: str,
+                                     source: str | None) -> None:
+        """Raises NotAllowed (and audits the refusal) unless ``user`` requested
+        ``deploy`` or approves its environment."""
+        if user == deploy.requested_by or await self._is_approver(deploy, user):
+            return
+        self._refuse(deploy, user, what, source)
+        raise NotAllowed(
+            f"Only {mention(deploy.requested_by)} (who requested it) and the approvers of "
+            f"{deploy.environment} ({self._approver_list(deploy)}) can {verb} #{deploy.id}."
+        )
 
     async def _is_approver(self, deploy: Deploy, user: str) -> bool:
         approvals = self._environment(deploy).approvals

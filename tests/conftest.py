@@ -3,6 +3,7 @@ Slipway served over real HTTP, driven by signed requests."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import textwrap
@@ -160,6 +161,17 @@ class Harness:
             deploy = self.store.transition(deploy.id, allowed_from=(deploy.status,), to=state,
                                            actor=None, action=state)
         return deploy
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    """Where tests/engines/engine.py, given ``--record``, writes what it was run with."""
+    return tmp_path / "engine.jsonl"
+
+
+def engine_calls(record: Path) -> list[dict]:
+    """Every run of the stand-in engine: its argv and SLIPWAY_* variables."""
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
-from tests.conftest import ENGINE, PYTHON, Harness
+from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,11 +48,6 @@ async def health() -> HealthService:
 
 
 @pytest.fixture
-def record(tmp_path: Path) -> Path:
-    return tmp_path / "engine.jsonl"
-
-
-@pytest.fixture
 def config_text(record: Path, health: HealthService, tmp_path: Path) -> str:
     return textwrap.dedent(f"""\
         channel: C0DEPLOYS
@@ -82,10 +77,6 @@ def config_text(record: Path, health: HealthService, tmp_path: Path) -> str:
               command: ["{PYTHON}", "{ENGINE}", "--exit", "3", "--lines", "200"]
           orphan: {{}}
         """)
-
-
-def engine_calls(record: Path) -> list[dict]:
-    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
 def thread(harness: Harness, deploy) -> list[str]:

@@ -12,12 +12,7 @@ import pytest
 
 from bot.fake_slack import Message
 from bot.render import ACTION_APPROVE, ACTION_CHECKLIST, ACTION_ROLLBACK
-from tests.conftest import CHANNEL, ENGINE, PYTHON, Harness
-
-
-@pytest.fixture
-def record(tmp_path: Path) -> Path:
-    return tmp_path / "engine.jsonl"
+from tests.conftest import CHANNEL, ENGINE, PYTHON, Harness, engine_calls
 
 
 @pytest.fixture
@@ -46,10 +41,6 @@ def config_text(record: Path) -> str:
             rollback:
               command: ["{PYTHON}", "{ENGINE}", "--record", "{record}", "rollout", "undo"]
         """)
-
-
-def engine_calls(record: Path) -> list[dict]:
-    return [json.loads(line) for line in record.read_text().splitlines()]
 
 
 async def ship(harness: Harness, service: str, version: str, requester: str = "U0DAVE"):
