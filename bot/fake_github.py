@@ -20,7 +20,6 @@ sandbox both use it.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re

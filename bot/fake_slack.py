@@ -12,7 +12,6 @@ apart. It binds to loopback only.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.fake_slack import Message
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST, ACTION_ROLLBACK
+from bot.render import ACTION_APPROVE, ACTION_ROLLBACK
 from tests.conftest import CHANNEL, ENGINE, PYTHON, Harness, engine_calls
 
 
