@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 from bot.config import Config, DeployExecutor
+from bot.errors import SlipwayError
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
 from bot.messages import DeployMessages
 from bot.render import duration_text, engine_log_text, failure_text, success_text, verification_text
@@ -68,14 +69,27 @@ class DeployRunner:
             self._running.discard(deploy_id)
 
     def recover(self) -> list[int]:
-        """Pick up deploys a previous Slipway left approved, deploying or verifying."""
+        """Pick up deploys a previous Slipway left approved, deploying or
+        verifying, and post the message of any request it recorded but died
+        before announcing."""
         picked = []
+        for deploy in self.store.deploys_in(("awaiting_approval",)):
+            if deploy.message_ts is None:
+                self.tasks.spawn(self._announce(deploy), name=f"announce-deploy-{deploy.id}")
+                picked.append(deploy.id)
         for deploy in self.store.deploys_in(("approved", "deploying", "verifying")):
             self._spawn(deploy.id, resume=deploy.status != "approved")
             picked.append(deploy.id)
         if picked:
             log.info("recovering deploys %s after a restart", picked)
         return picked
+
+    async def _announce(self, deploy: Deploy) -> Deploy | None:
+        try:
+            return await self.messages.announce(deploy)
+        except SlipwayError as failure:  # the request is cancelled; nobody is waiting on a reply
+            log.error("deploy %s could not be announced after a restart: %s", deploy.id, failure.message)
+            return None
 
     # -- one deploy -----------------------------------------------------------------
 
@@ -88,6 +102,9 @@ class DeployRunner:
         return service.deploy
 
     async def _run(self, deploy_id: int, resume: bool) -> None:
+        deploy = self.store.get_deploy(deploy_id)
+        if deploy.message_ts is None and await self._announce(deploy) is None:
+            return
         deploy = self.store.get_deploy(deploy_id)
         if resume and deploy.status == "verifying":
             await self._verify(deploy, self._job(deploy, fresh=False))

@@ -25,3 +25,20 @@ async def test_an_awaiting_deploy_is_still_approvable_after_a_restart(harness: H
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
     assert harness.deploy(deploy.id).approvers == ["U0ALICE", "U0BOB"]
     assert harness.deploy(deploy.id).status == "succeeded"
+
+
+async def test_requests_recorded_but_never_announced_are_announced_after_a_restart(harness: Harness) -> None:
+    """Slipway died between recording a request and posting its message."""
+    harness.mark_succeeded("api", "staging", "2.7.0")
+    waiting = harness.store.create_deploy(
+        service="api", environment="production", version="2.7.0", version_prefixed=True, requested_by="U0DAVE",
+        previous_version=None, checklist=["Rollback plan documented"], needs_approval=True)
+    approved = harness.store.create_deploy(
+        service="web", environment="staging", version="1.0.0", version_prefixed=False, requested_by="U0DAVE",
+        previous_version=None, checklist=[], needs_approval=False)
+    await harness.restart()
+    await harness.settle()
+    assert harness.message_of(waiting).blocks[0]["text"]["text"] == "Deploy api v2.7.0 to production"
+    assert harness.deploy(waiting.id).status == "awaiting_approval"
+    assert harness.deploy(approved.id).status == "succeeded"
+    assert "Succeeded" in str(harness.message_of(approved).blocks)
