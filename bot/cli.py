@@ -113,14 +113,14 @@ async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else args.port
-    log.info("listening on http://%s:%s (POST /slack/events, GET /healthz)", args.host, port)
+    routes = "GET /healthz" if settings.socket_mode else "POST /slack/events, GET /healthz"
+    log.info("listening on http://%s:%s (%s)", args.host, port, routes)
     socket_handler = None
     if settings.socket_mode:
         from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
+        # the handler's Web API client is the app's, so SLACK_API_URL applies to it too
         socket_handler = AsyncSocketModeHandler(slipway.bolt, settings.app_token)
-        if settings.api_url:
-            socket_handler.client.web_client.base_url = settings.api_url
         await socket_handler.connect_async()
         log.info("connected to Slack over Socket Mode")
     stop = asyncio.Event()

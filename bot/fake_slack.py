@@ -67,6 +67,9 @@ class FakeSlack(FakeServer):
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemerals: list[Ephemeral] = []
         self.responses: list[dict[str, Any]] = []  # what was posted to response_url
+        self.socket_acks: dict[str, dict[str, Any]] = {}  # envelope id -> what the app answered
+        self._sockets: list[web.WebSocketResponse] = []
+        self._envelopes = itertools.count(1)
         self.rate_limit_every = 0  # answer every n-th call with 429 (0: never)
         self.retry_after = 1
         self._counter = itertools.count(1)
@@ -78,6 +81,7 @@ class FakeSlack(FakeServer):
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{key}", self._response_url)
+        app.router.add_get("/socket", self._socket)
         return app
 
     @property
@@ -110,6 +114,9 @@ class FakeSlack(FakeServer):
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(self.retry_after)})
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        if method == "apps.connections.open" and token.startswith("xapp-"):
+            await self._record(Call(method, args, 200))
+            return web.json_response({"ok": True, "url": self.url.replace("http", "ws", 1) + "/socket"})
         if token != self.token:
             await self._record(Call(method, args, 401))
             return web.json_response({"ok": False, "error": "invalid_auth"})
@@ -175,6 +182,32 @@ class FakeSlack(FakeServer):
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": f"V{next(self._ts)}", **(_json_arg(args.get("view")) or {})}}
 
+    # -- Socket Mode ----------------------------------------------------------------
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0SLIPWAY"}})
+        await self.changed(lambda: self._sockets.append(socket))
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                answer = json.loads(message.data)
+                if "envelope_id" in answer:
+                    await self.changed(lambda: self.socket_acks.__setitem__(answer["envelope_id"], answer))
+        await self.changed(lambda: self._sockets.remove(socket))
+        return socket
+
+    @property
+    def socket_connected(self) -> bool:
+        return bool(self._sockets)
+
+    async def socket_command(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Deliver a slash command over Socket Mode; return the app's ack."""
+        envelope_id = f"envelope-{next(self._envelopes)}"
+        await self._sockets[-1].send_json({"envelope_id": envelope_id, "type": "slash_commands",
+                                           "payload": fields, "accepts_response_payload": True})
+        return await self.wait_for(lambda fake: fake.socket_acks.get(envelope_id))
+
     async def _response_url(self, request: web.Request) -> web.Response:
         payload = await request.json()
         await self.changed(lambda: self.responses.append(payload))
@@ -239,13 +272,18 @@ class SlackSender:
             return response.status, await response.text()
 
     def command_body(self, text: str, user: str, channel: str = "C0CHAT", trigger_id: str | None = None) -> str:
-        return urlencode({
+        return urlencode(self.command_fields(text, user, channel, trigger_id))
+
+    def command_fields(self, text: str, user: str, channel: str = "C0CHAT",
+                       trigger_id: str | None = None) -> dict[str, str]:
+        """A slash command's fields, as Slack sends them (form body or Socket Mode payload)."""
+        return {
             "token": "legacy-unused", "team_id": TEAM_ID, "team_domain": "slipway-test",
             "channel_id": channel, "channel_name": "chat", "user_id": user, "user_name": user.lower(),
             "command": "/deploy", "text": text, "api_app_id": "A0SLIPWAY", "is_enterprise_install": "false",
             "response_url": self.fake.response_url(f"cmd-{user}"),
             "trigger_id": trigger_id or f"trigger.{next(self._triggers)}.{time.time_ns()}",
-        })
+        }
 
     async def command(self, text: str, user: str, **kwargs: Any) -> tuple[int, str]:
         """Type ``/deploy {text}`` as ``user``; returns the HTTP status and the

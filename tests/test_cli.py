@@ -97,3 +97,31 @@ async def _listening_port(process: asyncio.subprocess.Process) -> int:
         if match := re.search(r"listening on http://[\d.]+:(\d+)", line):
             return int(match.group(1))
     raise AssertionError(f"slipway exited ({await process.wait()}) before listening")
+
+
+async def test_socket_mode_serves_commands_over_the_socket_and_has_no_unsigned_http_door(tmp_path: Path) -> None:
+    fake = await FakeSlack(token=BOT_TOKEN).start()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", "--config", str(EXAMPLE), "--db", str(tmp_path / "slipway.db"),
+        "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": "xapp-test", "SLACK_API_URL": fake.api_url})
+    try:
+        port = await asyncio.wait_for(_listening_port(process), timeout=30)
+        await fake.wait_for(lambda f: f.socket_connected, timeout=30)
+        fields = SlackSender("unused", "unused", fake).command_fields("web 1.0.0", "U0DAVE")
+        ack = await fake.socket_command(fields)
+        assert "needs no approval" in ack["payload"]["text"]
+        await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/slack/events", data=b"command=%2Fdeploy") as response:
+                assert response.status == 404  # no unsigned HTTP door in Socket Mode
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await fake.stop()
