@@ -78,6 +78,7 @@ class DeployMessages:
     async def _update_until_clean(self, deploy_id: int) -> None:
         try:
             while deploy_id in self._dirty:
+                await self._tasks.ack_first.wait_turn()
                 self._dirty.discard(deploy_id)
                 deploy = self._workflow.store.get_deploy(deploy_id)
                 if deploy.channel is None or deploy.message_ts is None:
@@ -95,6 +96,7 @@ class DeployMessages:
         if deploy.channel is None or deploy.message_ts is None:
             log.warning("deploy %s has no message; not posted: %s", deploy.id, text[:200])
             return
+        await self._tasks.ack_first.wait_turn()
         try:
             await self._client.chat_postMessage(channel=deploy.channel, thread_ts=deploy.message_ts, text=text,
                                                 unfurl_links=False)
@@ -103,6 +105,7 @@ class DeployMessages:
 
     async def post(self, text: str) -> None:
         """A message in the deploy channel, outside any thread."""
+        await self._tasks.ack_first.wait_turn()
         try:
             await self._client.chat_postMessage(channel=self._workflow.config.channel, text=text, unfurl_links=False)
         except SlackApiError as exc:

@@ -67,7 +67,8 @@ def check_request(config: Config, store: Store, service: str, version_text: str,
     bump = _check_direction(service, environment, version, live)
     _check_locks(store, service, environment)
     _check_freeze(config, environment, now)
-    _check_in_flight(store, service, environment)
+    # One deploy in flight per service+environment is not checked here: the
+    # store refuses it atomically (a unique index) and the workflow explains it.
     return RequestPlan(service, environment, version, live, bump)
 
 
@@ -113,12 +114,6 @@ def _check_freeze(config: Config, environment: Environment, now: datetime) -> No
                 f"{environment.name} is frozen until {when(window.until.isoformat())}: {window.reason}. "
                 "Deploys resume when the freeze ends."
             )
-
-
-def _check_in_flight(store: Store, service: str, environment: Environment) -> None:
-    existing = store.in_flight(service, environment.name)
-    if existing is not None:
-        raise PolicyViolation(in_flight_message(existing))
 
 
 def in_flight_message(existing: Deploy) -> str:

@@ -342,29 +342,39 @@ class Store:
         """
         now = self._now()
         status = "awaiting_approval" if needs_approval else "approved"
-        with self._transaction():
-            if trigger_id and (existing := self.find_by_trigger(trigger_id)):
-                raise DuplicateRequest(existing)
-            if existing := self.in_flight(service, environment):
-                raise DeployInFlight(existing)
-            cursor = self.db.execute(
-                "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
-                "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [service, environment, version, int(version_prefixed), status, requested_by, now,
-                 trigger_id, previous_version, None if needs_approval else now, rollback_of, now],
-            )
-            deploy_id = cursor.lastrowid
-            for position, label in enumerate(checklist):
-                self.db.execute(
-                    "INSERT INTO checklist_items (deploy_id, position, label) VALUES (?, ?, ?)",
-                    [deploy_id, position, label],
+        try:
+            with self._transaction():
+                # Insert first and let the unique indexes (trigger id; one deploy in
+                # flight) refuse a duplicate: no look-ups on the hot path, no race.
+                cursor = self.db.execute(
+                    "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
+                    "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [service, environment, version, int(version_prefixed), status, requested_by, now,
+                     trigger_id, previous_version, None if needs_approval else now, rollback_of, now],
                 )
-            self._audit(deploy_id, requested_by, "requested",
-                        {"service": service, "environment": environment, "version": version}, source)
-            if not needs_approval:
-                self._audit(deploy_id, None, "approved", {"reason": "environment needs no approval"}, source)
+                deploy_id = cursor.lastrowid
+                self._record_request(deploy_id, requested_by, service, environment, version, checklist,
+                                     needs_approval, source)
+        except sqlite3.IntegrityError:
+            if trigger_id and (existing := self.find_by_trigger(trigger_id)):
+                raise DuplicateRequest(existing) from None
+            if existing := self.in_flight(service, environment):
+                raise DeployInFlight(existing) from None
+            raise
         return self.get_deploy(deploy_id)
+
+    def _record_request(self, deploy_id: int, requested_by: str, service: str, environment: str, version: str,
+                        checklist: list[str], needs_approval: bool, source: str | None) -> None:
+        for position, label in enumerate(checklist):
+            self.db.execute(
+                "INSERT INTO checklist_items (deploy_id, position, label) VALUES (?, ?, ?)",
+                [deploy_id, position, label],
+            )
+        self._audit(deploy_id, requested_by, "requested",
+                    {"service": service, "environment": environment, "version": version}, source)
+        if not needs_approval:
+            self._audit(deploy_id, None, "approved", {"reason": "environment needs no approval"}, source)
 
     def attach_message(self, deploy_id: int, channel: str, message_ts: str, permalink: str | None) -> Deploy:
         """Remember where the deploy's Slack message is, to update it in place."""

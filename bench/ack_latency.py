@@ -1,0 +1,571 @@
+#!/usr/bin/env python
+"""Slack ack latency: Slipway next to a bare slack-bolt app that only acks.
+
+Run from the repository root::
+
+    python bench/ack_latency.py [--json results.json] [--engine true|none] [--n1 600] [--n50 1000]
+
+It imports Slipway from the checkout it sits in (the repository root is put
+first on ``sys.path``), not from wherever the editable install points.
+
+What is measured
+----------------
+The time from sending the HTTP POST to having read the whole HTTP response
+(the ack), for two surfaces:
+
+* ``command``: the ``/deploy`` slash command. Every request names a different
+  service (``svc0`` … ``svcN``) on ``staging`` (no approvals), so every one is
+  an *accepted* deploy: parsing, the policy checks and the SQLite insert
+  before the ack, then in the background the channel post
+  (``chat.postMessage`` + ``chat.getPermalink``) and the deploy's run.
+* ``approve``: an Approve click (a ``block_actions`` payload for
+  ``deploy_approve``). Every click approves a different production deploy
+  awaiting approval (production needs 1 approval from U0ALICE/U0BOB and has
+  no checklist, so each click is the final approval; the deploys are
+  requested over HTTP beforehand, unmeasured, after version 1.0.0 of every
+  service was recorded as succeeded on staging through the store, as
+  ``Harness.mark_succeeded`` does). After the ack the approval is recorded,
+  the message refreshed (``chat.update``) and the deploy run.
+
+"The deploy's run" is Slipway's execution lifecycle (``bot/lifecycle.py``),
+which depends on the services' engine, chosen with ``--engine``:
+
+* ``true`` (default, the happy path): ``deploy.command: [true]``, one cheap
+  subprocess per deploy; the deploy goes deploying → verifying → succeeded,
+  with its message updated and its thread posted to at each step (and a ship
+  report on production).
+* ``none``: no engine configured; the runner records each approved deploy as
+  failed ("no deploy engine is configured") and says so in the thread. Less
+  background work, no subprocesses: Slipway's own Slack/SQLite work only.
+
+Both go through the real HTTP endpoint (``POST /slack/events``), signed as
+Slack signs them (v0 HMAC-SHA256), at concurrency 1 and 50 (closed loop:
+that many requests in flight, each client sends its next one as soon as its
+previous one is answered).
+
+The comparison is a *bare* ``AsyncApp`` with the same signing secret and
+token, talking to the same fake Slack (for ``auth.test``), served the same
+way (aiohttp on 127.0.0.1, port 0), whose ``/deploy`` and ``deploy_approve``
+listeners do nothing but ``await ack()``. It is served by bolt's own aiohttp
+server (``AsyncApp.web_app``); Slipway by ``bot.app.create_web_app``.
+
+Fairness
+--------
+Everything (fake Slack, both servers, the load generator) runs in one process
+and one event loop, so the two apps are measured under the same conditions;
+the ratio slipway/bare is the figure to read, not the absolute numbers. Each
+cell is split into rounds (25 requests at concurrency 1, 100 at 50 by
+default), and the apps take turns round by round (the order flips every
+round). Before each cell both apps get an unmeasured warm-up that fills their
+keep-alive pools (and bolt's ``auth.test`` cache). After each round Slipway's
+background work is drained (``slipway.tasks.wait_idle()``), then, unmeasured,
+``gc.collect()`` + ``gc.freeze()`` run, so one round never pays for the
+previous round's work nor for collecting the heap the benchmark itself
+accumulates. *Within* a round, Slipway's background work (SQLite writes, Web
+API calls to the fake Slack, which is served by the same event loop) runs
+concurrently with the acks still in flight: that is realistic, and part of
+what is measured.
+
+Because of that drain, background work a round leaves behind is not charged
+to any ack. The ``req/s`` column therefore counts the drain time too
+(requests / (round time + drain time)), and ``cpu/req`` is the process CPU
+time per request over the same spans: together they show the whole work an
+app does per request, not just what happened to land before the acks.
+
+Context for the numbers
+-----------------------
+With ``process_before_response=False`` (both apps), bolt's async listener
+runner starts the listener as a task and then polls for the ack every 10 ms
+(``await asyncio.sleep(0.01)`` in ``slack_bolt/listener/asyncio_runner.py``).
+So no ack is answered in less than ~10 ms, and at concurrency 1 any work a
+listener does before ``ack()`` that takes less than those 10 ms is hidden by
+the poll. At concurrency 50 (closed loop) the one event loop is saturated:
+an ack waits for whatever else the loop runs meanwhile, so latency grows with
+the CPU time per request (for the bare app, about 50 x its ``cpu/req``), and
+Slipway's background work counts as much as its ack path.
+
+This is a benchmark, not a test: nothing is asserted on timing. It prints
+whether the target (Slipway's p99 within 1.2x the bare app's, at both
+concurrencies) was met, as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import slack_bolt.version
+import slack_sdk.version
+from aiohttp import web
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+# Benchmark the checkout this file is in, whatever the installed (editable)
+# copy of the package points at: `python bench/ack_latency.py` puts bench/,
+# not the repository root, on sys.path.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app  # noqa: E402
+from bot.config import parse_config  # noqa: E402
+from bot.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
+from bot.render import ACTION_APPROVE  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from store import Store  # noqa: E402
+
+SIGNING_SECRET = "bench-signing-secret"
+BOT_TOKEN = "xoxb-bench-token"
+CHANNEL = "C0DEPLOYS"
+REQUESTER = "U0DAVE"
+APPROVER = "U0ALICE"
+SEED_VERSION = "1.0.0"   # succeeded on staging for every service before the run
+STAGING_VERSION = "2.0.0"  # what the command benchmark asks for on staging
+TARGET_RATIO = 1.2
+APPS = ("bare", "slipway")
+
+
+def config_text(services: int, engine: list[str] | None = None) -> str:
+    """Staging (no approvals) → production (1 approval, no checklist), many
+    services; each with ``engine`` as its ``deploy.command``, or with no engine."""
+    lines = [
+        f"channel: {CHANNEL}",
+        "environments:",
+        "  - name: staging",
+        "  - name: production",
+        "    requires: staging",
+        "    approvals:",
+        "      required: 1",
+        f"      approvers: [{APPROVER}, U0BOB]",
+        "services:",
+    ]
+    for i in range(services):
+        if engine is None:
+            lines.append(f"  svc{i}: {{}}")
+        else:
+            lines += [f"  svc{i}:", "    deploy:", f"      command: {json.dumps(engine)}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- the two servers ------------------------------------------------------------------
+
+
+def bare_app(fake: FakeSlack) -> AsyncApp:
+    app = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url), signing_secret=SIGNING_SECRET)
+
+    @app.command("/deploy")
+    async def deploy(ack: AsyncAck) -> None:
+        await ack()
+
+    @app.action(ACTION_APPROVE)
+    async def approve(ack: AsyncAck) -> None:
+        await ack()
+
+    return app
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}{SLACK_EVENTS_PATH}"
+
+
+@dataclass
+class Target:
+    """One server under test and the client that talks to it."""
+
+    name: str
+    url: str
+    sender: SlackSender  # builds and signs bodies exactly as Slack does
+    session: aiohttp.ClientSession  # keep-alive pool of its own
+
+
+@dataclass
+class Result:
+    latency: float  # seconds
+    status: int
+    text: str
+
+
+async def run_batch(target: Target, bodies: list[str], concurrency: int) -> tuple[list[Result], float]:
+    """POST ``bodies`` with ``concurrency`` requests in flight (closed loop);
+    returns the results and the wall time of the batch."""
+    queue = deque(bodies)
+    results: list[Result] = []
+
+    async def client() -> None:
+        while queue:
+            body = queue.popleft()
+            headers = target.sender.signed_headers(body)  # signing is not timed
+            data = body.encode()
+            started = time.perf_counter()
+            async with target.session.post(target.url, data=data, headers=headers) as response:
+                text = await response.text()
+            results.append(Result(time.perf_counter() - started, response.status, text))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(min(concurrency, len(bodies)))))
+    return results, time.perf_counter() - began
+
+
+# -- statistics --------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return float("nan")
+    position = (len(sorted_values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+@dataclass
+class Samples:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0  # non-200 answers (kept out of the latencies)
+    wall: float = 0.0  # this app's rounds, until its background work was done
+    cpu: float = 0.0  # process CPU time over the same spans (server + background + client + fake Slack)
+
+    def add(self, results: list[Result], wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+        for result in results:
+            if result.status == 200:
+                self.latencies.append(result.latency)
+            else:
+                self.errors += 1
+
+    def summary(self) -> dict[str, Any]:
+        values = sorted(self.latencies)
+        ms = lambda s: round(s * 1000, 3)  # noqa: E731
+        return {
+            "n": len(values),
+            "errors": self.errors,
+            "p50_ms": ms(percentile(values, 0.50)),
+            "p90_ms": ms(percentile(values, 0.90)),
+            "p99_ms": ms(percentile(values, 0.99)),
+            "max_ms": ms(values[-1]) if values else None,
+            "mean_ms": ms(sum(values) / len(values)) if values else None,
+            "req_per_s": round(len(values) / self.wall, 1) if self.wall else None,
+            "cpu_ms_per_req": ms(self.cpu / len(values)) if values else None,
+        }
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.services = args.n1 + args.n50
+        self.fake: FakeSlack | None = None
+        self.store: Store | None = None
+        self.slipway: Slipway | None = None
+        self.runners: list[web.AppRunner] = []
+        self.targets: dict[str, Target] = {}
+        self.cells: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.statuses: dict[str, int] = {}  # every deploy in the database at the end, by status
+        self.api_calls: dict[str, int] = {}  # every Web API call the fake Slack answered, by method
+        self.elapsed = 0.0
+
+    async def start(self, workdir: Path) -> None:
+        self.fake = await FakeSlack(token=BOT_TOKEN).start()
+        settings = Settings(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=self.fake.api_url)
+        self.store = Store.open(workdir / "slipway.db")
+        engine = None if self.args.engine == "none" else [shutil.which("true") or "/bin/true"]
+        self.slipway = create_slipway(parse_config(config_text(self.services, engine)), self.store, settings)
+        for name, app in (("bare", bare_app(self.fake).web_app(path=SLACK_EVENTS_PATH)),
+                          ("slipway", create_web_app(self.slipway))):
+            runner, url = await serve(app)
+            self.runners.append(runner)
+            sender = SlackSender(url, SIGNING_SECRET, self.fake)  # only builds and signs bodies here
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self.targets[name] = Target(name, url, sender, session)
+
+    async def stop(self) -> None:
+        for target in self.targets.values():
+            await target.session.close()
+        for runner in reversed(self.runners):  # Slipway's cleanup cancels its background tasks
+            await runner.cleanup()
+        if self.store is not None:
+            self.store.close()
+        if self.fake is not None:
+            await self.fake.stop()
+
+    async def drain(self) -> None:
+        """Let Slipway's background work finish, so the next round starts clean."""
+        assert self.slipway is not None
+        await self.slipway.tasks.wait_idle()
+
+    async def tidy(self) -> None:
+        """Between rounds, unmeasured: let closed connections' callbacks run, then
+        collect garbage and freeze what survives, so that neither app's rounds pay
+        for collecting the heap the benchmark itself accumulates (the fake
+        Slack's records, prepared bodies, results)."""
+        await asyncio.sleep(0.005)
+        gc.collect()
+        gc.freeze()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def seed(self) -> None:
+        """Every service has SEED_VERSION succeeded on staging (what the ladder
+        needs for production), recorded through the store's own transitions,
+        as ``Harness.mark_succeeded`` does in tests/conftest.py."""
+        assert self.store is not None
+        for i in range(self.services):
+            deploy = self.store.create_deploy(
+                service=f"svc{i}", environment="staging", version=SEED_VERSION, version_prefixed=False,
+                requested_by=REQUESTER, previous_version=None, checklist=[], needs_approval=False)
+            for state in ("deploying", "verifying", "succeeded"):
+                deploy = self.store.transition(deploy.id, allowed_from=(deploy.status,), to=state,
+                                               actor=None, action=state)
+
+    async def warm_up(self, concurrency: int) -> None:
+        """Unmeasured: fill both keep-alive pools, cache auth.test, warm code paths."""
+        for target in self.targets.values():
+            bodies = [target.sender.command_body("help", REQUESTER) for _ in range(max(2 * concurrency, 20))]
+            await run_batch(target, bodies, concurrency)
+        await self.drain()
+        await self.tidy()
+
+    async def warm_clicks(self) -> None:
+        """Unmeasured: clicks on a deploy that does not exist (Slipway refuses it
+        after the ack, in the background), to warm the action path of both apps."""
+        ghost = Message(CHANNEL, "1.000100", "ghost", [{
+            "type": "actions", "block_id": "actions:0",
+            "elements": [{"type": "button", "action_id": ACTION_APPROVE, "value": "999999999",
+                          "text": {"type": "plain_text", "text": "Approve"}}]}])
+        for target in self.targets.values():
+            await run_batch(target, [target.sender.click_body(ghost, APPROVER, ACTION_APPROVE) for _ in range(100)], 10)
+        await self.drain()
+        await self.tidy()
+
+    async def create_awaiting_deploys(self, services: list[str]) -> list[tuple[int, Message]]:
+        """Production deploys awaiting approval, one per service, requested over
+        HTTP like any other (unmeasured), and their posted messages."""
+        assert self.store is not None and self.fake is not None and self.slipway is not None
+        slipway = self.targets["slipway"]
+        bodies = [slipway.sender.command_body(f"{s} {SEED_VERSION} production", REQUESTER) for s in services]
+        results, _ = await run_batch(slipway, bodies, 50)
+        await self.drain()
+        await self.tidy()
+        refused = [r.text for r in results if "waiting for approval" not in r.text]
+        if refused:
+            self.notes.append(f"setup: {len(refused)} production request(s) not accepted, e.g. {refused[0][:200]}")
+        rows = self.store.db.execute(
+            "SELECT id FROM deploys WHERE environment = 'production' AND status = 'awaiting_approval' "
+            "AND channel IS NOT NULL ORDER BY id").fetchall()
+        messages = []
+        for (deploy_id,) in rows:
+            deploy = self.store.get_deploy(deploy_id)
+            messages.append((deploy_id, self.fake.messages[(deploy.channel, deploy.message_ts)]))
+        return messages
+
+    # -- cells --------------------------------------------------------------------------------
+
+    async def cell(self, surface: str, concurrency: int, bodies: dict[str, list[str]]) -> dict[str, Samples]:
+        """Both apps, alternating round by round."""
+        await self.warm_up(concurrency)
+        size = self.args.round1 if concurrency == 1 else max(self.args.round50, concurrency)
+        samples = {name: Samples() for name in APPS}
+        total = len(bodies["slipway"])
+        for number, start in enumerate(range(0, total, size)):
+            order = APPS if number % 2 == 0 else APPS[::-1]
+            for name in order:
+                cpu = time.process_time()
+                results, seconds = await run_batch(self.targets[name], bodies[name][start:start + size], concurrency)
+                began = time.perf_counter()
+                await self.drain()  # a no-op for the bare app
+                seconds += time.perf_counter() - began
+                samples[name].add(results, seconds, time.process_time() - cpu)
+                await self.tidy()
+                if surface == "command" and name == "slipway":
+                    refused = [r.text for r in results if r.status == 200 and "needs no approval" not in r.text]
+                    if refused:
+                        self.notes.append(f"command c={concurrency}: {len(refused)} slipway ack(s) were not an "
+                                          f"accepted deploy, e.g. {refused[0][:200]}")
+        return samples
+
+    def record(self, surface: str, concurrency: int, samples: dict[str, Samples]) -> None:
+        row: dict[str, Any] = {"surface": surface, "concurrency": concurrency}
+        for name in APPS:
+            row[name] = samples[name].summary()
+        bare, slip = row["bare"], row["slipway"]
+        row["ratio_p50"] = round(slip["p50_ms"] / bare["p50_ms"], 3)
+        row["ratio_p99"] = round(slip["p99_ms"] / bare["p99_ms"], 3)
+        row["target_met"] = row["ratio_p99"] <= TARGET_RATIO
+        self.cells.append(row)
+
+    async def run(self) -> None:
+        assert self.store is not None
+        n_for = {1: self.args.n1, 50: self.args.n50}
+        concurrencies = (1, 50)
+        t0 = time.perf_counter()
+        self.seed()
+        await self.warm_up(50)
+        await self.warm_clicks()
+        print(f"setup: {self.services} services seeded, apps warmed up in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr, flush=True)
+
+        # /deploy: each request a different service on staging, so each is accepted.
+        offset = 0
+        for concurrency in concurrencies:
+            n = n_for[concurrency]
+            names = [f"svc{i}" for i in range(offset, offset + n)]
+            offset += n
+            bodies = {
+                "slipway": [self.targets["slipway"].sender.command_body(f"{s} {STAGING_VERSION}", REQUESTER)
+                            for s in names],
+                "bare": [self.targets["bare"].sender.command_body(f"{s} {STAGING_VERSION}", REQUESTER)
+                         for s in names],
+            }
+            samples = await self.cell("command", concurrency, bodies)
+            self.record("command", concurrency, samples)
+            print(f"command c={concurrency} done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+
+        # Approve: one click per production deploy awaiting approval.
+        t1 = time.perf_counter()
+        messages = await self.create_awaiting_deploys([f"svc{i}" for i in range(self.services)])
+        print(f"setup: {len(messages)} production deploys awaiting approval in {time.perf_counter() - t1:.1f}s",
+              file=sys.stderr, flush=True)
+        offset = 0
+        for concurrency in concurrencies:
+            chunk = messages[offset:offset + n_for[concurrency]]
+            offset += len(chunk)
+            # Bodies are built before any click (the click refreshes the message); the
+            # bare app gets the same payloads, it only acks.
+            bodies = {name: [self.targets[name].sender.click_body(m, APPROVER, ACTION_APPROVE) for _, m in chunk]
+                      for name in APPS}
+            samples = await self.cell("approve", concurrency, bodies)
+            self.record("approve", concurrency, samples)
+            approved = sum(1 for deploy_id, _ in chunk if APPROVER in self.store.get_deploy(deploy_id).approvers)
+            if approved != len(chunk):
+                self.notes.append(f"approve c={concurrency}: only {approved} of {len(chunk)} clicks approved "
+                                  "their deploy")
+            print(f"approve c={concurrency} done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+        self.elapsed = time.perf_counter() - t0
+        assert self.fake is not None
+        self.statuses = dict(Counter(row[0] for row in self.store.db.execute("SELECT status FROM deploys")))
+        self.api_calls = dict(Counter(call.method for call in self.fake.calls))
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    import bot.app
+
+    return {
+        "slipway_source": str(Path(bot.app.__file__).resolve().parents[1]),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "slack_bolt": slack_bolt.version.__version__,
+        "slack_sdk": slack_sdk.version.__version__,
+        "aiohttp": aiohttp.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def print_report(bench: Bench, env: dict[str, Any]) -> bool:
+    print(f"Python {env['python']} ({env['implementation']}), slack_bolt {env['slack_bolt']}, "
+          f"slack_sdk {env['slack_sdk']}, aiohttp {env['aiohttp']}, os.cpu_count()={env['cpu_count']}, "
+          f"{env['platform']}")
+    print(f"Slipway from {env['slipway_source']}, deploy engine: {bench.args.engine}")
+    print("Ack latency = POST sent -> HTTP response read, via POST /slack/events, signed like Slack.")
+    print("Both apps in one process and event loop with the fake Slack and the load generator; rounds alternate")
+    print("bare/slipway. Slipway's background work (SQLite, Web API calls to the fake Slack) runs concurrently")
+    print("within a round and is drained between rounds. bolt polls for the ack every 10 ms (both apps).")
+    print("req/s: requests / (round time + time to drain Slipway's background work); cpu/req: process CPU ms")
+    print("per request over the same spans (client, server, background work and fake Slack all included).")
+    print("x: slipway / bare.")
+    print()
+    header = (f"{'surface':<8} {'conc':>4} {'app':<8} {'n':>5} {'err':>3} {'p50 ms':>8} {'p90 ms':>8} "
+              f"{'p99 ms':>8} {'max ms':>8} {'req/s':>7} {'cpu/req':>7}   {'p50 x':>6} {'p99 x':>6}  p99 target")
+    print(header)
+    print("-" * len(header))
+    for cell in bench.cells:
+        for name in APPS:
+            s = cell[name]
+            line = (f"{cell['surface']:<8} {cell['concurrency']:>4} {name:<8} {s['n']:>5} {s['errors']:>3} "
+                    f"{s['p50_ms']:>8.2f} {s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f} "
+                    f"{s['req_per_s']:>7.1f} {s['cpu_ms_per_req']:>7.2f}")
+            if name == "slipway":
+                verdict = "met" if cell["target_met"] else "NOT met"
+                line += (f"   {cell['ratio_p50']:>6.2f} {cell['ratio_p99']:>6.2f}  "
+                         f"{verdict} (<= {TARGET_RATIO}x)")
+            print(line)
+    print()
+    met = all(cell["target_met"] for cell in bench.cells)
+    failing = [f"{c['surface']} c={c['concurrency']} ({c['ratio_p99']:.2f}x)" for c in bench.cells
+               if not c["target_met"]]
+    print(f"Target (Slipway p99 <= {TARGET_RATIO}x bare p99 at concurrency 1 and 50): "
+          + ("MET in every cell." if met else "NOT MET: " + ", ".join(failing) + "."))
+    print(f"Deploys at the end, by status (incl. {bench.services} seeded): {bench.statuses}")
+    print(f"Web API calls answered by the fake Slack (both apps, setup included): {bench.api_calls}")
+    for note in bench.notes:
+        print(f"note: {note}")
+    print(f"(total run {bench.elapsed:.1f}s)")
+    return met
+
+
+async def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    env = environment()
+    bench = Bench(args)
+    with tempfile.TemporaryDirectory(prefix="slipway-bench-") as workdir:
+        try:
+            await bench.start(Path(workdir))
+            await bench.run()
+        finally:
+            await bench.stop()
+    met = print_report(bench, env)
+    if args.json:
+        payload = {"environment": env, "parameters": vars(args), "target_ratio_p99": TARGET_RATIO,
+                   "target_met": met, "cells": bench.cells, "notes": bench.notes,
+                   "deploys_by_status": bench.statuses, "web_api_calls": bench.api_calls}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--engine", choices=("true", "none"), default="true",
+                        help="the services' deploy engine: a command engine running `true` (default: one "
+                             "subprocess per approved deploy, which then succeeds), or none configured (Slipway "
+                             "records each approved deploy as failed, 'no deploy engine is configured')")
+    parser.add_argument("--n1", type=int, default=600, help="requests per app per surface at concurrency 1")
+    parser.add_argument("--n50", type=int, default=1000, help="requests per app per surface at concurrency 50")
+    parser.add_argument("--round1", type=int, default=25, help="requests per round at concurrency 1")
+    parser.add_argument("--round50", type=int, default=100, help="requests per round at concurrency 50")
+    args = parser.parse_args(argv)
+    for name in ("n1", "n50", "round1", "round50"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
