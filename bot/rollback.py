@@ -40,6 +40,8 @@ class Rollbacks:
         to say, e.g. the deploy is still running)."""
         if deploy.status not in ROLLBACK_FROM:
             return None, None
+        if _failed_rollback(deploy):
+            return None, f"to try the rollback again, use the button on #{deploy.rollback_of}"
         newer = self._newer_success(deploy)
         if newer is not None:
             return None, f"superseded by #{newer.id} ({newer.display_version})"
@@ -66,6 +68,10 @@ class Rollbacks:
             raise PolicyViolation(
                 f"#{current.id} is {current.status.replace('_', ' ')}; only a succeeded or failed deploy can be "
                 "rolled back.")
+        if _failed_rollback(current):
+            raise PolicyViolation(
+                f"#{current.id} is a rollback that failed; what runs is still #{current.rollback_of}'s version. "
+                f"To try again, roll back #{current.rollback_of}.")
         newer = self._newer_success(current)
         if newer is not None:
             raise PolicyViolation(
@@ -87,7 +93,8 @@ class Rollbacks:
             choices = " or ".join(f"`/deploy rollback {service} {name}`" for name in rungs)
             raise PolicyViolation(f"Which environment? {choices}.")
         env = resolve_environment(self.config, service, environment or rungs[0])
-        recent = [d for d in self.store.history(service, env.name, limit=50) if d.status in ROLLBACK_FROM]
+        recent = [d for d in self.store.history(service, env.name, limit=50)
+                  if d.status in ROLLBACK_FROM and not _failed_rollback(d)]
         if not recent:
             raise PolicyViolation(f"{service} has no finished deploy on {env.name} to roll back.")
         return self.plan(recent[0].id)
@@ -160,3 +167,9 @@ class Rollbacks:
             return self.directory.describe(env.roles.rollback)
         approvers = self.directory.describe(env.approvals.approvers) if env.approvals else ""
         return ", ".join(filter(None, [approvers, f"{mention(current.requested_by)} (who deployed it)"]))
+
+
+def _failed_rollback(deploy: Deploy) -> bool:
+    """A rollback that failed changed nothing we can vouch for; rolling *it*
+    back would mean redeploying the version that was being undone."""
+    return deploy.rollback_of is not None and deploy.status == "failed"

@@ -196,3 +196,24 @@ async def test_rollback_is_not_blocked_by_freeze_or_lock_and_supersedes_a_waitin
     assert harness.latest_deploy().rollback_of == current.id
     superseded = harness.deploy(waiting.id)
     assert superseded.status == "cancelled" and "superseded by a rollback by <@U0ALICE>" in superseded.status_reason
+
+
+async def test_a_failed_rollback_is_retried_from_the_deploy_it_tried_to_undo(harness: Harness) -> None:
+    await ship(harness, "api", "2.6.3")
+    current = await ship(harness, "api", "2.7.0")
+    harness.slipway.config.services["api"].deploy.command.extend(["--exit", "1"])
+    await harness.click(harness.message_of(current), "U0ALICE", ACTION_ROLLBACK)
+    failed = harness.latest_deploy()
+    assert failed.rollback_of == current.id and failed.status == "failed"
+    # the failed rollback offers no "rollback" of its own (that would redeploy 2.7.0) ...
+    assert rollback_button(harness.message_of(failed)) is None
+    assert f"use the button on #{current.id}" in footer(harness.message_of(failed))
+    # ... while the deploy it tried to undo still offers the same rollback
+    assert harness.deploy(current.id).status == "succeeded"
+    assert rollback_button(harness.message_of(current))["value"] == f"{current.id}:2.6.3"
+    del harness.slipway.config.services["api"].deploy.command[-2:]
+    offer = json.loads(await harness.command("rollback api production"))
+    assert offer["text"] == "Confirm: api production: 2.7.0 → 2.6.3"
+    await harness.click(harness.message_of(current), "U0ALICE", ACTION_ROLLBACK)
+    assert harness.latest_deploy().status == "succeeded"
+    assert harness.deploy(current.id).status == "rolled_back"
