@@ -65,11 +65,11 @@ class Slipway:
             self.messages.refresh(superseded.id)
             await self.messages.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
         rollback = await self.messages.announce(rollback)
+        self.runner.start(rollback.id)  # before the thread note: speed matters more than the note
         plan = rollback_plan_text(undone, rollback.version)
         await self.messages.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
                                            f"<{rollback.permalink or ''}|Follow it here>.")
         self.messages.refresh(undone.id)
-        self.runner.start(rollback.id)
         return rollback
 
     async def close(self) -> None:

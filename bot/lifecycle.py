@@ -10,6 +10,7 @@ marked failed as interrupted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -121,10 +122,18 @@ class DeployRunner:
             except StateConflict:
                 return  # another runner got there first
             self.messages.refresh(deploy_id)
-            await self.messages.thread(deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
-                                               f"{spec.kind.replace('_', ' ')} engine…")
         job = self._job(deploy, fresh=not resume)
-        outcome = await self._execute(deploy, spec, job, resume)
+        # The engine starts now; the thread is told alongside, not before (a
+        # rollback should not wait on a Slack round trip), and the note is
+        # posted before the engine's log so the thread reads in order.
+        handing = None if resume else asyncio.ensure_future(self.messages.thread(
+            deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
+                    f"{spec.kind.replace('_', ' ')} engine…"))
+        try:
+            outcome = await self._execute(deploy, spec, job, resume)
+        finally:
+            if handing is not None:
+                await handing
         deploy = self.store.record_engine_result(
             deploy_id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
             run_url=outcome.run_url, log_tail=outcome.log_tail, reference={**deploy.reference, **outcome.reference})
