@@ -111,6 +111,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     messages = DeployMessages(client, workflow, tasks, rollback_offer=rollbacks.offer)
     reports = EngineReports(store)
     runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
+    runner.blocked_reason = workflow.blocked_reason
     slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
                       settings.socket_mode, environ)
     handlers.register(bolt, slipway)

@@ -297,6 +297,9 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append((["environments"], f"duplicate environment name {name!r}"))
     for index, env in enumerate(config.environments):
+        if env.checklist and env.approvals is None:
+            problems.append((["environments", index, "checklist"],
+                             "a checklist is ticked before the final approval, so it needs an approvals block"))
         if env.requires is not None and env.requires not in names[:index]:
             earlier = ", ".join(names[:index]) or "there is none"
             problems.append(

@@ -48,7 +48,12 @@ class Directory:
         cached = self._members.get(group_id)
         if cached and self._monotonic() - cached[0] < self._ttl:
             return cached[1]
-        response = await self._client.usergroups_users_list(usergroup=group_id)
+        try:
+            response = await self._client.usergroups_users_list(usergroup=group_id)
+        except SlackApiError as exc:
+            log.warning("cannot list members of @%s (%s); it grants nobody anything this time",
+                        handle, exc.response.get("error"))
+            return frozenset()
         members = frozenset(response.get("users", []))
         self._members[group_id] = (self._monotonic(), members)
         return members

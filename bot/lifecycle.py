@@ -47,6 +47,7 @@ class DeployRunner:
         self._running: set[int] = set()
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
+        self.blocked_reason: Callable[[Deploy], str | None] | None = None  # the policy, checked at the start
 
     def start(self, deploy_id: int) -> None:
         """Run an approved deploy in the background (once, however often asked)."""
@@ -64,7 +65,8 @@ class DeployRunner:
         except Exception:
             log.exception("deploy %s: unexpected failure in the runner", deploy_id)
             await self._finish(self.store.get_deploy(deploy_id), "failed",
-                               "Slipway failed while running it (see its log); the engine's state is unknown")
+                               "Slipway failed while running it (see its log); the engine's state is unknown",
+                               allowed_from=("approved", "deploying", "verifying"))
             raise
         finally:
             self._running.discard(deploy_id)
@@ -116,6 +118,11 @@ class DeployRunner:
                                allowed_from=("approved", "deploying"))
             return
         if not resume:
+            blocked = self.blocked_reason(deploy) if self.blocked_reason else None
+            if blocked is not None:
+                await self._finish(deploy, "cancelled", f"stopped before it started: {blocked}",
+                                   allowed_from=("approved",))
+                return
             try:
                 deploy = self.store.transition(deploy_id, allowed_from=("approved",), to="deploying", actor=None,
                                                action="deploy_started", detail={"engine": spec.kind})
@@ -136,7 +143,7 @@ class DeployRunner:
                 await handing
         deploy = self.store.record_engine_result(
             deploy_id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
-            run_url=outcome.run_url, log_tail=outcome.log_tail, reference={**deploy.reference, **outcome.reference})
+            run_url=outcome.run_url, log_tail=outcome.log_tail, reference=outcome.reference)
         await self.messages.thread(deploy, engine_log_text(deploy, outcome.succeeded))
         if not outcome.succeeded:
             await self._finish(deploy, "failed", f"deploy engine: {outcome.summary}")
@@ -194,6 +201,9 @@ class DeployRunner:
         except StateConflict:
             return
         self.messages.refresh(deploy.id)
+        if status == "cancelled":
+            await self.messages.thread(deploy, f":heavy_multiplication_x: {deploy.status_reason}.")
+            return
         if status == "failed":
             await self.messages.thread(deploy, failure_text(deploy))
             return

@@ -11,7 +11,7 @@ slack_sdk's rate-limit handler, which honours Retry-After.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -51,8 +51,9 @@ class DeployMessages:
         channel = self._workflow.config.channel
         try:
             response = await self._client.chat_postMessage(channel=channel, **self._render(deploy))
-        except SlackApiError as exc:
-            error = exc.response.get("error", "unknown_error")
+        except Exception as exc:  # noqa: BLE001 — any failure must free the environment, not leave it blocked
+            error = exc.response.get("error", "unknown_error") if isinstance(exc, SlackApiError) else (
+                f"{type(exc).__name__}: {exc}")
             self._workflow.abandon(deploy, f"could not post in {channel}: {error}")
             hint = " Invite the bot to the channel (`/invite @Slipway`)." if error in (
                 "not_in_channel", "channel_not_found") else ""
@@ -111,6 +112,16 @@ class DeployMessages:
         except SlackApiError as exc:
             log.error("channel post failed: %s", exc.response.get("error"))
 
-    async def tell(self, channel: str, user: str, text: str) -> None:
-        """An ephemeral message only ``user`` sees in ``channel``."""
-        await self._client.chat_postEphemeral(channel=channel, user=user, text=text)
+    async def tell(self, channel: str, user: str, text: str,
+                   respond: Callable[..., Awaitable[object]] | None = None) -> None:
+        """An ephemeral message only ``user`` sees in ``channel``; through the
+        interaction's response URL (``respond``) when Slack refuses that, e.g.
+        a click in a conversation the bot is not a member of."""
+        try:
+            await self._client.chat_postEphemeral(channel=channel, user=user, text=text)
+        except SlackApiError as exc:
+            if respond is None:
+                raise
+            log.info("ephemeral to %s refused (%s); answering through the response URL", user,
+                     exc.response.get("error"))
+            await respond(text=text, response_type="ephemeral", replace_original=False)

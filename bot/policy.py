@@ -72,6 +72,23 @@ def check_request(config: Config, store: Store, service: str, version_text: str,
     return RequestPlan(service, environment, version, live, bump)
 
 
+def check_still_allowed(config: Config, store: Store, deploy: Deploy, now: datetime) -> None:
+    """What can change between a request and its deploy (the ladder, locks,
+    freezes), checked again at approval and just before the engine starts.
+    Rollbacks are exempt: they are how a team gets out of trouble.
+
+    Raises:
+        PolicyViolation: saying what now stands in the way.
+    """
+    if deploy.rollback_of is not None:
+        return
+    environment = config.environment(deploy.environment)
+    version = parse_version(deploy.display_version)
+    _check_ladder(store, deploy.service, environment, version)
+    _check_locks(store, deploy.service, environment)
+    _check_freeze(config, environment, now)
+
+
 def _check_ladder(store: Store, service: str, environment: Environment, version: Version) -> None:
     if environment.requires and not store.has_succeeded(service, environment.requires, version.normalised):
         raise PolicyViolation(

@@ -101,13 +101,13 @@ class Rollbacks:
 
     async def may_roll_back(self, user: str, current: Deploy) -> bool:
         """The environment's ``roles.rollback`` if set; else its approvers plus
-        whoever deployed; on an environment without approvers, anyone."""
+        whoever deployed (on an environment without approvers: whoever deployed)."""
         env = self.config.environment(current.environment)
         if env.roles.rollback is not None:
             return await self.directory.is_member(user, env.roles.rollback)
-        if env.approvals is None:
+        if user == current.requested_by:
             return True
-        return user == current.requested_by or await self.directory.is_member(user, env.approvals.approvers)
+        return env.approvals is not None and await self.directory.is_member(user, env.approvals.approvers)
 
     async def start(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
                     trigger_id: str | None = None) -> tuple[Deploy, Deploy, Deploy | None]:

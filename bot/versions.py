@@ -9,6 +9,11 @@ import semver
 from bot.errors import InvalidVersion
 
 
+# Long enough for any real tag (2.7.0-rc.1+build.20261123.abcdef0), short
+# enough that a version always fits Block Kit's limits wherever it is shown.
+MAX_VERSION_LENGTH = 64
+
+
 @dataclass(frozen=True)
 class Version:
     """A parsed version: ``normalised`` is stored, ``display`` is shown."""
@@ -31,6 +36,9 @@ def parse_version(text: str) -> Version:
     Raises:
         InvalidVersion: the text is not MAJOR.MINOR.PATCH[-pre][+build].
     """
+    if len(text) > MAX_VERSION_LENGTH:
+        raise InvalidVersion(f"That version is {len(text)} characters long; Slipway takes at most "
+                             f"{MAX_VERSION_LENGTH}.")
     prefixed = text[:1] in ("v", "V")
     bare = text[1:] if prefixed else text
     try:

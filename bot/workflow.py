@@ -15,7 +15,7 @@ from bot.commands import LockCommand, UnlockCommand
 from bot.config import Config, Environment
 from bot.directory import Directory
 from bot.errors import InvalidTransition, NotAllowed, PolicyViolation, SlipwayError
-from bot.policy import check_request, in_flight_message, resolve_environment, resolve_service
+from bot.policy import check_request, check_still_allowed, in_flight_message, resolve_environment, resolve_service
 from bot.render import mention
 from store import (
     ALL_ENVIRONMENTS,
@@ -130,6 +130,8 @@ class DeployWorkflow:
                 f"You requested #{deploy.id}, so you cannot approve it: {deploy.environment} needs "
                 f"{approvals.required} approval(s) from someone else ({self._approver_list(deploy)})."
             )
+        if reason := self.blocked_reason(deploy):
+            raise PolicyViolation(f"#{deploy.id} cannot be approved now: {reason}")
         try:
             return self.store.record_approval(deploy_id, user, required=approvals.required, source=source)
         except AlreadyApproved:
@@ -145,6 +147,15 @@ class DeployWorkflow:
             ) from None
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
+
+    def blocked_reason(self, deploy: Deploy) -> str | None:
+        """Why ``deploy`` may not start now (a lock, a freeze or the ladder
+        changed since it was approved), or None."""
+        try:
+            check_still_allowed(self.config, self.store, deploy, self.clock())
+        except PolicyViolation as blocked:
+            return blocked.message
+        return None
 
     async def reject(self, deploy_id: int, user: str, source: str | None = None) -> Deploy:
         """End a request as rejected (approvers only)."""
@@ -203,7 +214,7 @@ class DeployWorkflow:
         service = resolve_service(self.config, command.service)
         words = list(command.words)
         environment = ALL_ENVIRONMENTS
-        if len(words) > 1 and words[0].lower() in self.config.environment_names:
+        if words and words[0].lower() in self.config.environment_names:
             environment = resolve_environment(self.config, service, words.pop(0).lower()).name
         reason = " ".join(words).strip("\"'“”")
         if not reason:

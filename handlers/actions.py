@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import SlipwayError
@@ -27,13 +27,14 @@ Decide = Callable[[int, str, str], Awaitable[Deploy]]
 def register(app: AsyncApp, slipway: "Slipway") -> None:
     workflow, messages = slipway.workflow, slipway.messages
 
-    async def handle(body: dict[str, Any], action: dict[str, Any], deploy_id: int, decide: Decide) -> None:
+    async def handle(body: dict[str, Any], action: dict[str, Any], deploy_id: int, decide: Decide,
+                     respond: AsyncRespond) -> None:
         user = body["user"]["id"]
         source = f"slack:{action['action_id']}:{action.get('action_ts', '')}"
         try:
             deploy = await decide(deploy_id, user, source)
         except SlipwayError as refusal:
-            await messages.tell(body["channel"]["id"], user, refusal.message)
+            await messages.tell(body["channel"]["id"], user, refusal.message, respond)
             return
         messages.refresh(deploy.id)
         if deploy.status == "approved":
@@ -46,16 +47,17 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     def button(action_id: str, decide: Decide) -> None:
         @app.action(action_id)
         async def on_click(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
-                           client: AsyncWebClient) -> None:
+                           client: AsyncWebClient, respond: AsyncRespond) -> None:
             await ack()
-            later(client, body, handle(body, action, int(action["value"]), decide))
+            later(client, body, handle(body, action, int(action["value"]), decide, respond))
 
     button(ACTION_APPROVE, workflow.approve)
     button(ACTION_REJECT, workflow.reject)
     button(ACTION_CANCEL, workflow.cancel)
 
     @app.action(ACTION_CHECKLIST)
-    async def on_tick(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient) -> None:
+    async def on_tick(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient,
+                      respond: AsyncRespond) -> None:
         await ack()
         _, deploy_id, position = action["block_id"].split(":")
         ticked = bool(action.get("selected_options"))
@@ -63,10 +65,11 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         async def decide(deploy_id: int, user: str, source: str) -> Deploy:
             return await workflow.tick(deploy_id, int(position), ticked, user, source)
 
-        later(client, body, handle(body, action, int(deploy_id), decide))
+        later(client, body, handle(body, action, int(deploy_id), decide, respond))
 
     @app.action(ACTION_ROLLBACK)
-    async def on_rollback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient) -> None:
+    async def on_rollback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], client: AsyncWebClient,
+                          respond: AsyncRespond) -> None:
         await ack()
         deploy_id, _, target = action["value"].partition(":")
 
@@ -76,6 +79,6 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             try:
                 await slipway.start_rollback(int(deploy_id), target, user, source)
             except SlipwayError as refusal:
-                await messages.tell(channel, user, refusal.message)
+                await messages.tell(channel, user, refusal.message, respond)
 
         later(client, body, roll_back())

@@ -1,8 +1,9 @@
 """``POST /webhooks/deploys/{id}``: a webhook deploy engine reporting back.
 
 The request must be signed with the service's webhook secret (see
-``bot/executors/signing.py``); the report is stored before it is answered,
-so an engine that got a 200 can forget about it.
+``bot/executors/signing.py``) and name its deploy (``deploy_id``), and the
+deploy must be waiting for its engine; the report is stored before it is
+answered, so an engine that got a 200 can forget about it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,26 @@ def problem(status: int, reason: str) -> web.Response:
     return web.json_response({"ok": False, "error": reason}, status=status)
 
 
+async def read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None when it is larger than ``limit`` (read to the
+    end: ``content.read(n)`` would return only what has arrived so far)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def register(app: web.Application, slipway: "Slipway") -> None:
     async def deploy_report(request: web.Request) -> web.Response:
         raw_id = request.match_info["deploy_id"]
         if not raw_id.isdigit():
             return problem(404, "no such deploy")
-        body = await request.content.read(MAX_REPORT_BYTES + 1)
-        if len(body) > MAX_REPORT_BYTES:
+        body = await read_bounded(request, MAX_REPORT_BYTES)
+        if body is None:
             return problem(413, f"report larger than {MAX_REPORT_BYTES} bytes")
         try:
             deploy = slipway.store.get_deploy(int(raw_id))
@@ -48,9 +62,9 @@ def register(app: web.Application, slipway: "Slipway") -> None:
             spec.webhook.secret_env)
         refused = signing.verify(secret, request.headers, body) if secret else "no secret configured"
         if refused:
-            log.warning("refused report for deploy %s: %s", deploy.id, refused)
-            slipway.store.record_event(deploy.id, None, "refused_engine_report", {"reason": refused},
-                                       source=f"http:{request.remote}")
+            # logged, not audited: an unauthenticated caller must not be able to
+            # grow the append-only audit log
+            log.warning("refused report for deploy %s from %s: %s", deploy.id, request.remote, refused)
             return problem(401, refused)
         try:
             report = json.loads(body)
@@ -60,9 +74,15 @@ def register(app: web.Application, slipway: "Slipway") -> None:
                 raise ValueError(f"status must be one of {', '.join(REPORT_STATUSES)}")
             if not all(v is None or isinstance(v, str) for v in (log_url, message)):
                 raise ValueError("log_url and message must be strings")
+            if report.get("deploy_id") != deploy.id:
+                # binds a signed report to its deploy: one captured for deploy N
+                # cannot be replayed against deploy M sharing the secret
+                raise ValueError(f"deploy_id must be {deploy.id}, the deploy in the URL")
         except (ValueError, KeyError, TypeError) as exc:
             reason = "missing field status" if isinstance(exc, KeyError) else str(exc)
             return problem(400, f"malformed report: {reason}")
+        if deploy.status != "deploying":
+            return problem(409, f"deploy {deploy.id} is {deploy.status}, not waiting for its engine")
         slipway.reports.record(deploy.id, status, log_url, (message or "")[:2000] or None,
                                source=f"http:{request.remote}")
         return web.json_response({"ok": True})

@@ -492,12 +492,15 @@ class Store:
 
     def record_engine_result(self, deploy_id: int, *, kind: str, summary: str, exit_code: int | None,
                              run_url: str | None, log_tail: str, reference: dict[str, Any]) -> Deploy:
-        """Keep what the deploy engine reported (no state change)."""
+        """Keep what the deploy engine reported (no state change); ``reference``
+        is merged into what the engine remembered while it ran."""
         with self._transaction():
+            row = self.db.execute("SELECT executor_ref FROM deploys WHERE id = ?", [deploy_id]).fetchone()
+            merged = {**(json.loads(row[0]) if row and row[0] else {}), **reference}
             self.db.execute(
                 "UPDATE deploys SET executor_kind = ?, engine_summary = ?, exit_code = ?, run_url = ?, log_tail = ?, "
                 "executor_ref = ?, updated_at = ? WHERE id = ?",
-                [kind, summary, exit_code, run_url, log_tail, json.dumps(reference, sort_keys=True), self._now(),
+                [kind, summary, exit_code, run_url, log_tail, json.dumps(merged, sort_keys=True), self._now(),
                  deploy_id],
             )
             self._audit(deploy_id, None, "engine_result", {"summary": summary, "exit_code": exit_code,

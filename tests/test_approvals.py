@@ -209,3 +209,12 @@ async def test_cancel_by_the_requester(harness: Harness) -> None:
     await harness.click(_with_buttons(harness, deploy), "U0DAVE", ACTION_CANCEL)
     assert "already cancelled" in last_ephemeral(harness, "U0DAVE")
     assert [e.action for e in harness.store.audit_events(deploy.id)] == ["requested", "cancelled"]
+
+
+async def test_a_refusal_goes_through_the_response_url_when_slack_refuses_the_ephemeral(harness: Harness) -> None:
+    deploy = await request_production(harness)
+    harness.fake.missing_channels.add(CHANNEL)  # e.g. the bot was removed from the channel
+    await harness.click(harness.message_of(deploy), "U0MALLORY", ACTION_APPROVE)
+    answer = harness.fake.responses[-1]
+    assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+    assert "not an approver for production" in answer["text"]

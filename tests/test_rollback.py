@@ -217,3 +217,13 @@ async def test_a_failed_rollback_is_retried_from_the_deploy_it_tried_to_undo(har
     await harness.click(harness.message_of(current), "U0ALICE", ACTION_ROLLBACK)
     assert harness.latest_deploy().status == "succeeded"
     assert harness.deploy(current.id).status == "rolled_back"
+
+
+async def test_on_an_environment_without_approvers_only_the_deployer_rolls_back(harness: Harness) -> None:
+    await harness.command("api 1.0.0 staging", user="U0DAVE")
+    await harness.command("api 1.1.0 staging", user="U0DAVE")
+    current = harness.latest_deploy()
+    await harness.click(harness.message_of(current), "U0MALLORY", ACTION_ROLLBACK)
+    assert "You may not roll back api on staging" in harness.fake.ephemerals_for("U0MALLORY")[-1].text
+    await harness.click(harness.message_of(current), "U0DAVE", ACTION_ROLLBACK)
+    assert harness.latest_deploy().rollback_of == current.id
