@@ -241,6 +241,19 @@ class Config(_Model):
     def environment_names(self) -> list[str]:
         return [env.name for env in self.environments]
 
+    @property
+    def secret_variables(self) -> frozenset[str]:
+        """Every environment variable the config names as holding a secret
+        (webhook secrets, GitHub tokens): deploy commands do not inherit them."""
+        names = set()
+        for service in self.services.values():
+            for executor in (service.deploy, service.rollback):
+                if executor is not None and executor.webhook is not None:
+                    names.add(executor.webhook.secret_env)
+                if executor is not None and executor.github_actions is not None:
+                    names.add(executor.github_actions.token_env)
+        return frozenset(names)
+
     def environment(self, name: str) -> Environment:
         for env in self.environments:
             if env.name == name:

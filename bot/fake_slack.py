@@ -136,6 +136,8 @@ class FakeSlack(FakeServer):
         channel = args.get("channel", "")
         if not channel or channel in self.missing_channels:
             return {"ok": False, "error": "channel_not_found"}
+        if problem := block_kit_problem(_blocks(args)):
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         ts = f"{1700000000 + next(self._ts)}.000100"
         message = Message(channel, ts, args.get("text", ""), _blocks(args), args.get("thread_ts"))
         self.messages[(channel, ts)] = message
@@ -146,6 +148,8 @@ class FakeSlack(FakeServer):
         key = (args.get("channel", ""), args.get("ts", ""))
         if key not in self.messages:
             return {"ok": False, "error": "message_not_found"}
+        if problem := block_kit_problem(_blocks(args)):
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         message = self.messages[key]
         message.text = args.get("text", message.text)
         message.blocks = _blocks(args) or message.blocks
@@ -155,6 +159,8 @@ class FakeSlack(FakeServer):
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("channel") in self.missing_channels:
             return {"ok": False, "error": "channel_not_found"}
+        if problem := block_kit_problem(_blocks(args)):
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         self.ephemerals.append(Ephemeral(args.get("channel", ""), args.get("user", ""), args.get("text", ""), _blocks(args)))
         return {"ok": True, "message_ts": f"{time.time():.6f}"}
 
@@ -230,6 +236,53 @@ def _json_arg(value: Any) -> Any:
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
     return _json_arg(args.get("blocks")) or []
+
+
+# Block Kit's documented limits, as Slack enforces them (invalid_blocks).
+LIMITS = {"blocks": 50, "header": 150, "section": 3000, "field": 2000, "fields": 10, "block_id": 255,
+          "action_id": 255, "button_text": 75, "value": 2000, "elements": 25, "context": 10, "options": 10,
+          "option_value": 150, "confirm_text": 300}
+
+
+def block_kit_problem(blocks: list[dict[str, Any]]) -> str | None:
+    """The first Block Kit limit ``blocks`` break, or None."""
+    if len(blocks) > LIMITS["blocks"]:
+        return f"{len(blocks)} blocks (at most {LIMITS['blocks']})"
+    for index, block in enumerate(blocks):
+        if problem := _block_problem(block):
+            return f"block {index}: {problem}"
+    return None
+
+
+def _block_problem(block: dict[str, Any]) -> str | None:
+    checks = [(len(block.get("block_id", "")), "block_id")]
+    kind = block.get("type")
+    if kind == "header":
+        checks.append((len(block["text"]["text"]), "header"))
+    if kind == "section":
+        checks.append((len(block.get("text", {}).get("text", "")), "section"))
+        checks.append((len(block.get("fields", [])), "fields"))
+        checks += [(len(f["text"]), "field") for f in block.get("fields", [])]
+    if kind == "context":
+        checks.append((len(block.get("elements", [])), "context"))
+    if kind == "actions":
+        checks.append((len(block.get("elements", [])), "elements"))
+    for element in [block.get("accessory")] + list(block.get("elements", []) if kind == "actions" else []):
+        if element:
+            checks += _element_checks(element)
+    return next((f"{name} is {size} (at most {LIMITS[name]})" for size, name in checks if size > LIMITS[name]), None)
+
+
+def _element_checks(element: dict[str, Any]) -> list[tuple[int, str]]:
+    checks = [(len(element.get("action_id", "")), "action_id"), (len(element.get("value", "")), "value")]
+    if element.get("type") == "button":
+        checks.append((len(element["text"]["text"]), "button_text"))
+    if "confirm" in element:
+        checks.append((len(element["confirm"]["text"]["text"]), "confirm_text"))
+    options = element.get("options", [])
+    checks.append((len(options), "options"))
+    checks += [(len(option["value"]), "option_value") for option in options]
+    return checks
 
 
 def _group_id(handle: str) -> str:

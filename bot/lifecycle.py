@@ -20,7 +20,7 @@ from bot.errors import SlipwayError
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
 from bot.messages import DeployMessages
 from bot.render import duration_text, engine_log_text, failure_text, success_text, verification_text
-from bot.report import ship_report
+from bot.report import as_slack_mrkdwn, ship_report
 from bot.tasks import BackgroundTasks
 from store import Deploy, StateConflict, Store
 
@@ -160,7 +160,7 @@ class DeployRunner:
         if not fresh and "engine_started_at" in deploy.reference:
             started = datetime.fromisoformat(deploy.reference["engine_started_at"])
         return Job(deploy.id, deploy.service, deploy.environment, deploy.version, deploy.previous_version,
-                   deploy.rollback_of, started)
+                   deploy.rollback_of, started, withhold=self.config.secret_variables)
 
     async def _execute(self, deploy: Deploy, spec: DeployExecutor, job: Job, resume: bool) -> Outcome:
         executor = build_executor(spec, reports=self.reports, public_url=self.config.public_url, environ=self.environ,
@@ -206,6 +206,7 @@ class DeployRunner:
             return
         if status == "failed":
             await self.messages.thread(deploy, failure_text(deploy))
+            await self._ship_report(deploy)
             return
         await self.messages.thread(deploy, success_text(deploy, duration_text(deploy.duration_seconds)))
         previous = self.store.rollback_target(deploy)
@@ -213,8 +214,12 @@ class DeployRunner:
             self.messages.refresh(previous.id)  # its Rollback button no longer applies
         if deploy.rollback_of is not None:
             await self._mark_rolled_back(deploy)
+        await self._ship_report(deploy)
+
+    async def _ship_report(self, deploy: Deploy) -> None:
+        """The ship report, in the thread of a deploy to the last rung (production)."""
         if deploy.environment == self.config.environment_names[-1]:
-            await self.messages.thread(deploy, ship_report(self.store, self.config, deploy))
+            await self.messages.thread(deploy, as_slack_mrkdwn(ship_report(self.store, self.config, deploy)))
 
     async def _mark_rolled_back(self, rollback: Deploy) -> None:
         try:

@@ -4,6 +4,8 @@ thread when a production deploy completes and printed by
 
 from __future__ import annotations
 
+import re
+
 from bot.config import Config
 from bot.render import duration_text
 from store import Deploy, Store
@@ -50,6 +52,15 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
               "within SLA, no memory growth, logs normal. Roll back at once if the error rate passes 5% or the "
               "service is unavailable."]
     return "\n".join(lines)
+
+
+def as_slack_mrkdwn(markdown: str) -> str:
+    """The report as Slack shows text: Slack's mrkdwn has no headings and
+    writes bold and links its own way, so raw Markdown would show ``#`` and
+    ``**`` literally."""
+    text = re.sub(r"^#{1,6} (.+)$", r"*\1*", markdown, flags=re.MULTILINE)
+    text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<\2|\1>", text)
 
 
 def _approvals(deploy: Deploy) -> str:

@@ -203,7 +203,8 @@ async def _smoke(smoke: SmokeTest, job: Job, *, skip: bool) -> CheckResult:
     name = f"smoke: {shlex.join(smoke.command)}"
     if skip:
         return CheckResult(name, False, "skipped: health checks failed", 0.0, skipped=True)
-    result = await run_process(smoke.command, env=job.environ, timeout=smoke.timeout, cwd=smoke.working_dir)
+    result = await run_process(smoke.command, env=job.environ, timeout=smoke.timeout, cwd=smoke.working_dir,
+                               withhold=job.withhold)
     detail = result.summary + (f" — {_shorten(result.last_line)}" if result.last_line else "")
     return CheckResult(name, result.succeeded, detail, result.duration)
 

@@ -99,13 +99,16 @@ async def test_a_successful_command_gets_the_deploy_in_its_environment(tmp_path:
     assert outcome.reference["output_bytes"] == len(outcome.log_tail)
 
 
-async def test_slipways_slack_secrets_do_not_reach_the_command(tmp_path: Path, monkeypatch) -> None:
+async def test_slipways_secrets_do_not_reach_the_command(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "shh")
+    monkeypatch.setenv("DEPLOY_GITHUB_TOKEN", "ghp_secret")
+    monkeypatch.setenv("KUBECONFIG", "/etc/kube/config")
     out = tmp_path / "record.json"
-    await executor(RECORD, str(out), "0").run(job(), Remembered())
+    await executor(RECORD, str(out), "0").run(job(withhold=frozenset({"DEPLOY_GITHUB_TOKEN"})), Remembered())
     seen = json.loads(out.read_text())
     assert seen["slack"] == [] and seen["has_path"]
+    assert seen["withheld_present"] is False and seen["kubeconfig"] == "/etc/kube/config"
 
 
 async def test_a_rollback_also_says_what_it_rolls_back(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.report import as_slack_mrkdwn
 from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +156,8 @@ async def test_production_is_verified_and_gets_a_ship_report(harness: Harness, h
     replies = thread(harness, deploy)
     assert any(r.startswith("*Verification*") and "smoke ok" in r for r in replies)
     report = replies[-1]
-    assert report.startswith("# Ship report: api 2.7.0 → production")
+    assert report.startswith("*Ship report: api 2.7.0 → production*")  # Slack's mrkdwn, not raw Markdown
+    assert "**" not in report and "\n#" not in report
     assert "U0ALICE at" in report and "2.6.3 → 2.7.0" in report
     assert f"Target: 2.6.3 (deploy #{first.id}" in report and "/deploy rollback api production" in report
 
@@ -164,7 +166,8 @@ async def test_production_is_verified_and_gets_a_ship_report(harness: Harness, h
         [sys.executable, "-m", "bot.cli", "report", str(deploy.id), "--db", str(harness.db_path),
          "--config", str(tmp_path / "slipway.yml")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert printed.returncode == 0, printed.stderr
-    assert printed.stdout.strip() == report.strip()
+    assert printed.stdout.startswith("# Ship report: api 2.7.0 → production")
+    assert as_slack_mrkdwn(printed.stdout).strip() == report.strip()
 
 
 async def test_a_health_check_that_never_passes_fails_the_deploy(harness: Harness, health: HealthService) -> None:
@@ -174,6 +177,9 @@ async def test_a_health_check_that_never_passes_fails_the_deploy(harness: Harnes
     assert deploy.status_reason.startswith(f"verification: GET {health.url} — ")
     assert "503" in deploy.status_reason and health.hits >= 2
     assert [c["passed"] for c in deploy.checks][0] is False
+    # a failed production deploy gets its report too (what failed, and how to roll back)
+    report = thread(harness, deploy)[-1]
+    assert report.startswith("*Ship report: api 2.7.0 → production*") and "*Status:* failed" in report
 
 
 async def test_a_wrong_version_behind_a_healthy_endpoint_fails_verification(harness: Harness,

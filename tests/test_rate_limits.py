@@ -27,5 +27,5 @@ async def test_every_other_call_rate_limited_loses_nothing(harness: Harness) -> 
     replies = [c.args["text"] for c in harness.fake.calls_to("chat.postMessage")
                if c.args.get("thread_ts") == deploy.message_ts]
     assert any("is live on production" in r for r in replies)
-    assert any(r.startswith("# Ship report") for r in replies)
+    assert any(r.startswith("*Ship report") for r in replies)
     assert "Succeeded" in str(harness.message_of(deploy).blocks)  # the last update was not dropped

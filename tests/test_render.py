@@ -76,3 +76,29 @@ def test_a_decided_deploy_has_no_buttons_and_a_read_only_checklist(status: str) 
     blocks = deploy_blocks(deploy, required_approvals=2)
     assert list(elements(blocks)) == []
     assert ":white_check_mark: one\n_ticked by <@U0ALICE>_" in [b.get("text", {}).get("text") for b in blocks]
+
+
+def test_the_fake_slack_refuses_what_slack_refuses() -> None:
+    """Every message the scenario tests send passes through this check."""
+    from bot.fake_slack import block_kit_problem
+
+    assert block_kit_problem([{"type": "divider"}] * 51) == "51 blocks (at most 50)"
+    too_long = {"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}
+    assert block_kit_problem([too_long]) == "block 0: section is 3001 (at most 3000)"
+    button = {"type": "button", "action_id": "a", "value": "v", "text": {"type": "plain_text", "text": "b" * 76}}
+    assert block_kit_problem([{"type": "actions", "elements": [button]}]) == "block 0: button_text is 76 (at most 75)"
+
+
+def test_the_biggest_messages_pass_the_fake_slacks_check() -> None:
+    from bot.fake_slack import block_kit_problem
+    from bot.render import rollback_offer_blocks
+    from bot.versions import MAX_VERSION_LENGTH
+
+    long_version = "1.2.3-" + "a" * (MAX_VERSION_LENGTH - 6)
+    checklist = tuple(ChecklistItem(i, "x" * MAX_CHECKLIST_TEXT, None, None) for i in range(MAX_CHECKLIST_ITEMS))
+    waiting = make_deploy(version=long_version, previous_version=long_version, checklist=checklist)
+    done = make_deploy(status="failed", version=long_version, status_reason="r" * 4000)
+    assert block_kit_problem(deploy_blocks(waiting, required_approvals=10)) is None
+    assert block_kit_problem(deploy_blocks(done, required_approvals=1, rollback_to=long_version,
+                                           rollback_note="n" * 3000)) is None
+    assert block_kit_problem(rollback_offer_blocks(done, long_version)) is None

@@ -23,6 +23,9 @@ class Job:
     previous_version: str | None
     rollback_of: int | None  # the deploy this one undoes, for a rollback
     started_at: datetime  # when the executor was first started (a resumed job keeps it)
+    # Variables a command must not inherit from Slipway: the engines' secrets
+    # named in the config (its Slack secrets are never inherited).
+    withhold: frozenset[str] = frozenset()
 
     @property
     def environ(self) -> dict[str, str]:

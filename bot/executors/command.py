@@ -46,6 +46,7 @@ class CommandExecutor:
             await remember({"pid": pid})
 
         result = await run_process(self.spec.command, env=job.environ, timeout=self.spec.timeout,
+                                   withhold=job.withhold,
                                    cwd=self.spec.working_dir, tail_bytes=self.tail_bytes, on_start=started)
         return _outcome(result)
 

@@ -87,9 +87,10 @@ async def run_process(
     tail_bytes: int = 4000,
     on_start: OnStart | None = None,
     kill_grace: float = KILL_GRACE,
+    withhold: frozenset[str] = frozenset(),
 ) -> ProcessResult:
     """Run ``argv`` (no shell) with Slipway's environment (less its Slack
-    secrets) plus ``env`` and wait for it.
+    secrets and the variables in ``withhold``) plus ``env`` and wait for it.
 
     ``on_start(pid)`` is awaited as soon as the program is running, e.g. to
     persist its pid. On ``timeout`` the program's whole process group gets
@@ -112,7 +113,7 @@ async def run_process(
     transport, write_end = await _open_pipe(tail)
     try:
         try:
-            process = await _spawn(argv, write_end, env=env, cwd=cwd)
+            process = await _spawn(argv, write_end, env=env, cwd=cwd, withhold=withhold)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             return _not_started(argv, cwd, exc)
         started = time.monotonic()
@@ -151,7 +152,7 @@ async def _open_pipe(tail: "_Tail") -> tuple[asyncio.ReadTransport, int]:
 
 
 async def _spawn(argv: list[str], output: int, *, env: dict[str, str],
-                 cwd: str | None) -> asyncio.subprocess.Process:
+                 cwd: str | None, withhold: frozenset[str] = frozenset()) -> asyncio.subprocess.Process:
     """Start ``argv`` in a new session, writing to the ``output`` fd (closed here).
 
     Raises:
@@ -164,7 +165,7 @@ async def _spawn(argv: list[str], output: int, *, env: dict[str, str],
             stdin=subprocess.DEVNULL,  # a deploy script must never wait on Slipway's terminal
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**inherited_environment(), **env},
+            env={**inherited_environment(withhold), **env},
             cwd=cwd,
             start_new_session=True,  # its own process group, so the group can be killed
         )
@@ -172,11 +173,11 @@ async def _spawn(argv: list[str], output: int, *, env: dict[str, str],
         os.close(output)  # the child has its own copy; ours would keep the pipe open for ever
 
 
-def inherited_environment() -> dict[str, str]:
-    """Slipway's environment without its own Slack secrets: a deploy script
-    that runs ``env`` or ``set -x`` must not print the bot token into a log
-    tail that is then posted in Slack."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+def inherited_environment(withhold: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Slipway's environment without its own Slack secrets nor the variables
+    in ``withhold``: a deploy script that runs ``env`` or ``set -x`` must not
+    print a token into a log tail that is then posted in Slack."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLACK_") and k not in withhold}
 
 
 async def _wait(process: asyncio.subprocess.Process, timeout: float,

@@ -14,6 +14,8 @@ with open(output, "w", encoding="utf-8") as f:
         "env": {k: v for k, v in os.environ.items() if k.startswith("SLIPWAY_")},
         "has_path": "PATH" in os.environ,
         "slack": sorted(k for k in os.environ if k.startswith("SLACK_")),
+        "withheld_present": "DEPLOY_GITHUB_TOKEN" in os.environ,
+        "kubeconfig": os.environ.get("KUBECONFIG"),
         "pid": os.getpid(),
         "cwd": os.getcwd(),
     }, f)
