@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000; 0 picks a free one)")
     serve.add_argument("--socket-mode", action="store_true", help="connect over Socket Mode (needs SLACK_APP_TOKEN)")
     serve.add_argument("--log-level", default=os.environ.get("SLIPWAY_LOG_LEVEL", "INFO"))
+    serve.add_argument("--drain", type=float, default=float(os.environ.get("SLIPWAY_DRAIN_SECONDS", "60")),
+                       help="on SIGTERM, seconds to wait for command deploys in progress (default: 60)")
 
     check = commands.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("path")
@@ -131,6 +133,9 @@ async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
         await stop.wait()
     finally:
         log.info("shutting down")
+        left = await slipway.runner.drain(args.drain)
+        if left:
+            log.warning("stopping with deploys %s unfinished; they are picked up at the next start", left)
         if socket_handler is not None:
             await socket_handler.close_async()
         await runner.cleanup()

@@ -45,6 +45,7 @@ class DeployRunner:
         self.environ = environ
         self.now = now  # the engines' clock: deadlines are real time, whatever the store's clock says
         self._running: set[int] = set()
+        self._deploy_tasks: dict[int, asyncio.Task] = {}
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
         self.blocked_reason: Callable[[Deploy], str | None] | None = None  # the policy, checked at the start
@@ -57,7 +58,23 @@ class DeployRunner:
         if deploy_id in self._running:
             return
         self._running.add(deploy_id)
-        self.tasks.spawn(self._guarded(deploy_id, resume), name=f"deploy-{deploy_id}")
+        self._deploy_tasks[deploy_id] = self.tasks.spawn(self._guarded(deploy_id, resume), name=f"deploy-{deploy_id}")
+
+    async def drain(self, timeout: float) -> list[int]:
+        """On shutdown: wait up to ``timeout`` seconds for deploys whose engine
+        is a local command (stopping Slipway would stop the command with it;
+        webhook and GitHub deploys are followed up after a restart). Returns
+        the ids still running when the wait ended."""
+        local = [task for deploy_id, task in self._deploy_tasks.items()
+                 if not task.done() and self._runs_locally(deploy_id)]
+        if local and timeout > 0:
+            log.info("waiting up to %.0f s for %d command deploy(s) to finish", timeout, len(local))
+            await asyncio.wait(local, timeout=timeout)
+        return [deploy_id for deploy_id, task in self._deploy_tasks.items() if not task.done()]
+
+    def _runs_locally(self, deploy_id: int) -> bool:
+        spec = self.engine_of(self.store.get_deploy(deploy_id))
+        return spec is not None and spec.command is not None
 
     async def _guarded(self, deploy_id: int, resume: bool) -> None:
         try:
@@ -70,6 +87,7 @@ class DeployRunner:
             raise
         finally:
             self._running.discard(deploy_id)
+            self._deploy_tasks.pop(deploy_id, None)
 
     def recover(self) -> list[int]:
         """Pick up deploys a previous Slipway left approved, deploying or

@@ -91,7 +91,8 @@ async def test_a_successful_command_gets_the_deploy_in_its_environment(tmp_path:
     assert seen["env"] == {"SLIPWAY_DEPLOY_ID": "42", "SLIPWAY_SERVICE": "api",
                            "SLIPWAY_ENVIRONMENT": "production", "SLIPWAY_VERSION": "2.7.0",
                            "SLIPWAY_PREVIOUS_VERSION": "2.6.3"}
-    assert remember.references == [{"pid": seen["pid"]}]
+    assert remember.references == [{"pid": seen["pid"], "process_start": remember.references[0]["process_start"]}]
+    assert isinstance(remember.references[0]["process_start"], int)
     assert outcome.reference["pid"] == seen["pid"]
     assert isinstance(outcome.reference["spawned_at_monotonic"], float)
     # stdout and stderr both land in the tail, in order

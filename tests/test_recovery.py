@@ -15,6 +15,7 @@ import pytest
 
 from bot.fake_slack import FakeSlack, SlackSender
 from bot.render import ACTION_APPROVE
+from bot.executors.command import process_start
 from store import Store
 from tests.conftest import BOT_TOKEN, ENGINE, PYTHON, SIGNING_SECRET
 
@@ -25,6 +26,8 @@ class SlipwayProcess:
     def __init__(self, config: Path, db: Path, fake: FakeSlack) -> None:
         self.config, self.db, self.fake = config, db, fake
         self.process: asyncio.subprocess.Process | None = None
+        self.log: list[str] = []
+        self.logged = asyncio.Event()
 
     async def start(self) -> str:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
@@ -42,8 +45,14 @@ class SlipwayProcess:
 
     async def _drain(self) -> None:
         assert self.process is not None and self.process.stderr is not None
-        while await self.process.stderr.readline():
-            pass
+        while line := await self.process.stderr.readline():
+            self.log.append(line.decode())
+            self.logged.set()
+
+    async def wait_for_log(self, text: str) -> None:
+        while not any(text in line for line in self.log):
+            self.logged.clear()
+            await asyncio.wait_for(self.logged.wait(), 30)
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -114,6 +123,11 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
         store.close()
         assert any("interrupted by restart" in c.args.get("text", "") and c.args.get("thread_ts") == api_message.ts
                    for c in fake_slack.calls_to("chat.postMessage"))
+        # the engine outlived the killed Slipway (its own session); it was stopped before the
+        # environment was freed, so nothing runs alongside the next deploy
+        orphan = int(files["started"].read_text().split()[0])
+        assert process_start(orphan) is None
+        assert "(pid " in api.status_reason and "was stopped" in api.status_reason
 
         async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
             # the lock is released: a new deploy of api to staging is accepted
@@ -125,7 +139,30 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
             files["release"].touch()
             await fake_slack.wait_for(lambda f: "succeeded" in f.messages[(web.channel, web.ts)].text)
     finally:
-        files["release"].touch()  # let the orphaned engine from the killed Slipway finish
+        files["release"].touch()  # in case the test failed before the orphan was stopped
         if slipway.process and slipway.process.returncode is None:
             slipway.process.send_signal(signal.SIGTERM)
+            await slipway.process.wait()
+
+
+async def test_sigterm_lets_a_command_deploy_in_progress_finish(fake_slack: FakeSlack, config: Path,
+                                                                 files: dict[str, Path]) -> None:
+    slipway = SlipwayProcess(config, files["slipway.db"], fake_slack)
+    url = await slipway.start()
+    try:
+        async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
+            assert (await slack.command("api 2.7.0 staging", "U0DAVE"))[0] == 200
+            await wait_until(lambda: files["started"].exists())
+        slipway.process.send_signal(signal.SIGTERM)
+        await slipway.wait_for_log("waiting up to 60 s for 1 command deploy(s) to finish")
+        assert slipway.process.returncode is None
+        files["release"].touch()
+        assert await asyncio.wait_for(slipway.process.wait(), 30) == 0
+        store = Store.open(files["slipway.db"])
+        assert store.history("api")[0].status == "succeeded"
+        store.close()
+    finally:
+        files["release"].touch()
+        if slipway.process and slipway.process.returncode is None:
+            slipway.process.kill()
             await slipway.process.wait()
