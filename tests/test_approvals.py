@@ -218,3 +218,39 @@ async def test_a_refusal_goes_through_the_response_url_when_slack_refuses_the_ep
     answer = harness.fake.responses[-1]
     assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
     assert "not an approver for production" in answer["text"]
+
+
+async def test_a_lock_placed_after_the_request_stops_its_approval(harness: Harness) -> None:
+    deploy = await request_production(harness)
+    await tick_all(harness, deploy)
+    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
+    await harness.command("lock api production incident in progress", user="U0ERIN")
+    await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
+    told = last_ephemeral(harness, "U0BOB")
+    assert f"#{deploy.id} cannot be approved now: api is locked on production by <@U0ERIN>" in told
+    assert harness.deploy(deploy.id).status == "awaiting_approval"
+    await harness.command("unlock api production", user="U0ERIN")
+    await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
+    assert harness.deploy(deploy.id).status == "succeeded"
+
+
+async def test_an_approved_deploy_blocked_before_it_starts_is_cancelled_with_the_reason(harness: Harness,
+                                                                                       clock) -> None:
+    """Approved while Slipway was down, then a freeze began: it must not start."""
+    from datetime import datetime, timezone
+
+    harness.mark_succeeded("api", "staging", "2.7.0")
+    await harness.stop()
+    from store import Store
+    store = Store.open(harness.db_path, clock=clock)
+    approved = store.create_deploy(service="api", environment="production", version="2.7.0",
+                                   version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                   checklist=[], needs_approval=False)
+    store.close()
+    clock.now = datetime(2026, 12, 24, 9, 0, tzinfo=timezone.utc)
+    await harness.start()
+    await harness.settle()
+    stopped = harness.deploy(approved.id)
+    assert stopped.status == "cancelled"
+    assert stopped.status_reason.startswith("stopped before it started: production is frozen until")
+    assert "deploy_started" not in [e.action for e in harness.store.audit_events(approved.id)]

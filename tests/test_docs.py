@@ -73,7 +73,7 @@ def test_every_cli_subcommand_is_documented() -> None:
 
 
 def test_every_environment_variable_read_is_documented() -> None:
-    sources = "\n".join(p.read_text() for p in (ROOT / "bot").glob("*.py"))
+    sources = "\n".join(p.read_text() for folder in ("bot", "handlers", "store") for p in (ROOT / folder).rglob("*.py"))
     variables = set(re.findall(r"\"((?:SLACK|SLIPWAY)_[A-Z_]+)\"", sources))
     assert {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "SLACK_API_URL"} <= variables
     for variable in variables:

@@ -38,8 +38,11 @@ async def test_a_correctly_signed_request_passes(harness: Harness) -> None:
     assert status == 200 and "needs no approval" in text
 
 
-async def test_the_bot_keeps_serving_after_garbage(harness: Harness) -> None:
-    for body in ("", "payload=%7Bnot-json", "payload=" + "x" * 10_000):
-        status, _ = await harness.slack.post(body)
-        assert status in (400, 401, 404)
+@pytest.mark.parametrize(("body", "status"), [
+    ("", 404),  # signed, but nothing any listener handles
+    ("payload=%7Bnot-json", 400),  # signed, but the payload is not JSON
+    ("payload=" + "x" * 10_000, 400),
+])
+async def test_the_bot_keeps_serving_after_garbage(harness: Harness, body: str, status: int) -> None:
+    assert (await harness.slack.post(body))[0] == status
     assert "needs no approval" in await harness.command("web 1.0.0")

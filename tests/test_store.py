@@ -128,3 +128,32 @@ def test_locks_expire_and_scope(store: Store) -> None:
     store.acquire_lock("web", "staging", "U0ERIN", "short", until="2000-01-01T00:00:00+00:00")
     assert store.locks_for("web", "staging") == []  # expired
     assert [l.reason for l in store.release_locks("api", None, "U0ERIN")] == ["all of it"]
+
+
+def test_two_processes_racing_for_one_environment_get_one_deploy(tmp_path: Path) -> None:
+    """Two connections (as two Slipway processes would have) insert at once;
+    the unique index under BEGIN IMMEDIATE lets exactly one through."""
+    import threading
+
+    path = tmp_path / "race.db"
+    Store.open(path).close()
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def request(n: int) -> None:
+        store = Store.open(path)
+        barrier.wait()
+        try:
+            new_deploy(store, version=f"2.7.{n}", checklist=[])
+            outcomes.append("created")
+        except DeployInFlight:
+            outcomes.append("in flight")
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["in flight"] * 7
