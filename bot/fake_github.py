@@ -168,6 +168,7 @@ class FakeGitHub(FakeServer):
         app.router.add_post(repo + "/workflows/{workflow_id}/dispatches", self._dispatch)
         app.router.add_get(repo + "/workflows/{workflow_id}/runs", self._list_runs)
         app.router.add_get(repo + "/runs/{run_id}", self._get_run)
+        app.router.add_post(repo + "/runs/{run_id}/cancel", self._cancel_run)
         return app
 
     # -- what happened --------------------------------------------------------------
@@ -215,6 +216,18 @@ class FakeGitHub(FakeServer):
         shown = sorted((run for run in listed if run.hidden_for < 0), key=lambda run: run.id, reverse=True)
         body = {"total_count": len(shown), "workflow_runs": [run.as_json(self.url) for run in shown]}
         return await self._answer(call, self._after_effect(call) or web.json_response(body))
+
+    async def _cancel_run(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "cancel")
+        if refused is not None:
+            return await self._answer(call, refused)
+        run = self.runs.get(int(request.match_info["run_id"])) if request.match_info["run_id"].isdigit() else None
+        if run is None or run.workflow.repository != _repository(request):
+            return await self._answer(call, _error(404, "Not Found"))
+        if run.status == "completed":
+            return await self._answer(call, _error(409, "Cannot cancel a workflow run that is completed."))
+        run.statuses, run.polls, run.conclusion = ["completed"], 0, "cancelled"
+        return await self._answer(call, web.json_response({}, status=202))
 
     async def _get_run(self, request: web.Request) -> web.Response:
         call, refused = await self._admit(request, "run")

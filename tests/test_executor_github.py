@@ -282,8 +282,11 @@ async def test_times_out_while_the_run_is_still_in_progress(github: FakeGitHub, 
 
     run = run_of(github, 42)
     assert not outcome.succeeded
-    assert outcome.summary == f"timed out after 0.3s; run {run.id} still in_progress"
+    assert outcome.summary == f"timed out after 0.3s; run {run.id} still in_progress; the run was cancelled"
     assert outcome.run_url == run.html_url and outcome.reference == {"run_id": run.id}
+    # a run left going could finish after a fix or a rollback and undo it
+    assert [c.status for c in github.calls_to("cancel")] == [202]
+    assert run.conclusion == "cancelled"
 
 
 async def test_an_unreachable_github_times_out_instead_of_crashing(remembered: Remembered) -> None:
@@ -294,6 +297,7 @@ async def test_an_unreachable_github_times_out_instead_of_crashing(remembered: R
     outcome = await executor(dead, timeout=0.3).resume(job(), {"run_id": 7, "run_url": "u"}, remembered)
 
     assert not outcome.succeeded and outcome.summary.startswith("timed out after 0.3s; run 7 still")
+    assert outcome.summary.endswith("cancel it by hand")
 
 
 # -- resuming after a restart ---------------------------------------------------------

@@ -132,7 +132,7 @@ class GitHubActionsExecutor:
             except _Refused as refused:
                 return tracker.refused(refused)
             except _DeadlinePassed:
-                return tracker.timed_out()
+                return await tracker.timed_out_and_cancelled()
 
     @asynccontextmanager
     async def _session_in_use(self) -> AsyncIterator[aiohttp.ClientSession]:
@@ -428,6 +428,21 @@ class _JobTracker:
         summary = f"{refused.what}: {refused.reply.message} (HTTP {refused.reply.status})"
         return Outcome(False, summary + hint.get(refused.reply.status, ""), run_url=self.run_url,
                        reference=self._reference())
+
+    async def timed_out_and_cancelled(self) -> Outcome:
+        """The timeout's outcome, after asking GitHub to cancel the run: a run
+        left going could finish after a fix or rollback and undo it."""
+        outcome = self.timed_out()
+        if self.run_id is None:
+            return outcome
+        try:
+            reply = await self.api.call("POST", f"{self._repo_path}/actions/runs/{self.run_id}/cancel",
+                                        timeout=10.0)
+            note = "the run was cancelled" if reply.status in (202, 204) else (
+                f"cancelling the run failed: {reply.message} (HTTP {reply.status}); cancel it by hand")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            note = f"cancelling the run failed ({exc or type(exc).__name__}); cancel it by hand"
+        return Outcome(False, f"{outcome.summary}; {note}", run_url=outcome.run_url, reference=outcome.reference)
 
     def timed_out(self) -> Outcome:
         where = f"run {self.run_id} still {self.status}" if self.run_id is not None else self.waiting_for

@@ -123,7 +123,8 @@ class WebhookExecutor:
         report = await self._reports.wait_terminal(job.deploy_id, max(0.0, self._spec.timeout - elapsed))
         log_url = self._reports.latest_log_url(job.deploy_id)
         if report is None:
-            return Outcome(False, f"no report from the engine within {_human(self._spec.timeout)}", run_url=log_url)
+            return Outcome(False, f"no report from the engine within {_human(self._spec.timeout)}; it may still be "
+                                  "running: check it before a fix or a rollback", run_url=log_url)
         summary = f"engine reported {report.status}" + (f": {report.message}" if report.message else "")
         return Outcome(report.status == "succeeded", summary, run_url=report.log_url or log_url,
                        log_tail=report.message or "")
