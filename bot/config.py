@@ -99,6 +99,7 @@ class Environment(_Model):
     approvals: Approvals | None = None
     checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
     roles: Roles = Roles()
+    auto_rollback: bool = False  # roll back at once on a page-level alert tied to a deploy here
 
 
 class Freeze(_Model):
@@ -218,6 +219,63 @@ class Service(_Model):
     environments: list[str] | None = None  # None: every rung of the ladder
 
 
+class AlertLabels(_Model):
+    """Which labels (or annotations) of an alert carry what; the first one
+    present wins."""
+
+    service: list[str] = ["service", "job"]
+    environment: list[str] = ["env", "environment"]
+    metric: list[str] = ["metric"]
+    value: list[str] = ["value"]
+    baseline: list[str] = ["baseline"]
+    traffic: list[str] = ["traffic"]
+    severity: list[str] = ["severity"]
+
+
+class AlertRule(_Model):
+    """Thresholds for one metric, as multiples of its baseline, with absolute
+    floors so that twice almost nothing stays quiet."""
+
+    metric: Annotated[str, Field(min_length=1)]
+    notify_above: Annotated[float, Field(gt=0)] | None = None
+    warn_above: Annotated[float, Field(gt=0)] | None = None
+    page_above: Annotated[float, Field(gt=0)] | None = None
+    min_value: Annotated[float, Field(ge=0)] = 0.0
+    min_traffic: Annotated[float, Field(ge=0)] = 0.0
+    unit: str = ""  # shown after numbers, e.g. "%" or "ms"
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> "AlertRule":
+        if self.notify_above is None and self.warn_above is None and self.page_above is None:
+            raise ValueError("give at least one of notify_above, warn_above, page_above")
+        return self
+
+
+DEFAULT_ALERT_RULES = [
+    AlertRule(metric="error_rate", notify_above=2, page_above=5, min_value=0.01),
+    AlertRule(metric="latency_p95", warn_above=3, min_value=0.05, unit="s"),
+]
+
+
+class Alerts(_Model):
+    """Where monitors' alerts go and how they are judged."""
+
+    channel: Annotated[str, Field(min_length=1)]  # alerts not tied to a deploy open their own thread here
+    correlation_window: Duration = 3600.0  # an alert this soon after a deploy belongs to its thread
+    oncall: str | None = None  # mentioned on a page: a usergroup handle ("@oncall") or user id
+    labels: AlertLabels = AlertLabels()
+    rules: list[AlertRule] = DEFAULT_ALERT_RULES
+    alertmanager_token_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_ALERTMANAGER_TOKEN"
+    grafana_secret_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_GRAFANA_SECRET"
+    generic_token_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_GENERIC_TOKEN"
+    storm_threshold: Annotated[int, Field(ge=1)] = 5  # new alert threads per service per 10 min before a digest
+
+    @field_validator("oncall")
+    @classmethod
+    def _oncall(cls, value: str | None) -> str | None:
+        return _check_people([value])[0] if value is not None else None
+
+
 class Config(_Model):
     """The whole config file."""
 
@@ -226,6 +284,7 @@ class Config(_Model):
     environments: Annotated[list[Environment], Field(min_length=1)]
     freeze: list[Freeze] = []
     services: Annotated[dict[str, Service], Field(min_length=1)]
+    alerts: Alerts | None = None
 
     @field_validator("services")
     @classmethod
@@ -252,6 +311,9 @@ class Config(_Model):
                     names.add(executor.webhook.secret_env)
                 if executor is not None and executor.github_actions is not None:
                     names.add(executor.github_actions.token_env)
+        if self.alerts is not None:
+            names |= {self.alerts.alertmanager_token_env, self.alerts.grafana_secret_env,
+                      self.alerts.generic_token_env}
         return frozenset(names)
 
     def environment(self, name: str) -> Environment:

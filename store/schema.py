@@ -96,7 +96,42 @@ def _m2_execution(db: sqlite_utils.Database) -> None:
     db["engine_reports"].create_index(["deploy_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_execution]
+def _m3_alerts_and_outbox(db: sqlite_utils.Database) -> None:
+    # One row per alert occurrence a monitor sent (its fingerprint and start
+    # identify it: repeats and HA duplicates land on the same row).
+    db["alerts"].create(
+        {"id": int, "source": str, "fingerprint": str, "group_key": str, "status": str, "name": str,
+         "service": str, "environment": str, "metric": str, "value": float, "baseline": float,
+         "severity": str, "level": str, "starts_at": str, "ends_at": str, "received_at": str,
+         "updated_at": str, "deploy_id": int, "message_key": str, "summary": str, "url": str, "payload": str},
+        pk="id",
+        not_null={"source", "fingerprint", "status", "received_at"},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["alerts"].create_index(["source", "fingerprint", "starts_at"], unique=True)
+    db["alerts"].create_index(["service", "environment", "status"])
+    db["alert_events"].create(
+        {"id": int, "alert_id": int, "at": str, "status": str, "level": str, "value": float},
+        pk="id",
+        foreign_keys=[("alert_id", "alerts", "id")],
+    )
+    # The durable outbox: every Slack message an alert causes is written here
+    # in the same transaction as the alert, then delivered (paced per channel,
+    # retried, resumed after a restart) by bot/outbox.py.
+    db["outbox"].create(
+        {"id": int, "message_key": str, "op": str, "channel": str, "thread_key": str, "text": str,
+         "blocks": str, "state": str, "attempts": int, "next_attempt_at": str, "created_at": str,
+         "sent_at": str, "last_error": str},
+        pk="id",
+        not_null={"message_key", "op", "state", "created_at"},
+    )
+    db["outbox"].create_index(["state", "next_attempt_at"])
+    db["outbox"].create_index(["message_key"])
+    # Where each logical message ended up in Slack.
+    db["slack_messages"].create({"key": str, "channel": str, "ts": str}, pk="key")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_execution, _m3_alerts_and_outbox]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:
