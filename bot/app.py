@@ -18,14 +18,18 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
+import handlers.alerts
 import handlers.webhooks
 from bot.config import Config
+from bot.alerts.relay import AlertRelay
 from bot.directory import Directory
+from bot.errors import SlipwayError
 from bot.executors import EngineReports
 from bot.lifecycle import DeployRunner
 from bot.render import mention, rollback_plan_text
 from bot.rollback import Rollbacks
 from bot.messages import DeployMessages
+from bot.outbox import Outbox
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks
 from bot.workflow import DeployWorkflow
@@ -34,6 +38,7 @@ from store import Deploy, Store, utc_now
 log = logging.getLogger(__name__)
 
 SLACK_EVENTS_PATH = "/slack/events"
+AUTO_ROLLBACK_ACTOR = "slipway"  # who the audit log says started an automatic rollback
 SLIPWAY_KEY = web.AppKey("slipway", "Slipway")
 
 
@@ -51,6 +56,8 @@ class Slipway:
     reports: EngineReports
     rollbacks: Rollbacks
     runner: DeployRunner
+    outbox: Outbox
+    alert_relay: AlertRelay | None
     socket_mode: bool = False
     environ: Mapping[str, str] | None = None  # where engine secrets are read (None: os.environ)
 
@@ -72,8 +79,26 @@ class Slipway:
         self.messages.refresh(undone.id)
         return rollback
 
+    async def auto_rollback(self, deploy_id: int) -> None:
+        """Roll back a deploy a page-level alert was tied to, where the
+        environment asks for it (``auto_rollback: true``), and say so."""
+        deploy = self.store.get_deploy(deploy_id)
+        try:
+            plan = self.rollbacks.plan(deploy_id)
+            rollback, undone, _ = await self.rollbacks.start(
+                deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
+        except SlipwayError as refusal:
+            await self.messages.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
+                                               f"#{deploy_id}, but it cannot run: {refusal.message}")
+            return
+        await self.messages.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
+                                           f"{undone.environment}, page-level alert): {plan.text}.")
+        rollback = await self.messages.announce(rollback)
+        self.runner.start(rollback.id)
+
     async def close(self) -> None:
         await self.tasks.close()
+        await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
 
@@ -94,8 +119,11 @@ def create_slack_client(settings: Settings) -> AsyncWebClient:
 
 
 def create_slipway(config: Config, store: Store, settings: Settings,
-                   clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None) -> Slipway:
-    """Wire a Slipway from its parts (the store is owned by the caller)."""
+                   clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None,
+                   outbox_interval: float = 1.0) -> Slipway:
+    """Wire a Slipway from its parts (the store is owned by the caller).
+    ``outbox_interval``: seconds between two outbox posts to one channel
+    (Slack allows about one a second)."""
     client = create_slack_client(settings)
     bolt = AsyncApp(
         client=client,
@@ -112,8 +140,10 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     reports = EngineReports(store)
     runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
     runner.blocked_reason = workflow.blocked_reason
+    outbox = Outbox(store, client, interval=outbox_interval)
+    relay = AlertRelay(config, store, rollbacks.offer, clock) if config.alerts is not None else None
     slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
-                      settings.socket_mode, environ)
+                      outbox, relay, settings.socket_mode, environ)
     handlers.register(bolt, slipway)
     return slipway
 
@@ -148,6 +178,7 @@ def create_web_app(slipway: Slipway) -> web.Application:
                                  status=200 if healthy else 503, dumps=json.dumps)
 
     async def recover(app: web.Application) -> None:
+        slipway.outbox.start()  # resumes whatever a previous Slipway left queued
         slipway.runner.recover()
 
     async def shutdown(app: web.Application) -> None:
@@ -159,6 +190,7 @@ def create_web_app(slipway: Slipway) -> web.Application:
         app.router.add_post(SLACK_EVENTS_PATH, slack_events)
     app.router.add_get("/healthz", healthz)
     handlers.webhooks.register(app, slipway)
+    handlers.alerts.register(app, slipway)
     app.on_startup.append(recover)
     app.on_cleanup.append(shutdown)
     return app

@@ -267,6 +267,8 @@ class Alerts(_Model):
     rules: list[AlertRule] = DEFAULT_ALERT_RULES
     alertmanager_token_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_ALERTMANAGER_TOKEN"
     grafana_secret_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_GRAFANA_SECRET"
+    grafana_signature_header: str = "X-Grafana-Alerting-Signature"  # the contact point's HMAC header
+    grafana_timestamp_header: str | None = None  # its timestamp header, when one is configured
     generic_token_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_GENERIC_TOKEN"
     storm_threshold: Annotated[int, Field(ge=1)] = 5  # new alert threads per service per 10 min before a digest
 

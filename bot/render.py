@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from bot.config import USER_ID
 from bot.versions import bump_kind
 from store import Deploy
 
@@ -42,7 +43,11 @@ STATUS_LABELS = {
 
 
 def mention(user_id: str | None) -> str:
-    return f"<@{user_id}>" if user_id else "nobody"
+    """A Slack mention of a user id; anything else (e.g. "slipway" for an
+    automatic action) is shown as plain text."""
+    if not user_id:
+        return "nobody"
+    return f"<@{user_id}>" if USER_ID.match(user_id) else user_id
 
 
 def when(iso: str | None) -> str:

@@ -110,7 +110,7 @@ class Rollbacks:
         return env.approvals is not None and await self.directory.is_member(user, env.approvals.approvers)
 
     async def start(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
-                    trigger_id: str | None = None) -> tuple[Deploy, Deploy, Deploy | None]:
+                    trigger_id: str | None = None, automatic: bool = False) -> tuple[Deploy, Deploy, Deploy | None]:
         """Record a rollback of deploy ``deploy_id`` to ``expected_target`` (the
         version the person confirmed). Returns the rollback, the deploy it
         undoes, and a request it superseded (cancelled), if any.
@@ -122,7 +122,7 @@ class Rollbacks:
         """
         plan = self.plan(deploy_id)
         current = plan.current
-        if not await self.may_roll_back(user, current):
+        if not automatic and not await self.may_roll_back(user, current):
             self.store.record_event(current.id, user, "refused", {"attempted": "rollback"}, source)
             raise NotAllowed(f"You may not roll back {current.service} on {current.environment}. "
                              f"Allowed: {self._allowed_list(current)}.")

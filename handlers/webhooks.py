@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bot.executors import signing
 from bot.executors.webhook import REPORT_STATUSES
+from handlers.http import problem, read_bounded
 from store import DeployNotFound
 
 if TYPE_CHECKING:
@@ -24,23 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 64 * 1024
-
-
-def problem(status: int, reason: str) -> web.Response:
-    return web.json_response({"ok": False, "error": reason}, status=status)
-
-
-async def read_bounded(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None when it is larger than ``limit`` (read to the
-    end: ``content.read(n)`` would return only what has arrived so far)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def register(app: web.Application, slipway: "Slipway") -> None:

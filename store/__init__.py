@@ -195,6 +195,11 @@ class AuditEvent:
 ALL_ENVIRONMENTS = "*"
 
 
+def deploy_message_key(deploy_id: int) -> str:
+    """The outbox's name for a deploy's message."""
+    return f"deploy-{deploy_id}"
+
+
 class Store:
     """The one door to Slipway's SQLite database."""
 
@@ -222,7 +227,7 @@ class Store:
         return self.clock().astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         # BEGIN IMMEDIATE takes the write lock before the state is read, so
         # the check-then-write below cannot interleave with another writer.
         self.db.execute("BEGIN IMMEDIATE")
@@ -233,6 +238,8 @@ class Store:
             raise
         else:
             self.db.conn.commit()
+
+    _transaction = transaction  # the name the store's own modules were written against
 
     def _audit(self, deploy_id: int | None, actor: str | None, action: str,
                detail: dict[str, Any] | None = None, source: str | None = None) -> None:
@@ -343,7 +350,7 @@ class Store:
         now = self._now()
         status = "awaiting_approval" if needs_approval else "approved"
         try:
-            with self._transaction():
+            with self.transaction():
                 # Insert first and let the unique indexes (trigger id; one deploy in
                 # flight) refuse a duplicate: no look-ups on the hot path, no race.
                 cursor = self.db.execute(
@@ -378,11 +385,14 @@ class Store:
 
     def attach_message(self, deploy_id: int, channel: str, message_ts: str, permalink: str | None) -> Deploy:
         """Remember where the deploy's Slack message is, to update it in place."""
-        with self._transaction():
+        with self.transaction():
             self.db.execute(
                 "UPDATE deploys SET channel = ?, message_ts = ?, permalink = ?, updated_at = ? WHERE id = ?",
                 [channel, message_ts, permalink, self._now(), deploy_id],
             )
+            # the outbox knows the deploy's message by this key, to reply in its thread
+            self.db.execute("INSERT OR REPLACE INTO slack_messages (key, channel, ts) VALUES (?, ?, ?)",
+                            [deploy_message_key(deploy_id), channel, message_ts])
         return self.get_deploy(deploy_id)
 
     def transition(
@@ -403,7 +413,7 @@ class Store:
             DeployNotFound: no deploy has that id.
             StateConflict: the deploy is in another state; nothing changed.
         """
-        with self._transaction():
+        with self.transaction():
             current = self._status(deploy_id)
             if current not in allowed_from:
                 raise StateConflict(deploy_id, current, to)
@@ -433,7 +443,7 @@ class Store:
             DeployNotFound, StateConflict: as for :meth:`transition`.
             LookupError: the deploy has no item at ``position``.
         """
-        with self._transaction():
+        with self.transaction():
             current = self._status(deploy_id)
             if current != "awaiting_approval":
                 raise StateConflict(deploy_id, current, "awaiting_approval")
@@ -463,7 +473,7 @@ class Store:
             ChecklistIncomplete: this would be the final approval, but some
                 checklist items are unticked; the approval is not counted.
         """
-        with self._transaction():
+        with self.transaction():
             current = self._status(deploy_id)
             if current != "awaiting_approval":
                 raise StateConflict(deploy_id, current, "approved")
@@ -494,7 +504,7 @@ class Store:
                              run_url: str | None, log_tail: str, reference: dict[str, Any]) -> Deploy:
         """Keep what the deploy engine reported (no state change); ``reference``
         is merged into what the engine remembered while it ran."""
-        with self._transaction():
+        with self.transaction():
             row = self.db.execute("SELECT executor_ref FROM deploys WHERE id = ?", [deploy_id]).fetchone()
             merged = {**(json.loads(row[0]) if row and row[0] else {}), **reference}
             self.db.execute(
@@ -510,7 +520,7 @@ class Store:
     def remember_reference(self, deploy_id: int, kind: str, reference: dict[str, Any]) -> None:
         """Merge what the engine said about itself (run id, pid) into the deploy,
         so a restarted Slipway can follow it up."""
-        with self._transaction():
+        with self.transaction():
             row = self.db.execute("SELECT executor_ref FROM deploys WHERE id = ?", [deploy_id]).fetchone()
             if row is None:
                 raise DeployNotFound(f"no deploy #{deploy_id}")
@@ -520,7 +530,7 @@ class Store:
 
     def record_verification(self, deploy_id: int, checks: list[dict[str, Any]]) -> Deploy:
         """Keep the result of every post-deploy check with the deploy."""
-        with self._transaction():
+        with self.transaction():
             self.db.execute("UPDATE deploys SET verification = ?, updated_at = ? WHERE id = ?",
                             [json.dumps(checks), self._now(), deploy_id])
             self._audit(deploy_id, None, "verified", {"passed": all(c.get("passed") for c in checks),
@@ -535,7 +545,7 @@ class Store:
             DeployNotFound: no deploy has that id.
         """
         now = self._now()
-        with self._transaction():
+        with self.transaction():
             self._status(deploy_id)
             self.db.execute("INSERT INTO engine_reports (deploy_id, at, status, log_url, message) VALUES (?, ?, ?, ?, ?)",
                             [deploy_id, now, status, log_url, message])
@@ -565,10 +575,23 @@ class Store:
         ))
         return self._hydrate(rows[0]) if rows else None
 
+    def deploy_behind(self, service: str, environment: str, moment: str, window_seconds: float) -> Deploy | None:
+        """The deploy of ``service`` to ``environment`` most likely behind
+        something that started at ``moment`` (ISO): the latest one whose engine
+        started before it and that finished no more than ``window_seconds``
+        before it (or has not finished)."""
+        rows = list(self.db.query(
+            "SELECT * FROM deploys WHERE service = ? AND environment = ? AND started_at IS NOT NULL "
+            "AND started_at <= ? AND (finished_at IS NULL OR "
+            "(julianday(?) - julianday(finished_at)) * 86400.0 <= ?) ORDER BY started_at DESC, id DESC LIMIT 1",
+            [service, environment, moment, moment, window_seconds],
+        ))
+        return self._hydrate(rows[0]) if rows else None
+
     def record_event(self, deploy_id: int | None, actor: str | None, action: str,
                      detail: dict[str, Any] | None = None, source: str | None = None) -> None:
         """Append an event that changes no state (e.g. a refused click)."""
-        with self._transaction():
+        with self.transaction():
             self._audit(deploy_id, actor, action, detail, source)
 
     # -- locks ------------------------------------------------------------------------
@@ -592,7 +615,7 @@ class Store:
         """Lock ``service`` on ``environment`` (``"*"``: all of them), replacing
         an existing lock of the same scope."""
         lock = Lock(service, environment, user, self._now(), reason, until)
-        with self._transaction():
+        with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO locks (service, environment, locked_by, locked_at, reason, until) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -606,7 +629,7 @@ class Store:
                       source: str | None = None) -> list[Lock]:
         """Remove the lock on ``service`` for ``environment`` (``None``: every
         lock of the service) and return what was removed."""
-        with self._transaction():
+        with self.transaction():
             if environment is None:
                 rows = list(self.db.query("SELECT * FROM locks WHERE service = ?", [service]))
                 self.db.execute("DELETE FROM locks WHERE service = ?", [service])

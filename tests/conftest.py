@@ -89,7 +89,10 @@ class Harness:
 
     async def start(self) -> "Harness":
         self.store = Store.open(self.db_path, clock=self.clock)
-        self.slipway = create_slipway(self.config, self.store, self.settings, clock=self.clock, environ=self.environ)
+        # the outbox's pacing is tested on its own (tests/test_outbox.py) with a clock it is given;
+        # here it only needs to stay out of the way
+        self.slipway = create_slipway(self.config, self.store, self.settings, clock=self.clock, environ=self.environ,
+                                      outbox_interval=0.01)
         self._runner = web.AppRunner(create_web_app(self.slipway))
         await self._runner.setup()
         if self._sock is not None:  # the first start listens where the config says Slipway is

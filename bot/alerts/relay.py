@@ -1,0 +1,181 @@
+"""From a monitor's alerts to Slack messages, in one transaction.
+
+Each alert is stored (a repeat or an HA duplicate lands on the row it
+repeats and changes nothing), judged against the threshold rules, tied to
+the deploy most likely behind it, and turned into outbox entries: one
+message per (deploy or alert group, rule), edited in place as its alerts
+change, with a thread line per state change. The Slack work happens later,
+in the outbox, so the monitor gets its answer at once and nothing is lost if
+Slack is slow, rate-limits, or Slipway restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from bot.alerts import render
+from bot.alerts.model import Alert
+from bot.alerts.rules import Judgement, judge
+from bot.config import Config
+from bot.render import duration_text
+from store import Deploy, Store, deploy_message_key
+from store import alerts as alert_rows
+from store.alerts import StoredAlert
+from store.outbox import enqueue_post, enqueue_update
+
+STORM_WINDOW = timedelta(minutes=10)
+
+
+@dataclass
+class Receipt:
+    """What one webhook delivery did."""
+
+    received: int = 0
+    duplicates: int = 0
+    posted: int = 0  # Slack messages queued (new, edits and thread lines)
+    page_deploys: list[int] = field(default_factory=list)  # deploys an auto-rollback should undo
+
+
+class AlertRelay:
+    def __init__(self, config: Config, store: Store,
+                 rollback_offer: Callable[[Deploy], tuple[str | None, str | None]],
+                 clock: Callable[[], datetime]) -> None:
+        assert config.alerts is not None
+        self.config = config
+        self.settings = config.alerts
+        self.store = store
+        self.rollback_offer = rollback_offer
+        self.clock = clock
+
+    def receive(self, group_key: str | None, alerts: list[Alert]) -> Receipt:
+        """Record ``alerts`` and queue what Slack should see, atomically."""
+        receipt = Receipt(received=len(alerts))
+        with self.store.transaction():
+            for alert in alerts:
+                self._one(alert, group_key, receipt)
+        return receipt
+
+    def _one(self, alert: Alert, group_key: str | None, receipt: Receipt) -> None:
+        judgement = judge(alert, self.settings.rules)
+        starts_at = _iso(alert.starts_at)
+        if alert.source == "generic" and (open_alert := alert_rows.latest_firing(self.store, alert.source,
+                                                                                 alert.fingerprint)):
+            # a generic sender may leave out started_at (it defaults to now):
+            # a repeat or a resolve of an alert still firing is that alert
+            starts_at = open_alert.starts_at
+        existing = alert_rows.find(self.store, alert.source, alert.fingerprint, starts_at)
+        deploy = self._deploy_behind(alert) if existing is None else (
+            self.store.get_deploy(existing.deploy_id) if existing.deploy_id else None)
+        key = existing.message_key if existing is not None and existing.message_key else self._message_key(
+            alert, group_key, judgement, deploy)
+        fields = {
+            "source": alert.source, "fingerprint": alert.fingerprint, "group_key": group_key or alert.group_key,
+            "status": alert.status, "name": alert.name, "service": alert.service,
+            "environment": alert.environment, "metric": alert.metric, "value": alert.value,
+            "baseline": alert.baseline, "severity": alert.severity, "level": judgement.level,
+            "starts_at": starts_at, "ends_at": _iso(alert.ends_at), "deploy_id": deploy.id if deploy else None,
+            "message_key": key, "summary": alert.summary, "url": alert.url,
+        }
+        stored, change = alert_rows.upsert(self.store, fields, {"labels": alert.labels,
+                                                                "annotations": alert.annotations})
+        if change == "duplicate":
+            receipt.duplicates += 1
+            return
+        self._show(stored, change, judgement, deploy, receipt)
+        if (deploy is not None and stored.status == "firing" and stored.level == "page"
+                and change in ("new", "louder")
+                and self.config.environment(deploy.environment).auto_rollback):
+            receipt.page_deploys.append(deploy.id)
+
+    def _deploy_behind(self, alert: Alert) -> Deploy | None:
+        if not (alert.service and alert.environment):
+            return None
+        moment = _iso(alert.starts_at) or self.store._now()
+        return self.store.deploy_behind(alert.service, alert.environment, moment, self.settings.correlation_window)
+
+    def _message_key(self, alert: Alert, group_key: str | None, judgement: Judgement, deploy: Deploy | None) -> str:
+        if deploy is not None:
+            return f"alert-deploy-{deploy.id}-{judgement.rule_key}"
+        group = hashlib.sha256(f"{alert.source}|{group_key or alert.fingerprint}".encode()).hexdigest()[:16]
+        return f"alert-group-{group}-{judgement.rule_key}"
+
+    # -- what Slack sees ---------------------------------------------------------------
+
+    def _show(self, stored: StoredAlert, change: str, judgement: Judgement, deploy: Deploy | None,
+              receipt: Receipt) -> None:
+        shown = [a for a in alert_rows.with_message(self.store, stored.message_key)]
+        visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"]
+        if not any(a.level != "quiet" for a in shown):
+            return  # below every threshold: recorded, not posted
+        text, blocks = self._render(visible, deploy)
+        channel, thread_key = self._where(stored, deploy)
+        if not self._posted(stored.message_key):
+            enqueue_post(self.store, stored.message_key, channel, text, blocks, thread_key=thread_key)
+            receipt.posted += 1
+            return
+        enqueue_update(self.store, stored.message_key, text, blocks)
+        line_thread = deploy_message_key(deploy.id) if deploy is not None else stored.message_key
+        line_key = f"{stored.message_key}-line-{stored.id}-{change}-{self.store._now()}"
+        enqueue_post(self.store, line_key, channel, render.change_line(stored, change, judgement.reason),
+                     thread_key=line_thread)
+        receipt.posted += 2
+
+    def _posted(self, key: str) -> bool:
+        """Whether a message is known by ``key``: sent, or queued and not failed."""
+        row = self.store.db.execute(
+            "SELECT 1 FROM outbox WHERE message_key = ? AND op = 'post' AND state IN ('pending', 'sending', 'sent') "
+            "UNION SELECT 1 FROM slack_messages WHERE key = ?", [key, key]).fetchone()
+        return row is not None
+
+    def _where(self, stored: StoredAlert, deploy: Deploy | None) -> tuple[str, str | None]:
+        """A deploy's alerts go into its thread; others open their own thread in
+        the alerts channel, or, in a storm, go into the service's digest thread."""
+        if deploy is not None and deploy.channel:
+            return deploy.channel, deploy_message_key(deploy.id)
+        since = (self.clock() - STORM_WINDOW).astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        threads = alert_rows.recent_threads(self.store, stored.service, since)
+        if threads <= self.settings.storm_threshold:
+            return self.settings.channel, None
+        bucket = int(self.clock().timestamp() // STORM_WINDOW.total_seconds())
+        digest = f"digest-{stored.service or 'unlabelled'}-{bucket}"
+        text = render.digest_text(stored.service, threads - self.settings.storm_threshold)
+        if self._posted(digest):
+            enqueue_update(self.store, digest, text)
+        else:
+            enqueue_post(self.store, digest, self.settings.channel, text)
+        return self.settings.channel, digest
+
+    def _render(self, alerts: list[StoredAlert], deploy: Deploy | None) -> tuple[str, list[dict]]:
+        reasons = {a.id: judge(_as_alert(a), self.settings.rules).reason for a in alerts}
+        rollback_to = None
+        tie = None
+        if deploy is not None:
+            deploy = self.store.get_deploy(deploy.id)
+            rollback_to, _ = self.rollback_offer(deploy)
+            tie = _tie_text(alerts[0], deploy)
+        blocks = render.alert_blocks(alerts, reasons=reasons, tie=tie, deploy=deploy, rollback_to=rollback_to,
+                                     oncall=self.settings.oncall)
+        return render.fallback_text(alerts), blocks
+
+
+def _tie_text(alert: StoredAlert, deploy: Deploy) -> str:
+    """Why the alert was tied to this deploy, in words."""
+    what = f"{deploy.service} {deploy.display_version}"
+    if alert.starts_at and deploy.finished_at and alert.starts_at >= deploy.finished_at:
+        gap = (datetime.fromisoformat(alert.starts_at) - datetime.fromisoformat(deploy.finished_at)).total_seconds()
+        reached = "reached" if deploy.status == "succeeded" else "finished on"
+        return f"Started {duration_text(gap)} after {what} {reached} {deploy.environment} (deploy #{deploy.id})."
+    return f"Started during the deploy of {what} to {deploy.environment} (deploy #{deploy.id})."
+
+
+def _as_alert(stored: StoredAlert) -> Alert:
+    return Alert(source=stored.source, fingerprint=stored.fingerprint, status=stored.status, name=stored.name,
+                 service=stored.service, environment=stored.environment, metric=stored.metric, value=stored.value,
+                 baseline=stored.baseline, severity=stored.severity, summary=stored.summary)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds") if moment else None

@@ -1,0 +1,104 @@
+"""Block Kit for alert messages: pure functions from stored alerts to blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.render import ACTION_ROLLBACK, MAX_SECTION_TEXT, mention, rollback_plan_text
+from store import Deploy
+from store.alerts import StoredAlert
+
+LEVEL_LABELS = {
+    "page": ":rotating_light: *PAGE*",
+    "warn": ":warning: *Warning*",
+    "notify": ":large_orange_circle: *Breach*",
+    "info": ":information_source: *Alert*",
+    "quiet": ":white_circle: *Below thresholds*",
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _who(alert: StoredAlert) -> str:
+    where = " ".join(filter(None, [alert.service, alert.environment]))
+    return f"{alert.name} on {where}" if where else alert.name
+
+
+def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str | None, deploy: Deploy | None,
+                 rollback_to: str | None, oncall: str | None) -> list[dict[str, Any]]:
+    """One message for every alert of a (deploy or group, rule): the loudest
+    firing one leads; each alert shows its number, baseline and ratio."""
+    firing = [a for a in alerts if a.status == "firing"]
+    lead = _loudest(firing) if firing else alerts[-1]
+    if firing:
+        head = f"{LEVEL_LABELS[lead.level]} {_who(lead)}"
+        if lead.level == "page" and oncall:
+            head += f" — {oncall if oncall.startswith('@') else mention(oncall)}"
+    else:
+        head = f":white_check_mark: *Resolved* {_who(lead)}"
+    lines = [head]
+    for alert in alerts[-10:]:
+        mark = "•" if alert.status == "firing" else "✓"
+        lines.append(f"{mark} {reasons.get(alert.id) or alert.summary}" + (
+            f" — {alert.summary}" if reasons.get(alert.id) and alert.summary else "") + (
+            " (resolved)" if alert.status == "resolved" else ""))
+    if len(alerts) > 10:
+        lines.append(f"…and {len(alerts) - 10} earlier alert(s) in this group")
+    if tie:
+        lines.append(f"_{tie}_")
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(lines), MAX_SECTION_TEXT)}},
+    ]
+    context = [f"{len(firing)} firing, {len(alerts) - len(firing)} resolved", f"source: {lead.source}"]
+    if lead.url:
+        context.append(f"<{lead.url}|open in the monitor>")
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), 3000)}]})
+    if firing and deploy is not None and rollback_to is not None:
+        blocks.append(rollback_button(deploy, rollback_to))
+    return blocks
+
+
+def rollback_button(deploy: Deploy, target: str) -> dict[str, Any]:
+    plan = rollback_plan_text(deploy, target)
+    return {
+        "type": "actions",
+        "block_id": f"alert-rollback:{deploy.id}",
+        "elements": [{
+            "type": "button", "action_id": ACTION_ROLLBACK, "style": "danger", "value": f"{deploy.id}:{target}",
+            "text": {"type": "plain_text", "text": _clip(f"Roll back to {target}", 75)},
+            "confirm": {
+                "title": {"type": "plain_text", "text": "Roll back now?"},
+                "text": {"type": "mrkdwn", "text": _clip(f"{plan}. This runs at once, without approvals.", 300)},
+                "confirm": {"type": "plain_text", "text": "Roll back"},
+                "deny": {"type": "plain_text", "text": "Not now"},
+                "style": "danger",
+            },
+        }],
+    }
+
+
+def _loudest(alerts: list[StoredAlert]) -> StoredAlert:
+    from bot.alerts.rules import LEVELS
+
+    return min(alerts, key=lambda a: (LEVELS.index(a.level), -a.id))
+
+
+def fallback_text(alerts: list[StoredAlert]) -> str:
+    firing = [a for a in alerts if a.status == "firing"]
+    lead = _loudest(firing) if firing else alerts[-1]
+    state = lead.level if firing else "resolved"
+    return _clip(f"[{state}] {_who(lead)}: {lead.summary}", 3000)
+
+
+def change_line(alert: StoredAlert, change: str, reason: str) -> str:
+    """The thread's line for one state change of an alert."""
+    if change == "resolved":
+        return f":white_check_mark: Resolved: {_who(alert)}"
+    verb = {"new": "Firing", "louder": "Now louder", "quieter": "Now quieter"}[change]
+    return _clip(f"{LEVEL_LABELS[alert.level]} {verb}: {_who(alert)} — {reason}", MAX_SECTION_TEXT)
+
+
+def digest_text(service: str | None, count: int) -> str:
+    return f":bell: Alert storm: {count} more alert(s) for {service or 'unlabelled services'}, see thread."

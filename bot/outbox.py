@@ -1,0 +1,312 @@
+"""Delivering the durable outbox (store/outbox.py) to Slack.
+
+One worker task sends what callers queued, oldest first within each
+channel, at most one call per ``interval`` seconds per channel (Slack's
+posting limit is about one message per second per channel), taking the
+channels in turns so a busy one does not starve the others.
+
+- A 429 makes that channel wait the Retry-After Slack gave, then the same
+  item is tried again: a rate limit never drops a message.
+- Any other failure is retried with exponential backoff (1 s, 2 s, 4 s ...
+  up to ``max_backoff``), recorded on the row. Errors that cannot heal by
+  themselves (a missing channel, invalid blocks ...) are given up after
+  three attempts: the row is kept as ``failed`` with the error, and logged.
+- Items left in flight by a previous run are sent again when a new Outbox
+  starts on the same database: nothing is lost across a restart.
+
+The worker owns every retry and wait. slack_sdk's own retry handlers for
+HTTP answers (the app's client has its rate-limit handler, which sleeps
+inside the call) would hold the single worker, and with it every channel,
+for one channel's Retry-After, out of the outbox's sight; so the Outbox
+talks to Slack through a copy of the client it is given, with only the
+connection-reset retry handler kept (see :func:`outbox_client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from store import Store
+from store import outbox as queue
+from store.outbox import POST, Delivery, OutboxItem
+
+log = logging.getLogger(__name__)
+
+# Errors a retry cannot fix by itself. Still tried PERMANENT_AFTER times in
+# all (a channel being created, the bot being invited, are a moment away),
+# then the item is failed and kept. Everything else (5xx, internal_error,
+# timeouts, and auth errors a person can fix) is retried for as long as it
+# takes: an alert is worth more late than never.
+PERMANENT_ERRORS = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "restricted_action",
+    "invalid_blocks", "invalid_blocks_format", "invalid_attachments", "too_many_attachments",
+    "msg_too_long", "no_text", "invalid_arguments",
+    "message_not_found", "cant_update_message", "edit_window_closed",
+})
+PERMANENT_AFTER = 3
+# Errors a person has to fix: retried, but logged at ERROR.
+NEEDS_A_PERSON = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired",
+                            "account_inactive", "missing_scope"})
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+def outbox_client(client: AsyncWebClient) -> AsyncWebClient:
+    """A copy of ``client`` (same token, URL and aiohttp session) that only
+    retries a reset connection by itself and leaves 429s and server errors
+    to the outbox."""
+    own = copy.copy(client)
+    own.retry_handlers = [h for h in client.retry_handlers if isinstance(h, AsyncConnectionErrorRetryHandler)]
+    return own
+
+
+class Outbox:
+    """The worker that delivers queued Slack messages.
+
+    ``sleep`` and ``monotonic`` are injectable so pacing and backoff can be
+    tested without waiting; the store's clock only dates the rows.
+    """
+
+    def __init__(self, store: Store, client: AsyncWebClient, *, interval: float = 1.0,
+                 sleep: Sleep = asyncio.sleep, monotonic: Callable[[], float] = time.monotonic,
+                 max_backoff: float = 60.0, backoff: float = 1.0, idle_poll: float = 5.0,
+                 grace: float = 10.0) -> None:
+        self.store = store
+        self.client = outbox_client(client)
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.backoff = backoff
+        self.idle_poll = idle_poll  # also picks up items queued without notify()
+        self.grace = grace  # how long close() lets a call in flight finish
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._last_call: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        self._turns: dict[str, int] = {}
+        self._turn = itertools.count()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._in_call = False
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start delivering (what earlier runs left pending first)."""
+        if self._task is None or self._task.done():
+            self._closing = False
+            self._task = asyncio.create_task(self._run(), name="slack-outbox")
+
+    def notify(self) -> None:
+        """Wake the worker: something was just queued."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the worker. A Slack call in flight is let finish (up to
+        ``grace`` seconds) and recorded, so a restart does not send it twice."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        if not self._in_call:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.grace)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("outbox worker failed", exc_info=task.exception())
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until nothing is left to send (everything sent or failed).
+
+        Raises:
+            RuntimeError: the worker is not running.
+            TimeoutError: items are still waiting after ``timeout`` seconds.
+        """
+        if self._task is None or self._task.done():
+            raise RuntimeError("the outbox is not running")
+        self.notify()
+
+        async def settled() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: queue.pending_count(self.store) == 0)
+
+        await asyncio.wait_for(settled(), timeout)
+
+    # -- the worker -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        resumed = False
+        while not self._closing:
+            self._wake.clear()  # before reading: a notify() from here on is not missed
+            try:
+                if not resumed:
+                    self._resume()
+                    resumed = True
+                wait = await self._step()
+            except Exception:
+                log.exception("outbox: delivering failed; trying again in %ss", self.backoff)
+                self._release_claims()
+                wait = self.backoff
+            async with self._progress:
+                self._progress.notify_all()
+            if self._closing:
+                break
+            if wait is None:
+                await self._idle()
+            elif wait > 0:
+                await self._pause(wait)
+
+    def _release_claims(self) -> None:
+        try:
+            queue.requeue_interrupted(self.store)
+        except Exception:
+            log.exception("outbox: could not put an item in flight back in the queue")
+
+    def _resume(self) -> None:
+        if interrupted := queue.requeue_interrupted(self.store):
+            log.warning("outbox: %d item(s) were in flight when Slipway stopped; sending them again", interrupted)
+        now = self._monotonic()
+        for channel, wait in queue.retry_waits(self.store).items():
+            self._retry_at[channel] = now + min(wait, self.max_backoff)
+
+    async def _step(self) -> float | None:
+        """Send one item if a channel is ready; else how long until one is
+        (None: nothing is waiting)."""
+        for item in queue.fail_dead_updates(self.store):
+            log.error("outbox: gave up editing %r in %s: %s", item.message_key, item.channel, item.last_error)
+        deliveries = queue.next_deliveries(self.store)
+        if not deliveries:
+            return None
+        now = self._monotonic()
+        ready = [d for d in deliveries if self._ready_at(d.item.channel) <= now]
+        if not ready:
+            return min(self._ready_at(d.item.channel) for d in deliveries) - now
+        # Round robin: the channel served longest ago goes next.
+        await self._deliver(min(ready, key=lambda d: self._turns.get(d.item.channel, -1)))
+        return 0
+
+    def _ready_at(self, channel: str) -> float:
+        paced = self._last_call.get(channel, -math.inf) + self.interval
+        return max(paced, self._retry_at.get(channel, -math.inf))
+
+    async def _idle(self) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+        except TimeoutError:
+            pass
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if notify() brings new work."""
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        item = delivery.item
+        if not queue.claim(self.store, item.id):
+            return
+        self._last_call[item.channel] = self._monotonic()
+        self._turns[item.channel] = next(self._turn)
+        self._in_call = True
+        try:
+            response = await self._call(delivery)
+        except SlackApiError as error:
+            self._slack_refused(item, error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self._retry(item, f"{type(error).__name__}: {error}".rstrip(": "))
+        except asyncio.CancelledError:
+            # close() ran out of patience: back in the queue (or, if even that
+            # fails, left in flight for the next start to requeue).
+            with contextlib.suppress(Exception):
+                queue.mark_retry(self.store, item.id, 0, "interrupted by shutdown", count_attempt=False)
+            raise
+        except Exception as error:  # a bug of ours must not silently stall a message
+            log.exception("outbox: unexpected error sending %r", item.message_key)
+            self._retry(item, f"{type(error).__name__}: {error}")
+        else:
+            queue.mark_sent(self.store, item.id, channel=response.get("channel") or delivery.slack_channel,
+                            ts=response.get("ts"))
+        finally:
+            self._in_call = False
+
+    async def _call(self, delivery: Delivery) -> Any:
+        item = delivery.item
+        blocks = {"blocks": item.blocks} if item.blocks is not None else {}
+        if item.op == POST:
+            if delivery.orphaned:
+                log.warning("outbox: %r replies to %r, which will never be posted; posting it to %s instead",
+                            item.message_key, item.thread_key, item.channel)
+            thread = {"thread_ts": delivery.ts} if delivery.ts else {}
+            return await self.client.chat_postMessage(channel=item.channel, text=item.text, **blocks, **thread)
+        return await self.client.chat_update(channel=delivery.slack_channel, ts=delivery.ts, text=item.text,
+                                             **blocks)
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _slack_refused(self, item: OutboxItem, error: SlackApiError) -> None:
+        status, code, retry_after = _failure(error)
+        if status == 429 or code == "ratelimited":
+            wait = 1.0 if retry_after is None else retry_after
+            self._retry_at[item.channel] = self._monotonic() + wait
+            queue.mark_retry(self.store, item.id, wait, f"ratelimited (Retry-After {wait:g}s)", count_attempt=False)
+            log.warning("outbox: Slack rate-limited %s; waiting %gs", item.channel, wait)
+            return
+        reason = code or f"HTTP {status}"
+        if code in PERMANENT_ERRORS and item.attempts + 1 >= PERMANENT_AFTER:
+            queue.mark_failed(self.store, item.id, reason, count_attempt=True)
+            log.error("outbox: gave up on %s of %r in %s after %d attempts: %s",
+                      item.op, item.message_key, item.channel, item.attempts + 1, reason)
+            return
+        self._retry(item, reason, level=logging.ERROR if code in NEEDS_A_PERSON else logging.WARNING)
+
+    def _retry(self, item: OutboxItem, reason: str, level: int = logging.WARNING) -> None:
+        attempts = item.attempts + 1
+        wait = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
+        self._retry_at[item.channel] = self._monotonic() + wait
+        queue.mark_retry(self.store, item.id, wait, reason)
+        log.log(level, "outbox: %s of %r in %s failed (attempt %d): %s; retrying in %gs",
+                item.op, item.message_key, item.channel, attempts, reason, wait)
+
+
+def _failure(error: SlackApiError) -> tuple[int | None, str | None, float | None]:
+    """HTTP status, Slack error code and Retry-After (seconds) of a refusal.
+
+    ``error.response`` is usually a SlackResponse; for a body that is not
+    JSON (a proxy's 502 page) slack_sdk hands over aiohttp's response.
+    """
+    response = error.response
+    status = getattr(response, "status_code", None) or getattr(response, "status", None)
+    code = None
+    data = getattr(response, "data", None)
+    if isinstance(data, dict):
+        code = data.get("error")
+    retry_after = None
+    for name, value in (getattr(response, "headers", None) or {}).items():
+        if name.lower() == "retry-after":
+            value = value[0] if isinstance(value, list) else value
+            try:
+                retry_after = max(0.0, float(value))
+            except (TypeError, ValueError):
+                pass
+    return status, code, retry_after

@@ -1,0 +1,75 @@
+"""``POST /webhooks/alertmanager``, ``/webhooks/grafana``, ``/webhooks/generic``:
+monitors' alerts in.
+
+Each door authenticates (a bearer token; for Grafana, an HMAC signature of
+the body), parses, and records the alerts with the Slack messages they call
+for in one transaction, then answers at once: the Slack work is the
+outbox's, so a monitor never times out and retries needlessly. A bad request
+gets a 4xx that says why, and nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.alerts.auth import bearer_ok, grafana_signature_problem
+from bot.alerts.model import MalformedPayload
+from bot.alerts.parse import parse_alertmanager, parse_generic, parse_grafana
+from handlers.http import problem, read_bounded
+
+if TYPE_CHECKING:
+    from bot.app import Slipway
+
+log = logging.getLogger(__name__)
+MAX_ALERT_BYTES = 1024 * 1024
+
+
+def register(app: web.Application, slipway: "Slipway") -> None:
+    settings = slipway.config.alerts
+    if settings is None:
+        return
+    environ = os.environ if slipway.environ is None else slipway.environ
+
+    def bearer(variable: str) -> Callable[[web.Request, bytes], str | None]:
+        def check(request: web.Request, body: bytes) -> str | None:
+            token = environ.get(variable)
+            if not token:
+                return f"{variable} is not set on the Slipway server"
+            return None if bearer_ok(request.headers, token) else "missing or wrong bearer token"
+        return check
+
+    def grafana(request: web.Request, body: bytes) -> str | None:
+        secret = environ.get(settings.grafana_secret_env)
+        if not secret:
+            return f"{settings.grafana_secret_env} is not set on the Slipway server"
+        return grafana_signature_problem(request.headers, body, secret, header=settings.grafana_signature_header,
+                                         timestamp_header=settings.grafana_timestamp_header)
+
+    def door(source: str, authenticate, parse) -> Callable[[web.Request], object]:
+        async def receive(request: web.Request) -> web.Response:
+            body = await read_bounded(request, MAX_ALERT_BYTES)
+            if body is None:
+                return problem(413, f"payload larger than {MAX_ALERT_BYTES} bytes")
+            if refused := authenticate(request, body):
+                log.warning("refused %s alerts from %s: %s", source, request.remote, refused)
+                return problem(401, refused)
+            try:
+                group_key, alerts = parse(body, settings.labels)
+            except MalformedPayload as malformed:
+                return problem(400, f"malformed {source} payload: {malformed}")
+            receipt = slipway.alert_relay.receive(group_key, alerts)
+            slipway.outbox.notify()
+            for deploy_id in receipt.page_deploys:
+                slipway.tasks.spawn(slipway.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")
+            return web.json_response({"ok": True, "received": receipt.received, "duplicates": receipt.duplicates})
+        return receive
+
+    app.router.add_post("/webhooks/alertmanager",
+                        door("alertmanager", bearer(settings.alertmanager_token_env), parse_alertmanager))
+    app.router.add_post("/webhooks/grafana", door("grafana", grafana, parse_grafana))
+    app.router.add_post("/webhooks/generic", door("generic", bearer(settings.generic_token_env), parse_generic))
