@@ -243,6 +243,10 @@ class AlertRule(_Model):
     min_value: Annotated[float, Field(ge=0)] = 0.0
     min_traffic: Annotated[float, Field(ge=0)] = 0.0
     unit: str = ""  # shown after numbers, e.g. "%" or "ms"
+    # PromQL for the baseline when an alert carries none, e.g.
+    # 'avg_over_time(job:error_rate:ratio{service="{service}",env="{environment}"}[{window}])';
+    # evaluated at the start of the deploy the alert is tied to (else at the alert's start).
+    baseline_query: str | None = None
 
     @model_validator(mode="after")
     def _some_threshold(self) -> "AlertRule":
@@ -271,6 +275,8 @@ class Alerts(_Model):
     grafana_timestamp_header: str | None = None  # its timestamp header, when one is configured
     generic_token_env: Annotated[str, Field(pattern=ENV_NAME)] = "SLIPWAY_GENERIC_TOKEN"
     storm_threshold: Annotated[int, Field(ge=1)] = 5  # new alert threads per service per 10 min before a digest
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # for rules' baseline_query
+    baseline_window: Duration = 3600.0  # {window} in a baseline_query: how far back the baseline looks
 
     @field_validator("oncall")
     @classmethod

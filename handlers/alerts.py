@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.alerts.auth import bearer_ok, grafana_signature_problem
+from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import MalformedPayload
 from bot.alerts.parse import parse_alertmanager, parse_generic, parse_grafana
 from handlers.http import problem, read_bounded
@@ -62,6 +63,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
                 group_key, alerts = parse(body, settings.labels)
             except MalformedPayload as malformed:
                 return problem(400, f"malformed {source} payload: {malformed}")
+            alerts = await fill_baselines(alerts, settings, slipway.store)
             receipt = slipway.alert_relay.receive(group_key, alerts)
             slipway.outbox.notify()
             for deploy_id in receipt.page_deploys:
