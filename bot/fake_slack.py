@@ -199,7 +199,7 @@ class FakeSlack(FakeServer):
             if message.type == aiohttp.WSMsgType.TEXT:
                 answer = json.loads(message.data)
                 if "envelope_id" in answer:
-                    await self.changed(lambda: self.socket_acks.__setitem__(answer["envelope_id"], answer))
+                    await self.changed(lambda ack=answer: self.socket_acks.__setitem__(ack["envelope_id"], ack))
         await self.changed(lambda: self._sockets.remove(socket))
         return socket
 

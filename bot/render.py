@@ -104,7 +104,7 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     if open_for_votes:
         blocks.append(_buttons(deploy))
     elif rollback_to is not None:
-        blocks.append(_rollback_button(deploy, rollback_to))
+        blocks.append(rollback_button(deploy, rollback_to))
     footer = f"Deploy #{deploy.id} · requested {when(deploy.requested_at)}"
     if deploy.rollback_of is not None:
         footer += f" · rolls back #{deploy.rollback_of}"
@@ -133,11 +133,12 @@ def _steps(deploy: Deploy) -> str:
     return "\n".join(lines)
 
 
-def _rollback_button(deploy: Deploy, target: str) -> dict[str, Any]:
+def rollback_button(deploy: Deploy, target: str, block_id: str | None = None) -> dict[str, Any]:
+    """A Rollback button whose Slack confirmation names exactly what happens."""
     plan = rollback_plan_text(deploy, target)
     return {
         "type": "actions",
-        "block_id": f"rollback:{deploy.id}",
+        "block_id": block_id or f"rollback:{deploy.id}",
         "elements": [{
             "type": "button", "action_id": ACTION_ROLLBACK, "style": "danger", "value": f"{deploy.id}:{target}",
             "text": {"type": "plain_text", "text": _clip(f"Roll back to {target}", 75)},
@@ -164,7 +165,7 @@ def rollback_offer_blocks(deploy: Deploy, target: str) -> list[dict[str, Any]]:
             f"*{rollback_plan_text(deploy, target)}*\nThis undoes #{deploy.id} ({deploy.display_version}, "
             f"{deploy.status.replace('_', ' ')}, deployed by {mention(deploy.requested_by)}) and runs at once.",
             MAX_SECTION_TEXT)}},
-        _rollback_button(deploy, target),
+        rollback_button(deploy, target),
     ]
 
 

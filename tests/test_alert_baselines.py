@@ -11,25 +11,23 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from bot.fake_server import FakeServer
 from tests.conftest import ENGINE, PYTHON, Harness
 from tests.test_alerts import am_alert, am_payload, finished, posts, send, ship, text_of
 
 
-class FakePrometheus:
+class FakePrometheus(FakeServer):
     """``GET /api/v1/query`` answering a fixed value, recording each query."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.queries: list[dict[str, str]] = []
         self.value: str | None = "0.01"
 
-    async def start(self) -> "FakePrometheus":
+    def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v1/query", self._query)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
+        return app
 
     async def _query(self, request: web.Request) -> web.Response:
         self.queries.append(dict(request.query))
@@ -42,7 +40,7 @@ class FakePrometheus:
 async def prometheus() -> FakePrometheus:
     fake = await FakePrometheus().start()
     yield fake
-    await fake._runner.cleanup()
+    await fake.stop()
 
 
 @pytest.fixture

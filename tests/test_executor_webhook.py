@@ -13,28 +13,28 @@ import pytest
 from aiohttp import web
 
 from bot.executors import signing
+from bot.fake_server import FakeServer
 from tests.conftest import Harness
 
 SECRET = "hook-secret"
 
 
-class CiEngine:
+class CiEngine(FakeServer):
     """A CI system that accepts deploy requests (and checks their signature)."""
 
+    url_suffix = "/deploy"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict] = []
         self.refused = 0
         self.answer_status = 202
         self.arrived = asyncio.Event()
 
-    async def start(self) -> "CiEngine":
+    def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/deploy", self._deploy)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/deploy"
-        return self
+        return app
 
     async def _deploy(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -50,7 +50,7 @@ class CiEngine:
 async def engine() -> CiEngine:
     running = await CiEngine().start()
     yield running
-    await running._runner.cleanup()
+    await running.stop()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from bot.fake_server import FakeServer
 from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
 from bot.report import as_slack_mrkdwn
 from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
@@ -19,22 +20,21 @@ from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class HealthService:
+class HealthService(FakeServer):
     """A local service whose health endpoint a test controls."""
 
+    url_suffix = "/healthz"
+
     def __init__(self) -> None:
+        super().__init__()
         self.status = 200
         self.version = "2.7.0"
         self.hits = 0
 
-    async def start(self) -> "HealthService":
+    def web_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/healthz", self._health)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/healthz"
-        return self
+        return app
 
     async def _health(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -45,7 +45,7 @@ class HealthService:
 async def health() -> HealthService:
     service = await HealthService().start()
     yield service
-    await service._runner.cleanup()
+    await service.stop()
 
 
 @pytest.fixture

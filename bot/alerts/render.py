@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.render import ACTION_ROLLBACK, MAX_SECTION_TEXT, mention, rollback_plan_text
+from bot.render import MAX_SECTION_TEXT, mention, rollback_button
 from store import Deploy
 from store.alerts import StoredAlert
 
@@ -56,27 +56,8 @@ def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str
         context.append(f"<{lead.url}|open in the monitor>")
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), 3000)}]})
     if firing and deploy is not None and rollback_to is not None:
-        blocks.append(rollback_button(deploy, rollback_to))
+        blocks.append(rollback_button(deploy, rollback_to, block_id=f"alert-rollback:{deploy.id}"))
     return blocks
-
-
-def rollback_button(deploy: Deploy, target: str) -> dict[str, Any]:
-    plan = rollback_plan_text(deploy, target)
-    return {
-        "type": "actions",
-        "block_id": f"alert-rollback:{deploy.id}",
-        "elements": [{
-            "type": "button", "action_id": ACTION_ROLLBACK, "style": "danger", "value": f"{deploy.id}:{target}",
-            "text": {"type": "plain_text", "text": _clip(f"Roll back to {target}", 75)},
-            "confirm": {
-                "title": {"type": "plain_text", "text": "Roll back now?"},
-                "text": {"type": "mrkdwn", "text": _clip(f"{plan}. This runs at once, without approvals.", 300)},
-                "confirm": {"type": "plain_text", "text": "Roll back"},
-                "deny": {"type": "plain_text", "text": "Not now"},
-                "style": "danger",
-            },
-        }],
-    }
 
 
 def _loudest(alerts: list[StoredAlert]) -> StoredAlert:
