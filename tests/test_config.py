@@ -27,6 +27,8 @@ def test_the_example_config_is_valid() -> None:
     assert production.approvals.usergroup_handles == ["sre"]
     assert len(production.checklist) == 7
     assert config.services["api"].deploy.command == ["./scripts/deploy.sh"]
+    assert config.alerts.channel == "C0ALERTS" and [r.metric for r in config.alerts.rules] == [
+        "error_rate", "latency_p95"]
 
 
 def test_the_issue_config_is_valid_as_written() -> None:
