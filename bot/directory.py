@@ -71,6 +71,14 @@ class Directory:
             log.warning("usergroup @%s does not exist in this workspace; it resolves to nobody", handle)
         return self._groups.get(handle)
 
+    async def mention(self, entry: str) -> str:
+        """How Slack notifies ``entry``: ``<@U…>`` for a user, ``<!subteam^S…>``
+        for a usergroup handle (plain ``@handle`` text notifies nobody)."""
+        if not entry.startswith("@"):
+            return f"<@{entry}>"
+        group_id = await self._group_id(entry[1:])
+        return f"<!subteam^{group_id}>" if group_id else entry
+
     def describe(self, entries: list[str]) -> str:
         """Approvers as Slack shows them: ``<@U0ALICE>, @sre``."""
         return ", ".join(e if e.startswith("@") else f"<@{e}>" for e in entries)

@@ -55,8 +55,12 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         async def receive(request: web.Request) -> web.Response:
             body = await read_bounded(request, MAX_ALERT_BYTES)
             if body is None:
-                return problem(413, f"payload larger than {MAX_ALERT_BYTES} bytes")
-            if refused := authenticate(request, body):
+                return problem(400, f"payload larger than {MAX_ALERT_BYTES} bytes")
+            try:
+                refused = authenticate(request, body)
+            except (ValueError, UnicodeError) as odd:  # e.g. a header that is not text: unauthenticated
+                refused = f"unreadable credentials ({type(odd).__name__})"
+            if refused:
                 log.warning("refused %s alerts from %s: %s", source, request.remote, refused)
                 return problem(401, refused)
             try:
@@ -64,7 +68,8 @@ def register(app: web.Application, slipway: "Slipway") -> None:
             except MalformedPayload as malformed:
                 return problem(400, f"malformed {source} payload: {malformed}")
             alerts = await fill_baselines(alerts, settings, slipway.store)
-            receipt = slipway.alert_relay.receive(group_key, alerts)
+            oncall = await slipway.workflow.directory.mention(settings.oncall) if settings.oncall else None
+            receipt = slipway.alert_relay.receive(group_key, alerts, oncall=oncall)
             slipway.outbox.notify()
             for deploy_id in receipt.page_deploys:
                 slipway.tasks.spawn(slipway.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from store import Store
 
-CHANGES = ("new", "duplicate", "resolved", "louder", "quieter")
+CHANGES = ("new", "duplicate", "changed", "resolved", "louder", "quieter")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def _change(existing: StoredAlert, fields: dict[str, Any]) -> str:
             return "duplicate"
         return "resolved"
     if fields["level"] == existing.level:
-        return "duplicate"
+        # same state; a new value still changes what the message shows
+        return "changed" if fields.get("value") != existing.value else "duplicate"
     return "louder" if LEVELS.index(fields["level"]) < LEVELS.index(existing.level) else "quieter"
 
 
@@ -100,6 +101,24 @@ def get(store: Store, alert_id: int) -> StoredAlert:
 def with_message(store: Store, message_key: str) -> list[StoredAlert]:
     """Every alert shown by one Slack message, oldest first."""
     return [_row(r) for r in store.db.query("SELECT * FROM alerts WHERE message_key = ? ORDER BY id", [message_key])]
+
+
+def latest_episode(store: Store, base: str) -> tuple[str, bool] | None:
+    """The newest message key ``{base}-N`` and whether any of its alerts
+    still fires."""
+    row = store.db.execute(
+        "SELECT message_key FROM alerts WHERE message_key LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 1",
+        [base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"]).fetchone()
+    if row is None:
+        return None
+    firing = store.db.execute("SELECT 1 FROM alerts WHERE message_key = ? AND status = 'firing' LIMIT 1",
+                              [row[0]]).fetchone()
+    return row[0], firing is not None
+
+
+def next_line_number(store: Store) -> int:
+    """A fresh number for a thread line's message key."""
+    return store.db.execute("SELECT count(*) + 1 FROM outbox").fetchone()[0]
 
 
 def recent_threads(store: Store, service: str | None, since: str) -> int:

@@ -184,7 +184,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def fake_slack() -> AsyncIterator[FakeSlack]:
-    fake = await FakeSlack(token=BOT_TOKEN, usergroups={"sre": ["U0SRE1", "U0SRE2"]}).start()
+    fake = await FakeSlack(token=BOT_TOKEN, usergroups={"sre": ["U0SRE1", "U0SRE2"], "oncall": ["U0PAGER"]}).start()
     yield fake
     await fake.stop()
 

@@ -92,3 +92,12 @@ async def test_without_a_baseline_from_prometheus_the_severity_decides(harness: 
                am_payload(am_alert(starts=clock.now, value=0.09, baseline=None, severity="warning")))
     shown = text_of(posts(harness, "C0ALERTS")[0])
     assert "no baseline to compare with" in shown and "Warning" in shown
+
+
+async def test_a_nan_baseline_from_prometheus_is_no_baseline(harness: Harness, prometheus: FakePrometheus,
+                                                            clock) -> None:
+    prometheus.value = "NaN"  # 0/0: no traffic in the window
+    await send(harness, "/webhooks/alertmanager",
+               am_payload(am_alert(starts=clock.now, value=0.5, baseline=None, severity="critical")))
+    shown = text_of(posts(harness, "C0ALERTS")[0])
+    assert "PAGE" in shown and "no baseline to compare with" in shown

@@ -146,7 +146,7 @@ async def test_malformed_alerts_get_400_with_the_reason_and_store_nothing(harnes
 
 async def test_an_oversized_payload_is_refused(harness: Harness) -> None:
     status, answer = await send(harness, "/webhooks/alertmanager", b"x" * (1024 * 1024 + 1))
-    assert status == 413
+    assert status == 400 and answer["error"] == "payload larger than 1048576 bytes"
 
 
 # -- judging and posting ----------------------------------------------------------------
@@ -205,7 +205,11 @@ async def test_escalation_edits_in_place_and_pages_the_oncall(harness: Harness, 
     await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=clock.now, value=0.15)))
     assert len(posts(harness, ALERTS)) == 1
     update = harness.fake.calls_to("chat.update")[-1].args
-    assert "PAGE" in text_of(update) and "@oncall" in text_of(update) and "7.5×" in text_of(update)
+    assert "PAGE" in text_of(update) and "7.5×" in text_of(update)
+    # the on-call usergroup is mentioned so Slack notifies it, in a new post (edits notify nobody)
+    assert "<!subteam^SONCALL>" in text_of(update)
+    ts = harness.fake.channel_messages(ALERTS)[0].ts
+    assert any("Paging <!subteam^SONCALL>" in p["text"] for p in posts(harness, ALERTS, thread_ts=ts))
 
 
 @pytest.mark.parametrize(("value", "baseline"), [(0.004, 0.001), (0.03, 0.02)])
@@ -322,6 +326,53 @@ async def test_a_stale_firing_after_the_resolve_is_ignored(harness: Harness, clo
     assert answer["duplicates"] == 1
     ts = harness.fake.channel_messages(ALERTS)[0].ts
     assert harness.fake.messages[(ALERTS, ts)].text.startswith("[resolved]")
-    # a new occurrence (a new start) fires again
+    # a new occurrence (a new start) opens a new message: the old one, resolved, stays as it was
     await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=clock.now + timedelta(minutes=30))))
-    assert "[notify]" in harness.fake.messages[(ALERTS, ts)].text
+    assert harness.fake.messages[(ALERTS, ts)].text.startswith("[resolved]")
+    assert len(posts(harness, ALERTS)) == 2 and posts(harness, ALERTS)[1]["text"].startswith("[notify]")
+
+
+async def test_a_thousand_alerts_in_one_group_make_one_message(harness: Harness, clock) -> None:
+    alerts = [am_alert(f"Err{n}", starts=clock.now, severity="warning", value=None, baseline=None, metric=None,
+                       fingerprint=f"fp{n}") for n in range(1000)]
+    status, answer = await send(harness, "/webhooks/alertmanager", am_payload(*alerts, group_key="storm"))
+    assert status == 200 and answer["received"] == 1000
+    assert harness.store.db.execute("SELECT count(*) FROM alerts").fetchone()[0] == 1000
+    # one message for the group (its alerts share the rule key: their severity), not a thousand
+    assert len(posts(harness, ALERTS)) <= 3
+    again = [dict(a, status="resolved", endsAt=iso(clock.now + timedelta(minutes=1))) for a in alerts]
+    await send(harness, "/webhooks/alertmanager", am_payload(*again, group_key="storm"))
+    lines = [p for m in harness.fake.channel_messages(ALERTS) for p in posts(harness, ALERTS, thread_ts=m.ts)]
+    assert len(lines) <= 3 and any("more change(s)" in line["text"] for line in lines)
+
+
+async def test_a_new_value_at_the_same_level_edits_the_message(harness: Harness, clock) -> None:
+    await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=clock.now, value=0.05)))
+    await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=clock.now, value=0.09)))
+    assert "4.5×" in text_of(harness.fake.calls_to("chat.update")[-1].args)
+
+
+async def test_a_quiet_alert_that_resolves_stays_unposted(harness: Harness, clock) -> None:
+    await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=clock.now, value=0.004, baseline=0.001)))
+    await send(harness, "/webhooks/alertmanager",
+               am_payload(am_alert(starts=clock.now, status="resolved", value=None, baseline=None)))
+    assert posts(harness, ALERTS) == []
+
+
+@pytest.mark.parametrize("auto_rollback", [True])
+async def test_auto_rollback_never_rolls_back_a_rollback(harness: Harness, clock) -> None:
+    await ship(harness, "2.5.0")
+    await ship(harness, "2.6.3")
+    deploy = await ship(harness, "2.7.0")
+    await send(harness, "/webhooks/alertmanager",
+               am_payload(am_alert(starts=finished(deploy) + timedelta(minutes=1), value=0.5)))
+    await harness.settle()
+    rollback = harness.latest_deploy()
+    assert rollback.rollback_of == deploy.id and rollback.version == "2.6.3"
+    # the trouble goes on after the rollback: it is tied to the rollback, which is not rolled back again
+    await send(harness, "/webhooks/alertmanager", am_payload(am_alert(
+        "StillFailing", starts=finished(rollback) + timedelta(minutes=2), value=0.5, fingerprint="other")))
+    await harness.settle()
+    assert harness.latest_deploy().id == rollback.id
+    reply = next(p for p in posts(harness, "C0DEPLOYS", rollback.message_ts) if "StillFailing" in p["text"])
+    assert ACTION_ROLLBACK not in text_of(reply)

@@ -11,8 +11,10 @@ Prometheus must not hold up the monitor's answer for long.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import math
 from datetime import datetime
 
 import aiohttp
@@ -39,15 +41,22 @@ async def fill_baselines(alerts: list[Alert], settings: Alerts, store: Store,
     own_session = session is None
     session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT))
     try:
-        filled: dict[int, Alert] = {}
+        # one query per distinct (query, time), all at once, under one deadline
+        asks = {}
         for alert in wanted:
             query = queries[alert.metric].replace("{service}", alert.service).replace(
                 "{environment}", alert.environment).replace("{window}", f"{int(settings.baseline_window)}s")
-            at = _evaluation_time(alert, settings, store)
-            baseline = await _instant(session, settings.prometheus_url, query, at)
-            if baseline is not None:
-                filled[id(alert)] = dataclasses.replace(alert, baseline=baseline)
-        return [filled.get(id(alert), alert) for alert in alerts]
+            asks[id(alert)] = (query, _evaluation_time(alert, settings, store))
+        distinct = list(dict.fromkeys(asks.values()))
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(_instant(session, settings.prometheus_url, query, at) for query, at in distinct)), QUERY_TIMEOUT)
+        except TimeoutError:
+            log.warning("baseline queries took longer than %.0f s; judging without them", QUERY_TIMEOUT)
+            return alerts
+        baselines = dict(zip(distinct, answers, strict=True))
+        return [dataclasses.replace(alert, baseline=baselines[asks[id(alert)]])
+                if id(alert) in asks and baselines[asks[id(alert)]] is not None else alert for alert in alerts]
     finally:
         if own_session:
             await session.close()
@@ -75,7 +84,13 @@ async def _instant(session: aiohttp.ClientSession, url: str, query: str, at: dat
         if body.get("status") != "success" or not result:
             log.warning("baseline query %r returned nothing", query)
             return None
-        return float(result[0]["value"][1])
+        value = float(result[0]["value"][1])
+        if not math.isfinite(value) or value < 0:
+            # Prometheus answers NaN for 0/0 (no traffic): no baseline, not a
+            # number that would make every ratio NaN and the alert quiet
+            log.warning("baseline query %r returned %s; ignored", query, value)
+            return None
+        return value
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
         log.warning("baseline query %r failed: %s", query, exc or type(exc).__name__)
         return None

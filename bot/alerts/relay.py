@@ -50,15 +50,31 @@ class AlertRelay:
         self.rollback_offer = rollback_offer
         self.clock = clock
 
-    def receive(self, group_key: str | None, alerts: list[Alert]) -> Receipt:
-        """Record ``alerts`` and queue what Slack should see, atomically."""
+    def receive(self, group_key: str | None, alerts: list[Alert], oncall: str | None = None) -> Receipt:
+        """Record ``alerts`` and queue what Slack should see, atomically.
+
+        Each message is rendered once per delivery, however many of its
+        alerts changed (a 1000-alert group is one edit and one thread line,
+        not a thousand). ``oncall`` is the mention a page carries (resolved by
+        the caller, e.g. ``<!subteam^S0ONCALL>``).
+        """
         receipt = Receipt(received=len(alerts))
+        changed: dict[str, list[tuple[StoredAlert, str, Judgement]]] = {}
+        deploys: dict[str, Deploy | None] = {}
         with self.store.transaction():
             for alert in alerts:
-                self._one(alert, group_key, receipt)
+                outcome = self._record(alert, group_key)
+                if outcome is None:
+                    receipt.duplicates += 1
+                    continue
+                stored, change, judgement, deploy = outcome
+                changed.setdefault(stored.message_key, []).append((stored, change, judgement))
+                deploys[stored.message_key] = deploy
+            for key, changes in changed.items():
+                self._show(key, changes, deploys[key], oncall, receipt)
         return receipt
 
-    def _one(self, alert: Alert, group_key: str | None, receipt: Receipt) -> None:
+    def _record(self, alert: Alert, group_key: str | None):
         judgement = judge(alert, self.settings.rules)
         starts_at = _iso(alert.starts_at)
         if alert.source == "generic" and (open_alert := alert_rows.latest_firing(self.store, alert.source,
@@ -67,6 +83,10 @@ class AlertRelay:
             # a repeat or a resolve of an alert still firing is that alert
             starts_at = open_alert.starts_at
         existing = alert_rows.find(self.store, alert.source, alert.fingerprint, starts_at)
+        if existing is not None and alert.status == "resolved":
+            # a resolution ends what was shown: it carries no numbers of its own,
+            # and an alert that was never loud must not appear now as "resolved"
+            judgement = Judgement(existing.level, judgement.rule_key, None, "resolved")
         deploy = self._deploy_behind(alert) if existing is None else (
             self.store.get_deploy(existing.deploy_id) if existing.deploy_id else None)
         key = existing.message_key if existing is not None and existing.message_key else self._message_key(
@@ -82,13 +102,25 @@ class AlertRelay:
         stored, change = alert_rows.upsert(self.store, fields, {"labels": alert.labels,
                                                                 "annotations": alert.annotations})
         if change == "duplicate":
-            receipt.duplicates += 1
-            return
-        self._show(stored, change, judgement, deploy, receipt)
-        if (deploy is not None and stored.status == "firing" and stored.level == "page"
-                and change in ("new", "louder")
-                and self.config.environment(deploy.environment).auto_rollback):
-            receipt.page_deploys.append(deploy.id)
+            return None
+        return stored, change, judgement, deploy
+
+    def auto_rollback_wanted(self, stored: StoredAlert, change: str, deploy: Deploy | None) -> bool:
+        """A page-level breach tied, within the window, to a deploy on an
+        environment with auto_rollback — and not to a rollback (rolling a
+        rollback back would walk further back each time), nor to a deploy
+        already undone."""
+        if deploy is None or stored.status != "firing" or stored.level != "page" or change not in ("new", "louder"):
+            return False
+        if not self.config.environment(deploy.environment).auto_rollback:
+            return False
+        deploy = self.store.get_deploy(deploy.id)
+        if deploy.rollback_of is not None or deploy.status not in ("succeeded", "failed"):
+            return False
+        if deploy.finished_at and stored.starts_at:
+            gap = (datetime.fromisoformat(stored.starts_at) - datetime.fromisoformat(deploy.finished_at))
+            return gap.total_seconds() <= self.settings.correlation_window
+        return True
 
     def _deploy_behind(self, alert: Alert) -> Deploy | None:
         if not (alert.service and alert.environment):
@@ -97,31 +129,56 @@ class AlertRelay:
         return self.store.deploy_behind(alert.service, alert.environment, moment, self.settings.correlation_window)
 
     def _message_key(self, alert: Alert, group_key: str | None, judgement: Judgement, deploy: Deploy | None) -> str:
+        """One message per (deploy or alert group, rule) and episode: once
+        every alert on a message has resolved, the problem's next occurrence
+        opens a new message instead of editing one far up the channel."""
         if deploy is not None:
-            return f"alert-deploy-{deploy.id}-{judgement.rule_key}"
-        group = hashlib.sha256(f"{alert.source}|{group_key or alert.fingerprint}".encode()).hexdigest()[:16]
-        return f"alert-group-{group}-{judgement.rule_key}"
+            base = f"alert-deploy-{deploy.id}-{judgement.rule_key}"
+        else:
+            group = hashlib.sha256(f"{alert.source}|{group_key or alert.fingerprint}".encode()).hexdigest()[:16]
+            base = f"alert-group-{group}-{judgement.rule_key}"
+        episode = alert_rows.latest_episode(self.store, base)
+        if episode is None:
+            return f"{base}-1"
+        key, firing = episode
+        if firing:
+            return key
+        return f"{base}-{int(key.rsplit('-', 1)[1]) + 1}"
 
     # -- what Slack sees ---------------------------------------------------------------
 
-    def _show(self, stored: StoredAlert, change: str, judgement: Judgement, deploy: Deploy | None,
-              receipt: Receipt) -> None:
-        shown = [a for a in alert_rows.with_message(self.store, stored.message_key)]
-        visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"]
-        if not any(a.level != "quiet" for a in shown):
+    def _show(self, key: str, changes: list[tuple[StoredAlert, str, Judgement]], deploy: Deploy | None,
+              oncall: str | None, receipt: Receipt) -> None:
+        shown = alert_rows.with_message(self.store, key)
+        loud_shown = [a for a in shown if a.level != "quiet"]
+        posted = self._posted(key)
+        if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
-        text, blocks = self._render(visible, deploy)
-        channel, thread_key = self._where(stored, deploy)
-        if not self._posted(stored.message_key):
-            enqueue_post(self.store, stored.message_key, channel, text, blocks, thread_key=thread_key)
+        visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
+        text, blocks = self._render(visible, deploy, oncall)
+        first = changes[0][0]
+        channel, thread_key = self._where(first, deploy)
+        for stored, change, _ in changes:
+            if self.auto_rollback_wanted(stored, change, deploy) and deploy.id not in receipt.page_deploys:
+                receipt.page_deploys.append(deploy.id)
+        if not posted:
+            enqueue_post(self.store, key, channel, text, blocks, thread_key=thread_key)
             receipt.posted += 1
             return
-        enqueue_update(self.store, stored.message_key, text, blocks)
-        line_thread = deploy_message_key(deploy.id) if deploy is not None else stored.message_key
-        line_key = f"{stored.message_key}-line-{stored.id}-{change}-{self.store._now()}"
-        enqueue_post(self.store, line_key, channel, render.change_line(stored, change, judgement.reason),
-                     thread_key=line_thread)
-        receipt.posted += 2
+        enqueue_update(self.store, key, text, blocks)
+        receipt.posted += 1
+        lines = [render.change_line(stored, change, judgement.reason)
+                 for stored, change, judgement in changes if change != "changed" and stored.level != "quiet"]
+        if not lines:
+            return
+        if len(lines) > 5:
+            lines = lines[:5] + [f"…and {len(lines) - 5} more change(s) to this alert group"]
+        if oncall and any(stored.level == "page" and change == "louder" for stored, change, _ in changes):
+            lines.append(f"Paging {oncall}.")
+        line_thread = deploy_message_key(deploy.id) if deploy is not None else key
+        line_key = f"{key}-line-{alert_rows.next_line_number(self.store)}"
+        enqueue_post(self.store, line_key, channel, "\n".join(lines), thread_key=line_thread)
+        receipt.posted += 1
 
     def _posted(self, key: str) -> bool:
         """Whether a message is known by ``key``: sent, or queued and not failed."""
@@ -148,16 +205,18 @@ class AlertRelay:
             enqueue_post(self.store, digest, self.settings.channel, text)
         return self.settings.channel, digest
 
-    def _render(self, alerts: list[StoredAlert], deploy: Deploy | None) -> tuple[str, list[dict]]:
+    def _render(self, alerts: list[StoredAlert], deploy: Deploy | None,
+                oncall: str | None) -> tuple[str, list[dict]]:
         reasons = {a.id: judge(_as_alert(a), self.settings.rules).reason for a in alerts}
         rollback_to = None
         tie = None
         if deploy is not None:
             deploy = self.store.get_deploy(deploy.id)
-            rollback_to, _ = self.rollback_offer(deploy)
+            if deploy.rollback_of is None:  # an alert after a rollback is no reason to walk further back
+                rollback_to, _ = self.rollback_offer(deploy)
             tie = _tie_text(alerts[0], deploy)
         blocks = render.alert_blocks(alerts, reasons=reasons, tie=tie, deploy=deploy, rollback_to=rollback_to,
-                                     oncall=self.settings.oncall)
+                                     oncall=oncall)
         return render.fallback_text(alerts), blocks
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.render import MAX_SECTION_TEXT, mention, rollback_button
+from bot.render import MAX_SECTION_TEXT, rollback_button
 from store import Deploy
 from store.alerts import StoredAlert
 
@@ -35,7 +35,7 @@ def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str
     if firing:
         head = f"{LEVEL_LABELS[lead.level]} {_who(lead)}"
         if lead.level == "page" and oncall:
-            head += f" — {oncall if oncall.startswith('@') else mention(oncall)}"
+            head += f" — {oncall}"
     else:
         head = f":white_check_mark: *Resolved* {_who(lead)}"
     lines = [head]

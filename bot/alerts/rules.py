@@ -76,6 +76,7 @@ def _by_rule(alert: Alert, rule: AlertRule) -> Judgement:
 def _by_severity(alert: Alert, rule: AlertRule | None) -> Judgement:
     severity = (alert.severity or "").lower()
     level = SEVERITY_LEVELS.get(severity, "info")
-    key = rule.metric if rule is not None else (alert.metric or alert.name)
+    # alerts without a rule share one message per group, whatever their names
+    key = rule.metric if rule is not None else (alert.metric or "by-severity")
     said = f"severity {alert.severity}" if alert.severity else "no severity given"
     return Judgement(level, key, None, f"relayed by the monitor's {said}")
