@@ -91,10 +91,11 @@ class Slipway:
             await self.messages.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
                                                f"#{deploy_id}, but it cannot run: {refusal.message}")
             return
-        await self.messages.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
-                                           f"{undone.environment}, page-level alert): {plan.text}.")
+        # as for a clicked rollback: announce, start the engine, then tell the thread
         rollback = await self.messages.announce(rollback)
         self.runner.start(rollback.id)
+        await self.messages.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
+                                           f"{undone.environment}, page-level alert): {plan.text}.")
 
     async def close(self) -> None:
         await self.tasks.close()

@@ -51,12 +51,19 @@ log = logging.getLogger(__name__)
 # timeouts, and auth errors a person can fix) is retried for as long as it
 # takes: an alert is worth more late than never.
 PERMANENT_ERRORS = frozenset({
-    "channel_not_found", "not_in_channel", "is_archived", "restricted_action",
     "invalid_blocks", "invalid_blocks_format", "invalid_attachments", "too_many_attachments",
     "msg_too_long", "no_text", "invalid_arguments",
     "message_not_found", "cant_update_message", "edit_window_closed",
 })
 PERMANENT_AFTER = 3
+# A channel a person must fix (invite the bot, unarchive it): retried with
+# the capped backoff for about half an hour, so the alert waits for them.
+CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived", "restricted_action"})
+CHANNEL_ERRORS_AFTER = 40
+# Any other error Slack names is retried this many times, then failed and
+# kept: an unknown refusal must not hold up the rest of its channel for ever.
+# (HTTP errors, timeouts and lost connections are retried without limit.)
+UNKNOWN_ERRORS_AFTER = 40
 # Errors a person has to fix: retried, but logged at ERROR.
 NEEDS_A_PERSON = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired",
                             "account_inactive", "missing_scope"})
@@ -273,12 +280,16 @@ class Outbox:
             log.warning("outbox: Slack rate-limited %s; waiting %gs", item.channel, wait)
             return
         reason = code or f"HTTP {status}"
-        if code in PERMANENT_ERRORS and item.attempts + 1 >= PERMANENT_AFTER:
+        limit = (PERMANENT_AFTER if code in PERMANENT_ERRORS else CHANNEL_ERRORS_AFTER if code in CHANNEL_ERRORS
+                 else None if code is None or code in NEEDS_A_PERSON or (status or 0) >= 500
+                 else UNKNOWN_ERRORS_AFTER)
+        if limit is not None and item.attempts + 1 >= limit:
             queue.mark_failed(self.store, item.id, reason, count_attempt=True)
             log.error("outbox: gave up on %s of %r in %s after %d attempts: %s",
                       item.op, item.message_key, item.channel, item.attempts + 1, reason)
             return
-        self._retry(item, reason, level=logging.ERROR if code in NEEDS_A_PERSON else logging.WARNING)
+        self._retry(item, reason,
+                    level=logging.ERROR if code in NEEDS_A_PERSON or code in CHANNEL_ERRORS else logging.WARNING)
 
     def _retry(self, item: OutboxItem, reason: str, level: int = logging.WARNING) -> None:
         attempts = item.attempts + 1

@@ -376,3 +376,13 @@ async def test_auto_rollback_never_rolls_back_a_rollback(harness: Harness, clock
     assert harness.latest_deploy().id == rollback.id
     reply = next(p for p in posts(harness, "C0DEPLOYS", rollback.message_ts) if "StillFailing" in p["text"])
     assert ACTION_ROLLBACK not in text_of(reply)
+
+
+async def test_monitor_text_cannot_ping_the_channel_or_forge_links(harness: Harness, clock) -> None:
+    alert = am_alert(starts=clock.now)
+    alert["annotations"]["summary"] = "<!channel> see <https://evil.example|Roll back>"
+    alert["generatorURL"] = "https://x.example/a|b>c"
+    await send(harness, "/webhooks/alertmanager", am_payload(alert))
+    shown = text_of(posts(harness, ALERTS)[0])
+    assert "<!channel>" not in shown and "&lt;!channel&gt;" in shown
+    assert "<https://evil.example|" not in shown and "open in the monitor" not in shown

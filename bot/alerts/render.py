@@ -21,9 +21,22 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def escape(text: str) -> str:
+    """Monitor-supplied text as Slack shows it literally: an annotation that
+    says ``<!channel>`` must not ping the channel, nor forge a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _who(alert: StoredAlert) -> str:
     where = " ".join(filter(None, [alert.service, alert.environment]))
-    return f"{alert.name} on {where}" if where else alert.name
+    return escape(f"{alert.name} on {where}" if where else alert.name)
+
+
+def _link(url: str | None) -> str | None:
+    """A link to the monitor, or None when the URL cannot be one safely."""
+    if not url or len(url) > 1000 or any(c in url for c in "<>| \n"):
+        return None
+    return f"<{url}|open in the monitor>"
 
 
 def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str | None, deploy: Deploy | None,
@@ -39,21 +52,22 @@ def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str
     else:
         head = f":white_check_mark: *Resolved* {_who(lead)}"
     lines = [head]
-    for alert in alerts[-10:]:
+    listed = alerts[-10:] if lead in alerts[-10:] else [lead] + alerts[-9:]  # the lead's numbers always show
+    for alert in listed:
         mark = "•" if alert.status == "firing" else "✓"
-        lines.append(f"{mark} {reasons.get(alert.id) or alert.summary}" + (
-            f" — {alert.summary}" if reasons.get(alert.id) and alert.summary else "") + (
+        reason, summary = escape(reasons.get(alert.id) or ""), escape(alert.summary or "")
+        lines.append(f"{mark} {reason or summary}" + (f" — {summary}" if reason and summary else "") + (
             " (resolved)" if alert.status == "resolved" else ""))
-    if len(alerts) > 10:
-        lines.append(f"…and {len(alerts) - 10} earlier alert(s) in this group")
+    if len(alerts) > len(listed):
+        lines.append(f"…and {len(alerts) - len(listed)} more alert(s) in this group")
     if tie:
         lines.append(f"_{tie}_")
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(lines), MAX_SECTION_TEXT)}},
     ]
     context = [f"{len(firing)} firing, {len(alerts) - len(firing)} resolved", f"source: {lead.source}"]
-    if lead.url:
-        context.append(f"<{lead.url}|open in the monitor>")
+    if link := _link(lead.url):
+        context.append(link)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), 3000)}]})
     if firing and deploy is not None and rollback_to is not None:
         blocks.append(rollback_button(deploy, rollback_to, block_id=f"alert-rollback:{deploy.id}"))
@@ -70,7 +84,7 @@ def fallback_text(alerts: list[StoredAlert]) -> str:
     firing = [a for a in alerts if a.status == "firing"]
     lead = _loudest(firing) if firing else alerts[-1]
     state = lead.level if firing else "resolved"
-    return _clip(f"[{state}] {_who(lead)}: {lead.summary}", 3000)
+    return _clip(f"[{state}] {_who(lead)}: {escape(lead.summary)}", 3000)
 
 
 def change_line(alert: StoredAlert, change: str, reason: str) -> str:
@@ -78,8 +92,8 @@ def change_line(alert: StoredAlert, change: str, reason: str) -> str:
     if change == "resolved":
         return f":white_check_mark: Resolved: {_who(alert)}"
     verb = {"new": "Firing", "louder": "Now louder", "quieter": "Now quieter"}[change]
-    return _clip(f"{LEVEL_LABELS[alert.level]} {verb}: {_who(alert)} — {reason}", MAX_SECTION_TEXT)
+    return _clip(f"{LEVEL_LABELS[alert.level]} {verb}: {_who(alert)} — {escape(reason)}", MAX_SECTION_TEXT)
 
 
 def digest_text(service: str | None, count: int) -> str:
-    return f":bell: Alert storm: {count} more alert(s) for {service or 'unlabelled services'}, see thread."
+    return f":bell: Alert storm: {count} more alert(s) for {escape(service or 'unlabelled services')}, see thread."
