@@ -7,6 +7,7 @@ few minutes, so a burst of clicks costs one lookup, not one per click.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ class Directory:
         self._groups: dict[str, str] = {}  # handle -> usergroup id
         self._groups_at = float("-inf")
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
+        self._listing = asyncio.Lock()  # concurrent misses share one usergroups.list
 
     async def is_member(self, user_id: str, entries: list[str]) -> bool:
         """Whether ``user_id`` is listed in ``entries`` directly or through a
@@ -59,6 +61,10 @@ class Directory:
         return members
 
     async def _group_id(self, handle: str) -> str | None:
+        async with self._listing:
+            return await self._group_id_locked(handle)
+
+    async def _group_id_locked(self, handle: str) -> str | None:
         if self._monotonic() - self._groups_at >= self._ttl:
             try:
                 response = await self._client.usergroups_list()

@@ -131,7 +131,16 @@ def _m3_alerts_and_outbox(db: sqlite_utils.Database) -> None:
     db["slack_messages"].create({"key": str, "channel": str, "ts": str}, pk="key")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_execution, _m3_alerts_and_outbox]
+def _m4_alert_message_index(db: sqlite_utils.Database) -> None:
+    # Every new alert asks whether its message still has a firing alert, and
+    # every render lists a message's alerts: without this index each asked by
+    # scanning the whole table (bench/alert_storm.py: most of the ingest time,
+    # growing with every alert ever stored).
+    db["alerts"].create_index(["message_key", "status"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:
