@@ -96,8 +96,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -108,19 +106,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import slack_bolt.version
-import slack_sdk.version
 from aiohttp import web
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-# Benchmark the checkout this file is in, whatever the installed (editable)
-# copy of the package points at: `python bench/ack_latency.py` puts bench/,
-# not the repository root, on sys.path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
+from benchlib import percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
 from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app  # noqa: E402
 from bot.config import parse_config  # noqa: E402
 from bot.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
@@ -224,16 +214,6 @@ async def run_batch(target: Target, bodies: list[str], concurrency: int) -> tupl
 
 
 # -- statistics --------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return float("nan")
-    position = (len(sorted_values) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
 @dataclass
@@ -472,18 +452,7 @@ class Bench:
 
 
 def environment() -> dict[str, Any]:
-    import bot.app
-
-    return {
-        "slipway_source": str(Path(bot.app.__file__).resolve().parents[1]),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "slack_bolt": slack_bolt.version.__version__,
-        "slack_sdk": slack_sdk.version.__version__,
-        "aiohttp": aiohttp.__version__,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    return versions()
 
 
 def print_report(bench: Bench, env: dict[str, Any]) -> bool:

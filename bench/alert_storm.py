@@ -107,14 +107,11 @@ import itertools
 import json
 import logging
 import math
-import os
-import platform
 import pstats
 import random
 import resource
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -126,17 +123,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import slack_bolt.version
-import slack_sdk.version
 from aiohttp import web
 
-# Benchmark the checkout this file is in, whatever the installed (editable)
-# copy of the package points at: `python bench/alert_storm.py` puts bench/,
-# not the repository root, on sys.path.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
+from benchlib import checkout, percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
 from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app
 from bot.config import parse_config
 from bot.fake_slack import Call, FakeSlack, SlackSender
@@ -402,16 +391,6 @@ async def send_wave(session: aiohttp.ClientSession, url: str, posts: list[Post],
 
 
 # -- statistics ----------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return float("nan")
-    position = (len(sorted_values) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -789,34 +768,8 @@ class Bench:
 # -- output ---------------------------------------------------------------------------------------
 
 
-def checkout() -> str:
-    """The commit measured, and the tracked files changed since."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        head = git("rev-parse", "--short", "HEAD")
-        changed = git("diff", "--name-only", "HEAD").split()
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else " (clean)")
-
-
 def environment() -> dict[str, Any]:
-    import bot.app
-
-    return {
-        "slipway_source": str(Path(bot.app.__file__).resolve().parents[1]),
-        "checkout": checkout(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "slack_bolt": slack_bolt.version.__version__,
-        "slack_sdk": slack_sdk.version.__version__,
-        "aiohttp": aiohttp.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    return {**versions(), "checkout": checkout(), "sqlite": sqlite3.sqlite_version}
 
 
 def fmt(value: Any) -> str:

@@ -101,10 +101,8 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -115,19 +113,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import slack_bolt.version
-import slack_sdk.version
 from aiohttp import web
 
-# Benchmark the checkout this file is in, whatever the installed (editable)
-# copy of the package points at: `python bench/execution_latency.py` puts
-# bench/, not the repository root, on sys.path. First, even if it was there
-# already (e.g. later on PYTHONPATH). The report says where each part came from.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) in sys.path:
-    sys.path.remove(str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT))
-
+from benchlib import REPO_ROOT, checkout, percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
 from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app  # noqa: E402
 from bot.config import parse_config  # noqa: E402
 from bot.executors.base import Job  # noqa: E402
@@ -234,17 +222,6 @@ class TimedFakeSlack(FakeSlack):
 
 
 # -- statistics ------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), as in
-    bench/ack_latency.py."""
-    if not sorted_values:
-        return float("nan")
-    position = (len(sorted_values) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -523,20 +500,6 @@ class Bench:
 # -- output ------------------------------------------------------------------------------------
 
 
-def checkout() -> str:
-    """The commit measured, and the tracked files changed since (the working
-    tree is what runs)."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
-                                  check=True, timeout=10).stdout.strip()
-        head = git("rev-parse", "--short", "HEAD")
-        changed = git("diff", "--name-only", "HEAD").split()
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else " (clean)")
-
-
 def environment() -> dict[str, Any]:
     import bot.app
     import bot.executors.process
@@ -546,18 +509,7 @@ def environment() -> dict[str, Any]:
     sources = {name: str(Path(module.__file__).resolve().parents[depth])
                for name, module, depth in (("bot", bot.app, 1), ("bot.executors", bot.executors.process, 2),
                                            ("handlers", handlers, 1), ("store", store, 1))}
-    return {
-        "slipway_source": sources["bot"],
-        "checkout": checkout(),
-        "module_sources": sources,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "slack_bolt": slack_bolt.version.__version__,
-        "slack_sdk": slack_sdk.version.__version__,
-        "aiohttp": aiohttp.__version__,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
+    return {**versions(), "checkout": checkout(), "module_sources": sources}
 
 
 LABELS = {
