@@ -228,6 +228,11 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """One transaction; inside an open one, part of it (so a caller can
+        make several of the store's writes one atomic change)."""
+        if self.db.conn.in_transaction:
+            yield
+            return
         # BEGIN IMMEDIATE takes the write lock before the state is read, so
         # the check-then-write below cannot interleave with another writer.
         self.db.execute("BEGIN IMMEDIATE")
@@ -238,8 +243,6 @@ class Store:
             raise
         else:
             self.db.conn.commit()
-
-    _transaction = transaction  # the name the store's own modules were written against
 
     def _audit(self, deploy_id: int | None, actor: str | None, action: str,
                detail: dict[str, Any] | None = None, source: str | None = None) -> None:

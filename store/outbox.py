@@ -21,9 +21,7 @@ is already open on the store's connection.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,16 +84,6 @@ def _item(row: dict[str, Any]) -> OutboxItem:
     return OutboxItem(**fields)
 
 
-@contextlib.contextmanager
-def _atomic(store: Store) -> Iterator[None]:
-    """The caller's open transaction, or a new one."""
-    if store.db.conn.in_transaction:
-        yield
-    else:
-        with store._transaction():
-            yield
-
-
 def _blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
     return json.dumps(blocks) if blocks is not None else None
 
@@ -114,8 +102,8 @@ def enqueue_post(store: Store, key: str, channel: str, text: str,
     new item's id. (After a post failed for good, the key may be posted
     again.)
     """
-    with _atomic(store):
-        if _has_message(store, key):
+    with store.transaction():
+        if has_message(store, key):
             return None
         cursor = store.db.execute(
             "INSERT INTO outbox (message_key, op, channel, thread_key, text, blocks, state, attempts, created_at) "
@@ -135,7 +123,7 @@ def enqueue_update(store: Store, key: str, text: str, blocks: list[dict[str, Any
     Raises:
         UnknownMessage: nothing was ever posted or queued under ``key``.
     """
-    with _atomic(store):
+    with store.transaction():
         waiting = store.db.execute(
             "SELECT id FROM outbox WHERE message_key = ? AND op = ? AND state = ? ORDER BY id DESC LIMIT 1",
             [key, UPDATE, PENDING],
@@ -156,12 +144,13 @@ def enqueue_update(store: Store, key: str, text: str, blocks: list[dict[str, Any
 def remember_message(store: Store, key: str, channel: str, ts: str) -> None:
     """Record a message posted outside the outbox under ``key``, so queued
     replies and edits can find it."""
-    with _atomic(store):
+    with store.transaction():
         store.db.execute("INSERT OR REPLACE INTO slack_messages (key, channel, ts) VALUES (?, ?, ?)",
                          [key, channel, ts])
 
 
-def _has_message(store: Store, key: str) -> bool:
+def has_message(store: Store, key: str) -> bool:
+    """Whether a message is known as ``key``: sent, or queued and not failed."""
     if message_ts(store, key) is not None:
         return True
     row = store.db.execute(
@@ -288,7 +277,7 @@ def claim(store: Store, item_id: int) -> bool:
     edits of the same message queue a new item instead of changing this one
     (whose text is already on its way to Slack).
     """
-    with _atomic(store):
+    with store.transaction():
         cursor = store.db.execute("UPDATE outbox SET state = ? WHERE id = ? AND state = ?",
                                   [SENDING, item_id, PENDING])
         return cursor.rowcount == 1
@@ -297,7 +286,7 @@ def claim(store: Store, item_id: int) -> bool:
 def mark_sent(store: Store, item_id: int, channel: str | None = None, ts: str | None = None) -> None:
     """Slack accepted the item; for a post, remember where the message is
     (``channel`` as Slack answered it, and ``ts``)."""
-    with _atomic(store):
+    with store.transaction():
         row = store.db.execute("SELECT message_key, op FROM outbox WHERE id = ?", [item_id]).fetchone()
         store.db.execute("UPDATE outbox SET state = ?, sent_at = ?, next_attempt_at = NULL WHERE id = ?",
                          [SENT, store._now(), item_id])
@@ -310,7 +299,7 @@ def mark_retry(store: Store, item_id: int, delay: float, error: str, *, count_at
     """The attempt failed and the item waits ``delay`` seconds before the
     next one. A rate-limit answer is not the item's fault and is not counted
     (``count_attempt=False``)."""
-    with _atomic(store):
+    with store.transaction():
         store.db.execute(
             "UPDATE outbox SET state = ?, attempts = coalesce(attempts, 0) + ?, next_attempt_at = ?, "
             "last_error = ? WHERE id = ?",
@@ -320,7 +309,7 @@ def mark_retry(store: Store, item_id: int, delay: float, error: str, *, count_at
 
 def mark_failed(store: Store, item_id: int, error: str, *, count_attempt: bool = False) -> None:
     """Give up on the item for good; the row stays, with ``error`` as why."""
-    with _atomic(store):
+    with store.transaction():
         store.db.execute(
             "UPDATE outbox SET state = ?, attempts = coalesce(attempts, 0) + ?, next_attempt_at = NULL, "
             "last_error = ? WHERE id = ?",
@@ -332,7 +321,7 @@ def requeue_interrupted(store: Store) -> int:
     """Put items left in flight by a previous run back to waiting; return
     how many. (Slack may have received such a post before the crash: it is
     sent again, the one way the outbox can duplicate.)"""
-    with _atomic(store):
+    with store.transaction():
         return store.db.execute("UPDATE outbox SET state = ? WHERE state = ?", [PENDING, SENDING]).rowcount
 
 

@@ -136,7 +136,7 @@ async def test_posts_arrive_in_the_order_they_were_queued(store: Store, fake_sla
 
 async def test_a_reply_waits_for_its_parent_even_when_queued_first(store: Store, fake_slack: FakeSlack,
                                                                     make_outbox) -> None:
-    with store._transaction():  # both in one transaction, the reply first
+    with store.transaction():  # both in one transaction, the reply first
         queue.enqueue_post(store, "alert-1", "C0ALERTS", "still firing", thread_key="incident")
         queue.enqueue_post(store, "incident", "C0ALERTS", "Incident: api errors")
     assert queue.message_ts(store, "incident") is None
@@ -197,12 +197,12 @@ def test_an_edit_of_an_unknown_message_is_refused(store: Store) -> None:
 
 
 def test_enqueue_joins_the_callers_transaction(store: Store) -> None:
-    with pytest.raises(RuntimeError), store._transaction():
+    with pytest.raises(RuntimeError), store.transaction():
         queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
         raise RuntimeError("recording the alert failed")
     assert queue.pending_count(store) == 0  # rolled back with the caller's work
 
-    with store._transaction():
+    with store.transaction():
         queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
         queue.enqueue_update(store, "alert-1", "louder")
     assert queue.pending_count(store) == 2

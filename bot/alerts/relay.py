@@ -24,7 +24,7 @@ from bot.render import duration_text
 from store import Deploy, Store, deploy_message_key
 from store import alerts as alert_rows
 from store.alerts import StoredAlert
-from store.outbox import enqueue_post, enqueue_update
+from store.outbox import enqueue_post, enqueue_update, has_message
 
 STORM_WINDOW = timedelta(minutes=10)
 
@@ -151,7 +151,7 @@ class AlertRelay:
               oncall: str | None, receipt: Receipt) -> None:
         shown = alert_rows.with_message(self.store, key)
         loud_shown = [a for a in shown if a.level != "quiet"]
-        posted = self._posted(key)
+        posted = has_message(self.store, key)
         if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
         visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
@@ -180,13 +180,6 @@ class AlertRelay:
         enqueue_post(self.store, line_key, channel, "\n".join(lines), thread_key=line_thread)
         receipt.posted += 1
 
-    def _posted(self, key: str) -> bool:
-        """Whether a message is known by ``key``: sent, or queued and not failed."""
-        row = self.store.db.execute(
-            "SELECT 1 FROM outbox WHERE message_key = ? AND op = 'post' AND state IN ('pending', 'sending', 'sent') "
-            "UNION SELECT 1 FROM slack_messages WHERE key = ?", [key, key]).fetchone()
-        return row is not None
-
     def _where(self, stored: StoredAlert, deploy: Deploy | None) -> tuple[str, str | None]:
         """A deploy's alerts go into its thread; others open their own thread in
         the alerts channel, or, in a storm, go into the service's digest thread."""
@@ -199,7 +192,7 @@ class AlertRelay:
         bucket = int(self.clock().timestamp() // STORM_WINDOW.total_seconds())
         digest = f"digest-{stored.service or 'unlabelled'}-{bucket}"
         text = render.digest_text(stored.service, threads - self.settings.storm_threshold)
-        if self._posted(digest):
+        if has_message(self.store, digest):
             enqueue_update(self.store, digest, text)
         else:
             enqueue_post(self.store, digest, self.settings.channel, text)
