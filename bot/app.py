@@ -5,9 +5,10 @@ listener needs is passed in here."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiohttp
@@ -59,7 +60,7 @@ class Slipway:
     outbox: Outbox
     alert_relay: AlertRelay | None
     socket_mode: bool = False
-    environ: Mapping[str, str] | None = None  # where engine secrets are read (None: os.environ)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
 
     async def start_rollback(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
         """Record, announce and run a rollback the person confirmed.
@@ -139,6 +140,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     rollbacks = Rollbacks(config, store, directory)
     messages = DeployMessages(client, workflow, tasks, rollback_offer=rollbacks.offer)
     reports = EngineReports(store)
+    environ = os.environ if environ is None else environ
     runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
     runner.blocked_reason = workflow.blocked_reason
     outbox = Outbox(store, client, interval=outbox_interval)

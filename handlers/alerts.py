@@ -11,7 +11,6 @@ gets a 4xx that says why, and nothing is half-stored.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
     settings = slipway.config.alerts
     if settings is None:
         return
-    environ = os.environ if slipway.environ is None else slipway.environ
+    environ = slipway.environ
 
     def bearer(variable: str) -> Callable[[web.Request, bytes], str | None]:
         def check(request: web.Request, body: bytes) -> str | None:

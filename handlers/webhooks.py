@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -42,8 +41,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         spec = slipway.runner.engine_of(deploy)
         if spec is None or spec.webhook is None:
             return problem(404, "this deploy is not run by a webhook engine")
-        secret = os.environ.get(spec.webhook.secret_env) if slipway.environ is None else slipway.environ.get(
-            spec.webhook.secret_env)
+        secret = slipway.environ.get(spec.webhook.secret_env)
         refused = signing.verify(secret, request.headers, body) if secret else "no secret configured"
         if refused:
             # logged, not audited: an unauthenticated caller must not be able to
