@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +11,7 @@ import aiohttp
 
 from bot.fake_slack import FakeSlack, SlackSender
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
+from tests.processes import SlipwayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "slipway.example.yml"
@@ -63,65 +61,41 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
 
 async def test_serve_answers_signed_slack_requests_end_to_end(tmp_path: Path) -> None:
     fake = await FakeSlack(token=BOT_TOKEN).start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "serve", "--config", str(EXAMPLE), "--db", str(tmp_path / "slipway.db"),
-        "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-        env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-             "SLACK_API_URL": fake.api_url})
+    slipway = SlipwayProcess(EXAMPLE, tmp_path / "slipway.db", fake)
     try:
-        port = await asyncio.wait_for(_listening_port(process), timeout=30)
-        base = f"http://127.0.0.1:{port}"
+        events_url = await slipway.start()
         async with aiohttp.ClientSession() as session:
-            async with session.get(base + "/healthz") as response:
+            async with session.get(slipway.base_url + "/healthz") as response:
                 assert response.status == 200
                 assert await response.json() == {"status": "ok", "database": "ok"}
-        async with SlackSender(base + "/slack/events", SIGNING_SECRET, fake) as slack:
+        async with SlackSender(events_url, SIGNING_SECRET, fake) as slack:
             status, reply = await slack.command("web 1.0.0", "U0DAVE")
             assert status == 200 and "needs no approval" in reply
             await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
             posted = fake.calls_to("chat.postMessage")[0].args
             assert posted["channel"] == "C0DEPLOYS" and "Deploy web 1.0.0 to staging" in posted["text"]
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        assert await slipway.terminate() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await slipway.close()
         await fake.stop()
-
-
-async def _listening_port(process: asyncio.subprocess.Process) -> int:
-    assert process.stderr is not None
-    while line := (await process.stderr.readline()).decode():
-        if match := re.search(r"listening on http://[\d.]+:(\d+)", line):
-            return int(match.group(1))
-    raise AssertionError(f"slipway exited ({await process.wait()}) before listening")
 
 
 async def test_socket_mode_serves_commands_over_the_socket_and_has_no_unsigned_http_door(tmp_path: Path) -> None:
     fake = await FakeSlack(token=BOT_TOKEN).start()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "serve", "--config", str(EXAMPLE), "--db", str(tmp_path / "slipway.db"),
-        "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-        env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": "xapp-test", "SLACK_API_URL": fake.api_url})
+    slipway = SlipwayProcess(EXAMPLE, tmp_path / "slipway.db", fake, socket_mode=True)
     try:
-        port = await asyncio.wait_for(_listening_port(process), timeout=30)
+        await slipway.start()
         await fake.wait_for(lambda f: f.socket_connected, timeout=30)
         fields = SlackSender("unused", "unused", fake).command_fields("web 1.0.0", "U0DAVE")
         ack = await fake.socket_command(fields)
         assert "needs no approval" in ack["payload"]["text"]
         await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/slack/events", data=b"command=%2Fdeploy") as response:
+            async with session.post(slipway.base_url + "/slack/events", data=b"command=%2Fdeploy") as response:
                 assert response.status == 404  # no unsigned HTTP door in Socket Mode
-            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            async with session.get(slipway.base_url + "/healthz") as response:
                 assert response.status == 200
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        assert await slipway.terminate() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await slipway.close()
         await fake.stop()

@@ -4,10 +4,6 @@ start it again on the same database."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,47 +13,9 @@ from bot.fake_slack import FakeSlack, SlackSender
 from bot.render import ACTION_APPROVE
 from bot.executors.command import process_start
 from store import Store
-from tests.conftest import BOT_TOKEN, ENGINE, PYTHON, SIGNING_SECRET
+from tests.conftest import ENGINE, PYTHON, SIGNING_SECRET
+from tests.processes import SlipwayProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class SlipwayProcess:
-    def __init__(self, config: Path, db: Path, fake: FakeSlack) -> None:
-        self.config, self.db, self.fake = config, db, fake
-        self.process: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self.logged = asyncio.Event()
-
-    async def start(self) -> str:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "serve", "--config", str(self.config), "--db", str(self.db),
-            "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-            env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                 "SLACK_API_URL": self.fake.api_url})
-        assert self.process.stderr is not None
-        while line := (await asyncio.wait_for(self.process.stderr.readline(), 30)).decode():
-            if match := re.search(r"listening on http://[\d.]+:(\d+)", line):
-                asyncio.get_running_loop().create_task(self._drain())
-                return f"http://127.0.0.1:{match.group(1)}/slack/events"
-        raise AssertionError("slipway exited before listening")
-
-    async def _drain(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            self.log.append(line.decode())
-            self.logged.set()
-
-    async def wait_for_log(self, text: str) -> None:
-        while not any(text in line for line in self.log):
-            self.logged.clear()
-            await asyncio.wait_for(self.logged.wait(), 30)
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
 
 
 @pytest.fixture
@@ -141,8 +99,7 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
     finally:
         files["release"].touch()  # in case the test failed before the orphan was stopped
         if slipway.process and slipway.process.returncode is None:
-            slipway.process.send_signal(signal.SIGTERM)
-            await slipway.process.wait()
+            await slipway.terminate()
 
 
 async def test_sigterm_lets_a_command_deploy_in_progress_finish(fake_slack: FakeSlack, config: Path,
@@ -153,16 +110,14 @@ async def test_sigterm_lets_a_command_deploy_in_progress_finish(fake_slack: Fake
         async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
             assert (await slack.command("api 2.7.0 staging", "U0DAVE"))[0] == 200
             await wait_until(lambda: files["started"].exists())
-        slipway.process.send_signal(signal.SIGTERM)
+        terminated = asyncio.ensure_future(slipway.terminate())
         await slipway.wait_for_log("waiting up to 60 s for 1 command deploy(s) to finish")
         assert slipway.process.returncode is None
         files["release"].touch()
-        assert await asyncio.wait_for(slipway.process.wait(), 30) == 0
+        assert await terminated == 0
         store = Store.open(files["slipway.db"])
         assert store.history("api")[0].status == "succeeded"
         store.close()
     finally:
         files["release"].touch()
-        if slipway.process and slipway.process.returncode is None:
-            slipway.process.kill()
-            await slipway.process.wait()
+        await slipway.close()
