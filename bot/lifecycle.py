@@ -44,8 +44,7 @@ class DeployRunner:
         self.reports = reports
         self.environ = environ
         self.now = now  # the engines' clock: deadlines are real time, whatever the store's clock says
-        self._running: set[int] = set()
-        self._deploy_tasks: dict[int, asyncio.Task] = {}
+        self._deploy_tasks: dict[int, asyncio.Task] = {}  # the deploys running now
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
         self.blocked_reason: Callable[[Deploy], str | None] | None = None  # the policy, checked at the start
@@ -55,9 +54,8 @@ class DeployRunner:
         self._spawn(deploy_id, resume=False)
 
     def _spawn(self, deploy_id: int, *, resume: bool) -> None:
-        if deploy_id in self._running:
+        if deploy_id in self._deploy_tasks:
             return
-        self._running.add(deploy_id)
         self._deploy_tasks[deploy_id] = self.tasks.spawn(self._guarded(deploy_id, resume), name=f"deploy-{deploy_id}")
 
     async def drain(self, timeout: float) -> list[int]:
@@ -86,7 +84,6 @@ class DeployRunner:
                                allowed_from=("approved", "deploying", "verifying"))
             raise
         finally:
-            self._running.discard(deploy_id)
             self._deploy_tasks.pop(deploy_id, None)
 
     def recover(self) -> list[int]:
