@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     serve.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000; 0 picks a free one)")
     serve.add_argument("--socket-mode", action="store_true", help="connect over Socket Mode (needs SLACK_APP_TOKEN)")
-    serve.add_argument("--log-level", default=os.environ.get("SLIPWAY_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", default=os.environ.get("SLIPWAY_LOG_LEVEL", "INFO"),
+                       help="DEBUG, INFO, WARNING or ERROR (default: $SLIPWAY_LOG_LEVEL or INFO)")
     serve.add_argument("--drain", type=float, default=float(os.environ.get("SLIPWAY_DRAIN_SECONDS", "60")),
                        help="on SIGTERM, seconds to wait for command deploys in progress (default: 60)")
 
@@ -38,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
 
     report = commands.add_parser("report", help="print the Markdown ship report of a deploy")
-    report.add_argument("deploy_id", type=int)
-    report.add_argument("--config", default=os.environ.get("SLIPWAY_CONFIG", "slipway.yml"))
-    report.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"))
+    report.add_argument("deploy_id", type=int, help="the deploy's number, as in the deploy message")
+    report.add_argument("--config", default=os.environ.get("SLIPWAY_CONFIG", "slipway.yml"),
+                        help="config file (default: $SLIPWAY_CONFIG or slipway.yml)")
+    report.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"),
+                        help="SQLite database file (default: $SLIPWAY_DB or slipway.db)")
     return parser
 
 
