@@ -67,6 +67,7 @@ class FakeSlack(FakeServer):
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemerals: list[Ephemeral] = []
         self.responses: list[dict[str, Any]] = []  # what was posted to response_url
+        self.home_views: dict[str, dict[str, Any]] = {}  # user -> their App Home view
         self.socket_acks: dict[str, dict[str, Any]] = {}  # envelope id -> what the app answered
         self._sockets: list[web.WebSocketResponse] = []
         self._envelopes = itertools.count(1)
@@ -188,6 +189,24 @@ class FakeSlack(FakeServer):
     def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "view": {"id": f"V{next(self._ts)}", **(_json_arg(args.get("view")) or {})}}
 
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A user's App Home tab; the newest view published for them is kept."""
+        view = _json_arg(args.get("view")) or {}
+        user = args.get("user_id", "")
+        if not user or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if problem := block_kit_problem(view.get("blocks", []), max_blocks=100):  # a view holds 100, a message 50
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
+        self.home_views[user] = view
+        return {"ok": True, "view": {"id": f"V{next(self._ts)}", **view}}
+
+    def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The direct-message channel with a person (``users``: one id)."""
+        users = str(args.get("users", ""))
+        if not users or "," in users:
+            return {"ok": False, "error": "users_list_not_supplied" if not users else "not_supported"}
+        return {"ok": True, "channel": {"id": dm_channel(users), "is_im": True, "user": users}}
+
     # -- Socket Mode ----------------------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -244,10 +263,10 @@ LIMITS = {"blocks": 50, "header": 150, "section": 3000, "field": 2000, "fields":
           "option_value": 150, "confirm_text": 300}
 
 
-def block_kit_problem(blocks: list[dict[str, Any]]) -> str | None:
+def block_kit_problem(blocks: list[dict[str, Any]], max_blocks: int = LIMITS["blocks"]) -> str | None:
     """The first Block Kit limit ``blocks`` break, or None."""
-    if len(blocks) > LIMITS["blocks"]:
-        return f"{len(blocks)} blocks (at most {LIMITS['blocks']})"
+    if len(blocks) > max_blocks:
+        return f"{len(blocks)} blocks (at most {max_blocks})"
     for index, block in enumerate(blocks):
         if problem := _block_problem(block):
             return f"block {index}: {problem}"
@@ -283,6 +302,11 @@ def _element_checks(element: dict[str, Any]) -> list[tuple[int, str]]:
     checks.append((len(options), "options"))
     checks += [(len(option["value"]), "option_value") for option in options]
     return checks
+
+
+def dm_channel(user: str) -> str:
+    """The id of the direct-message channel between the bot and ``user``."""
+    return "D" + user.removeprefix("U")
 
 
 def _group_id(handle: str) -> str:

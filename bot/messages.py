@@ -34,6 +34,16 @@ class DeployMessages:
         self._rollback_offer = rollback_offer or (lambda deploy: (None, None))
         self._dirty: set[int] = set()
         self._updating: set[int] = set()
+        # called with a deploy's id whenever it is posted or changes state
+        # (App Home, metrics); a listener must be quick and must not raise
+        self.listeners: list[Callable[[int], None]] = []
+
+    def _changed(self, deploy_id: int) -> None:
+        for listener in self.listeners:
+            try:
+                listener(deploy_id)
+            except Exception:  # noqa: BLE001 — a view's failure must never stop the deploy's own message
+                log.exception("deploy-change listener %r failed for deploy %s", listener, deploy_id)
 
     def _render(self, deploy: Deploy) -> dict:
         target, note = self._rollback_offer(deploy)
@@ -67,10 +77,13 @@ class DeployMessages:
             permalink = (await self._client.chat_getPermalink(channel=response["channel"], message_ts=ts))["permalink"]
         except SlackApiError as exc:  # the link is a convenience; the deploy stands without it
             log.warning("no permalink for deploy %s: %s", deploy.id, exc.response.get("error"))
-        return self._workflow.store.attach_message(deploy.id, response["channel"], ts, permalink)
+        deploy = self._workflow.store.attach_message(deploy.id, response["channel"], ts, permalink)
+        self._changed(deploy.id)
+        return deploy
 
     def refresh(self, deploy_id: int) -> None:
         """Bring the deploy's message up to date with the store, soon."""
+        self._changed(deploy_id)
         self._dirty.add(deploy_id)
         if deploy_id not in self._updating:
             self._updating.add(deploy_id)
