@@ -396,6 +396,20 @@ class SlackSender:
     async def click(self, message: Message, user: str, action_id: str, **kwargs: Any) -> tuple[int, str]:
         return await self.post(self.click_body(message, user, action_id, **kwargs))
 
+    def event_body(self, event: dict[str, Any]) -> str:
+        """An Events API ``event_callback`` envelope around ``event`` (JSON, as Slack sends it)."""
+        return json.dumps({
+            "token": "legacy-unused", "team_id": TEAM_ID, "api_app_id": "A0SLIPWAY", "type": "event_callback",
+            "event": {"event_ts": f"{time.time():.6f}", **event},
+            "event_id": f"Ev{next(self._triggers):08d}", "event_time": int(time.time()),
+            "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+        })
+
+    async def event(self, event: dict[str, Any]) -> tuple[int, str]:
+        """Deliver an Events API event (e.g. ``{"type": "app_home_opened", "user": ..., "tab": "home"}``)."""
+        body = self.event_body(event)
+        return await self.post(body, {**self.signed_headers(body), "Content-Type": "application/json"})
+
 
 def _find_element(blocks: list[dict[str, Any]], action_id: str, block_id: str | None):
     for block in blocks:
