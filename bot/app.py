@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,15 +22,20 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 import handlers.alerts
 import handlers.webhooks
+from handlers.errors import deploy_of_click
 from bot.config import Config
 from bot.alerts.relay import AlertRelay
 from bot.directory import Directory
 from bot.errors import SlipwayError
 from bot.executors import EngineReports
+from bot.health import Health
 from bot.lifecycle import DeployRunner
+from bot.logs import deploy_context
+from bot.metrics import Metrics, surface_of
 from bot.render import mention, rollback_plan_text
 from bot.rollback import Rollbacks
 from bot.messages import DeployMessages
+from bot.nudges import Nudges
 from bot.outbox import Outbox
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks
@@ -59,8 +65,11 @@ class Slipway:
     runner: DeployRunner
     outbox: Outbox
     alert_relay: AlertRelay | None
+    nudges: Nudges
     socket_mode: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics
+    health: Health | None = None  # GET /healthz
 
     async def start_rollback(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
         """Record, announce and run a rollback the person confirmed.
@@ -83,6 +92,10 @@ class Slipway:
     async def auto_rollback(self, deploy_id: int) -> None:
         """Roll back a deploy a page-level alert was tied to, where the
         environment asks for it (``auto_rollback: true``), and say so."""
+        with deploy_context(deploy_id):
+            await self._auto_rollback(deploy_id)
+
+    async def _auto_rollback(self, deploy_id: int) -> None:
         deploy = self.store.get_deploy(deploy_id)
         try:
             plan = self.rollbacks.plan(deploy_id)
@@ -99,23 +112,27 @@ class Slipway:
                                            f"{undone.environment}, page-level alert): {plan.text}.")
 
     async def close(self) -> None:
+        await self.nudges.close()
         await self.tasks.close()
         await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
 
 
-def create_slack_client(settings: Settings) -> AsyncWebClient:
+def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
     """The real slack_sdk client, pointed at ``SLACK_API_URL`` when set.
 
     A 429 is answered by waiting Retry-After and trying again (slack_sdk's
-    handler), so a rate-limited message is delayed, never dropped. One
+    handler), so a rate-limited message is delayed, never dropped (and
+    counted in ``metrics`` first). One
     aiohttp session is kept for every call: without it slack_sdk opens a new
     connection (and TLS handshake) per call, which measurably slowed acks
     under load (bench/ack_latency.py).
     """
     kwargs = {"base_url": settings.api_url} if settings.api_url else {}
     client = AsyncWebClient(token=settings.bot_token, session=aiohttp.ClientSession(), **kwargs)
+    if metrics is not None:
+        client.retry_handlers.insert(0, metrics.rate_limit_counter())
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=10))
     return client
 
@@ -126,7 +143,8 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     """Wire a Slipway from its parts (the store is owned by the caller).
     ``outbox_interval``: seconds between two outbox posts to one channel
     (Slack allows about one a second)."""
-    client = create_slack_client(settings)
+    metrics = Metrics()
+    client = create_slack_client(settings, metrics)
     bolt = AsyncApp(
         client=client,
         signing_secret=settings.signing_secret,
@@ -143,46 +161,68 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     environ = os.environ if environ is None else environ
     runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
     runner.blocked_reason = workflow.blocked_reason
-    outbox = Outbox(store, client, interval=outbox_interval)
+    runner.observe_executor = metrics.observe_executor
+    metrics.watch_store(store, config.environment_names)
+    outbox = Outbox(store, client, interval=outbox_interval, metrics=metrics)
     relay = AlertRelay(config, store, rollbacks.offer, clock) if config.alerts is not None else None
+    nudges = Nudges(config, store, workflow, messages, directory, tasks, clock)
+    runner.reopen_if_stale = nudges.reopen_if_stale
     slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
-                      outbox, relay, settings.socket_mode, environ)
+                      outbox, relay, nudges, settings.socket_mode, environ, metrics=metrics,
+                      health=Health(store, client))
     handlers.register(bolt, slipway)
     return slipway
 
 
 def create_web_app(slipway: Slipway) -> web.Application:
-    """The one aiohttp server: Slack's events endpoint and the health check."""
+    """The one aiohttp server: Slack's events endpoint, webhooks, the health
+    check and the metrics."""
     app = web.Application(client_max_size=1024 * 1024)
     app[SLIPWAY_KEY] = slipway
+    metrics = slipway.metrics
 
     async def slack_events(request: web.Request) -> web.Response:
+        """Answer Slack, and measure it: from arrival to the response being
+        ready, refusals included (what Slack sees as our ack latency)."""
+        started = time.monotonic()
+        surface, status = "other", 500  # what an exception escaping from here amounts to
+        try:
+            surface, response = await answer_slack(request)
+            status = response.status
+            return response
+        finally:
+            metrics.observe_slack_request(surface, status, time.monotonic() - started)
+
+    async def answer_slack(request: web.Request) -> tuple[str, web.Response]:
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "0")
         if not timestamp.isdigit():
             # slack_sdk's verifier raises on a non-numeric timestamp (a 500);
             # an unverifiable request is an unauthorised one.
-            return web.json_response({"error": "invalid request timestamp"}, status=401)
+            return "other", web.json_response({"error": "invalid request timestamp"}, status=401)
         try:
             bolt_request = await to_bolt_request(request)
         except ValueError as exc:  # e.g. a `payload=` that is not JSON; bolt parses it eagerly
-            return web.json_response({"error": f"malformed request body: {exc}"}, status=400)
-        with slipway.tasks.ack_first.answering():
+            return "other", web.json_response({"error": f"malformed request body: {exc}"}, status=400)
+        surface = surface_of(bolt_request.body)  # bolt's parse, not a second one
+        # the listener's task, and the work it starts, inherit the click's deploy as log context
+        with slipway.tasks.ack_first.answering(), deploy_context(deploy_of_click(bolt_request.body)):
             bolt_response = await slipway.bolt.async_dispatch(bolt_request)
-        return await to_aiohttp_response(bolt_response)
+        return surface, await to_aiohttp_response(bolt_response)
+
+    health = slipway.health or Health(slipway.store, slipway.client)
 
     async def healthz(request: web.Request) -> web.Response:
-        try:
-            slipway.store.db.execute("SELECT 1").fetchone()
-            database = "ok"
-        except Exception as exc:  # reported, not raised: this endpoint says what is wrong
-            database = f"error: {exc}"
-        healthy = database == "ok"
-        return web.json_response({"status": "ok" if healthy else "unhealthy", "database": database},
-                                 status=200 if healthy else 503, dumps=json.dumps)
+        status, body = await health.report()
+        return web.json_response(body, status=status, dumps=json.dumps)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def recover(app: web.Application) -> None:
         slipway.outbox.start()  # resumes whatever a previous Slipway left queued
         slipway.runner.recover()
+        slipway.nudges.start()  # expiry and reminders
 
     async def shutdown(app: web.Application) -> None:
         await slipway.close()
@@ -192,6 +232,7 @@ def create_web_app(slipway: Slipway) -> web.Application:
         # that skipped verification would let anyone in, so there is none.
         app.router.add_post(SLACK_EVENTS_PATH, slack_events)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
     handlers.webhooks.register(app, slipway)
     handlers.alerts.register(app, slipway)
     app.on_startup.append(recover)

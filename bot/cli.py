@@ -1,4 +1,4 @@
-"""The ``slipway`` command: ``serve`` and ``check-config``."""
+"""The ``slipway`` command: ``serve``, ``sandbox``, ``check-config`` and ``report``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket-mode", action="store_true", help="connect over Socket Mode (needs SLACK_APP_TOKEN)")
     serve.add_argument("--log-level", default=os.environ.get("SLIPWAY_LOG_LEVEL", "INFO"),
                        help="DEBUG, INFO, WARNING or ERROR (default: $SLIPWAY_LOG_LEVEL or INFO)")
+    serve.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("SLIPWAY_LOG_FORMAT", "json"),
+                       help="json: one JSON object per line; text: for a person (default: $SLIPWAY_LOG_FORMAT or json)")
     serve.add_argument("--drain", type=float, default=float(os.environ.get("SLIPWAY_DRAIN_SECONDS", "60")),
                        help="on SIGTERM, seconds to wait for command deploys in progress (default: 60)")
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config file (default: $SLIPWAY_CONFIG or slipway.yml)")
     report.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"),
                         help="SQLite database file (default: $SLIPWAY_DB or slipway.db)")
+
+    sandbox = commands.add_parser("sandbox", help="try Slipway in a browser against a built-in stand-in for Slack")
+    sandbox.add_argument("--host", default="127.0.0.1",
+                         help="loopback address the page listens on (default: 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8000, help="the page's port (default: 8000; 0 picks a free one)")
+    sandbox.add_argument("--db", help="SQLite database file, kept between runs (default: a new one in a temp dir)")
     return parser
 
 
@@ -53,7 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.path)
     if args.command == "report":
         return print_report(args)
+    if args.command == "sandbox":
+        return run_sandbox(args)
     return serve(args)
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    """``slipway sandbox``: Slipway, a fake Slack and a page, until Ctrl-C."""
+    import tempfile
+    from pathlib import Path
+
+    from bot.sandbox import serve as serve_sandbox
+    from bot.sandbox.page import is_loopback
+
+    if not is_loopback(args.host):
+        print(f"slipway: the sandbox listens on loopback only (127.0.0.1, ::1 or localhost), not {args.host!r}: "
+              "it has no authentication and acts for made-up people", file=sys.stderr)
+        return 2
+    from bot.logs import configure_logging
+
+    configure_logging("WARNING", "text")  # a person at a terminal; the page shows what happens
+    with tempfile.TemporaryDirectory(prefix="slipway-sandbox-") as scratch:
+        db = Path(args.db) if args.db else Path(scratch) / "sandbox.db"
+        state_dir = db.with_name(db.name + ".demo")  # what the demo service runs, kept with the database
+        return asyncio.run(serve_sandbox(args.host, args.port, db, state_dir))
 
 
 def print_report(args: argparse.Namespace) -> int:
@@ -92,7 +123,8 @@ def check_config(path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bot.logs import configure_logging
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = Settings.from_env(socket_mode=True if args.socket_mode else None)
         config = load_config(args.config)

@@ -13,7 +13,8 @@ Secrets never live here: tokens come from the environment (see
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,12 +30,16 @@ from pydantic import (
 )
 
 from bot.errors import ConfigError
+from bot.freezes import dates_window, parse_week_time, week_time_text, weekly_window, zone_named
 
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 USERGROUP_HANDLE = re.compile(r"^@[a-z0-9][a-z0-9._-]*$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 MAX_CHECKLIST_ITEMS = 20  # each item is one Block Kit block; the message must stay under 50
 MAX_CHECKLIST_TEXT = 150
+DEFAULT_EXPIRE_AFTER = 24 * 3600.0
+DEFAULT_APPROVAL_VALID_FOR = 8 * 3600.0
+DEFAULT_REMIND_EVERY = 2 * 3600.0
 
 
 def _check_people(people: list[str]) -> list[str]:
@@ -56,6 +61,15 @@ class Approvals(_Model):
     required: Annotated[int, Field(ge=1, le=10)] = 1
     approvers: Annotated[list[str], Field(min_length=1)]
     allow_self_approval: bool = False
+    # A request nobody decided on expires (so a stale request cannot be
+    # approved days later, after everything it was judged against changed).
+    expire_after: Duration = DEFAULT_EXPIRE_AFTER
+    # An approval is a judgement about that day's state of things: one given
+    # longer than this before the deploy starts no longer counts.
+    approval_valid_for: Duration = DEFAULT_APPROVAL_VALID_FOR
+    # A reminder line in the request's thread, mentioning who has not yet
+    # approved, this long after the request and after each reminder.
+    remind_every: Duration | None = DEFAULT_REMIND_EVERY
 
     @field_validator("approvers")
     @classmethod
@@ -80,12 +94,30 @@ class Approvals(_Model):
         return [a[1:] for a in self.approvers if a.startswith("@")]
 
 
+# The discipline's defaults for what a deploy carrying a database migration
+# needs ticked, on environments that take approvals.
+DEFAULT_MIGRATION_CHECKLIST = (
+    "Migration tested on staging with production-shaped data",
+    "Backup taken before migrating",
+    "The migration is reversible: a `down` migration exists",
+    "No feature change in the same deploy",
+)
+
+
+ROLE_NAMES = ("request", "approve", "rollback", "lock", "override")
+
+
 class Roles(_Model):
-    """Who may do what on an environment, beyond approving."""
+    """Who may do what on an environment: user ids and usergroup handles.
+    A role left out keeps its default (``bot.policy.role_holders``)."""
 
+    request: list[str] | None = None  # default: anyone
+    approve: list[str] | None = None  # default: approvals.approvers
     rollback: list[str] | None = None  # default: the approvers plus whoever deployed
+    lock: list[str] | None = None  # lock, unlock, unblock; default: anyone
+    override: list[str] | None = None  # the extra approval a freeze override needs; default: who may approve
 
-    @field_validator("rollback")
+    @field_validator(*ROLE_NAMES)
     @classmethod
     def _people(cls, people: list[str] | None) -> list[str] | None:
         return _check_people(people) if people is not None else None
@@ -100,44 +132,129 @@ class Environment(_Model):
     checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
     roles: Roles = Roles()
     auto_rollback: bool = False  # roll back at once on a page-level alert tied to a deploy here
+    # added to the checklist of a deploy that carries a migration (only where approvals are asked)
+    migration_checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = list(DEFAULT_MIGRATION_CHECKLIST)
+
+
+WeekTime = Annotated[int, BeforeValidator(parse_week_time)]
+
+
+class WeeklyWindow(_Model):
+    """A window every week, e.g. Fri 15:00 to Mon 09:00 (it may wrap the week end)."""
+
+    starts: WeekTime = Field(alias="from")
+    until: WeekTime
+
+    @model_validator(mode="after")
+    def _has_length(self) -> "WeeklyWindow":
+        if self.starts == self.until:
+            raise ValueError("from and until are the same time of the week; a window needs a length")
+        return self
+
+
+@dataclass(frozen=True)
+class FreezeWindow:
+    """One occurrence of a freeze: the freeze, and when this one began and ends."""
+
+    freeze: "Freeze"
+    starts: datetime
+    until: datetime
+
+    @property
+    def key(self) -> str:
+        """Names this occurrence, so an override granted for it is not taken
+        for an override of the next one (or of another freeze)."""
+        return f"{self.freeze.reason}|{self.freeze.schedule}|{self.starts.isoformat()}"
+
+    def record(self) -> dict[str, str]:
+        """What a deploy that overrides this occurrence keeps of it."""
+        return {"key": self.key, "reason": self.freeze.reason, "schedule": self.freeze.schedule,
+                "from": self.starts.isoformat(), "until": self.until.isoformat()}
 
 
 class Freeze(_Model):
-    """A window during which deploys to some environments are refused."""
+    """A window during which deploys to some environments are refused: one
+    from/until window, a weekly window, or a list of whole days."""
 
     environments: list[str] | None = None  # None: every environment
-    starts: datetime = Field(alias="from")
-    until: datetime
+    starts: datetime | None = Field(None, alias="from")
+    until: datetime | None = None
+    weekly: WeeklyWindow | None = None
+    dates: Annotated[list[date], Field(min_length=1)] | None = None
+    timezone: str | None = None  # IANA name; weekly windows and dates are in this zone's local time
     reason: Annotated[str, Field(min_length=1)]
 
     @field_validator("starts", "until")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
         if value.tzinfo is None:
             raise ValueError('needs a time zone, e.g. "2026-12-24T00:00:00Z"')
         return value.astimezone(timezone.utc)
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone_named(name)
+        return name
+
     @model_validator(mode="after")
-    def _ordered(self) -> "Freeze":
-        if self.until <= self.starts:
-            raise ValueError("until must be after from")
+    def _one_kind(self) -> "Freeze":
+        one_off = self.starts is not None or self.until is not None
+        kinds = [name for name, given in (("from/until", one_off), ("weekly", self.weekly is not None),
+                                          ("dates", self.dates is not None)) if given]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of from/until (one window), weekly (a window every week) or "
+                             "dates (whole days)" + (f"; found {' and '.join(kinds)}" if kinds else ""))
+        if one_off:
+            if self.starts is None or self.until is None:
+                raise ValueError("a one-off window needs both from and until")
+            if self.until <= self.starts:
+                raise ValueError("until must be after from")
+            if self.timezone is not None:
+                raise ValueError("timezone applies to weekly and dates; from and until carry their own zone")
+        elif self.timezone is None:
+            raise ValueError(f"{kinds[0]} are read in a named time zone: add timezone, e.g. Europe/Berlin or UTC")
         return self
 
+    @property
+    def schedule(self) -> str:
+        """When the freeze applies, as a person would say it."""
+        if self.weekly is not None:
+            return (f"every {week_time_text(self.weekly.starts)} to {week_time_text(self.weekly.until)} "
+                    f"({self.timezone})")
+        if self.dates is not None:
+            return f"on {', '.join(d.isoformat() for d in sorted(self.dates))} ({self.timezone})"
+        return f"{self.starts:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC"
+
+    def window_at(self, environment: str, moment: datetime) -> FreezeWindow | None:
+        """The occurrence of this freeze that covers ``environment`` at ``moment``, or None."""
+        if self.environments is not None and environment not in self.environments:
+            return None
+        if self.weekly is not None:
+            found = weekly_window(moment, zone_named(self.timezone), self.weekly.starts, self.weekly.until)
+        elif self.dates is not None:
+            found = dates_window(moment, zone_named(self.timezone), self.dates)
+        else:
+            found = (self.starts, self.until) if self.starts <= moment < self.until else None
+        return FreezeWindow(self, *found) if found else None
+
     def covers(self, environment: str, moment: datetime) -> bool:
-        applies = self.environments is None or environment in self.environments
-        return applies and self.starts <= moment < self.until
+        return self.window_at(environment, moment) is not None
 
 
-DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``"10m"``, ``"1h30m"``, ``"45s"``, ``"2.5s"`` or a bare number of seconds."""
+    """Seconds from ``"10m"``, ``"1h30m"``, ``"45s"``, ``"2.5s"``, ``"1d"`` or a bare number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := DURATION.match(value.strip())) and value.strip():
-        hours, minutes, secs = match.groups()
-        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+        days, hours, minutes, secs = match.groups()
+        seconds = int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
     else:
         raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 10m or 1h30m")
     if seconds <= 0:
@@ -212,8 +329,24 @@ class Verification(_Model):
     smoke: SmokeTest | None = None
 
 
+class Backup(_Model):
+    """A command run before the engine on a deploy that carries a migration;
+    its failure stops the deploy before the engine is reached."""
+
+    command: Annotated[list[str], Field(min_length=1)]
+    timeout: Duration = 1800.0
+    working_dir: str | None = None
+    environments: list[str] | None = None  # None: every environment
+
+
+class Migrations(_Model):
+    always: bool = False  # every deploy of the service carries a migration (else: `--migration`)
+    backup: Backup | None = None
+
+
 class Service(_Model):
     deploy: DeployExecutor | None = None
+    migrations: Migrations = Migrations()
     rollback: DeployExecutor | None = None  # default: redeploy the previous good version with `deploy`
     verify: dict[str, Verification] = {}  # keyed by environment name
     environments: list[str] | None = None  # None: every rung of the ladder
@@ -330,6 +463,11 @@ class Config(_Model):
                 return env
         raise KeyError(name)
 
+    def freezes_at(self, environment: str, moment: datetime) -> list[FreezeWindow]:
+        """Every freeze that covers ``environment`` at ``moment`` (the one
+        question every freeze check asks), in config order."""
+        return [found for window in self.freeze if (found := window.window_at(environment, moment))]
+
     def environments_of(self, service: str) -> list[str]:
         allowed = self.services[service].environments
         return [n for n in self.environment_names if allowed is None or n in allowed]
@@ -393,10 +531,19 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
         for name in window.environments or []:
             if name not in names:
                 problems.append((["freeze", index, "environments"], f"unknown environment {name!r}"))
+    for index, env in enumerate(config.environments):
+        if env.roles.approve is not None and env.approvals is None:
+            problems.append((["environments", index, "roles", "approve"],
+                             "approving needs an approvals block: without one a request is approved at once"))
     for service_name, service in config.services.items():
         for name in service.verify:
             if name not in names:
                 problems.append((["services", service_name, "verify", name], f"unknown environment {name!r}"))
+        backup = service.migrations.backup
+        for name in (backup.environments or []) if backup else []:
+            if name not in names:
+                problems.append((["services", service_name, "migrations", "backup", "environments"],
+                                 f"unknown environment {name!r}"))
         for role in ("deploy", "rollback"):
             executor = getattr(service, role)
             if executor is not None and executor.webhook is not None and config.public_url is None:

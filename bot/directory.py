@@ -85,6 +85,16 @@ class Directory:
         group_id = await self._group_id(entry[1:])
         return f"<!subteam^{group_id}>" if group_id else entry
 
+    async def mentions(self, entries: list[str] | tuple[str, ...]) -> str:
+        """People and groups as Slack links: ``<@U0ALICE>, <!subteam^S0SRE|@sre>``
+        (the ``|@sre`` label is what a client shows when it cannot resolve the
+        group; an unknown handle stays plain text)."""
+        shown = []
+        for entry in entries:
+            linked = await self.mention(entry)
+            shown.append(f"{linked[:-1]}|{entry}>" if linked.startswith("<!subteam^") else linked)
+        return ", ".join(shown)
+
     def describe(self, entries: list[str]) -> str:
         """Approvers as Slack shows them: ``<@U0ALICE>, @sre``."""
         return ", ".join(e if e.startswith("@") else f"<@{e}>" for e in entries)

@@ -6,8 +6,8 @@ call, and can answer 429 with Retry-After. ``SlackSender`` plays Slack's
 other role: it posts slash commands and button clicks to the bot, signed
 exactly as Slack signs them (v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``).
 
-The test-suite uses both, and so will the sandbox, so the two cannot drift
-apart. It binds to loopback only.
+The test-suite uses both, and so does the sandbox (``slipway sandbox``,
+bot/sandbox), so the two cannot drift apart. It binds to loopback only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +45,8 @@ class Message:
     blocks: list[dict[str, Any]]
     thread_ts: str | None = None
     updates: int = 0
+    seq: int = 0  # place in the order of everything shown (messages, ephemerals, responses)
+    posted_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -52,21 +55,44 @@ class Ephemeral:
     user: str
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    posted_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Response:
+    """A post to an interaction's ``response_url``; ``key`` says whose it was
+    (see :meth:`SlackSender.command_fields`: ``cmd-<user>`` or ``click-<user>``)."""
+
+    key: str
+    payload: dict[str, Any]
+    seq: int = 0
+    posted_at: float = field(default_factory=time.time)
+
+    @property
+    def user(self) -> str:
+        return self.key.partition("-")[2]
 
 
 class FakeSlack(FakeServer):
     """The Slack Web API, as far as Slipway uses it."""
 
     def __init__(self, token: str = "xoxb-test-token", usergroups: dict[str, list[str]] | None = None,
-                 missing_channels: set[str] | None = None) -> None:
+                 missing_channels: set[str] | None = None, ts_start_us: int | None = None) -> None:
+        """``ts_start_us``: message timestamps count up from this moment (in
+        microseconds since the epoch), as Slack's do, so that they never
+        repeat those of an earlier run kept in the same database; without
+        it they are small fixed numbers (1700000001.000100, …)."""
         super().__init__()
         self.token = token
+        self.ts_start_us = ts_start_us
         self.usergroups = dict(usergroups or {})
         self.missing_channels = set(missing_channels or ())
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemerals: list[Ephemeral] = []
         self.responses: list[dict[str, Any]] = []  # what was posted to response_url
+        self.response_posts: list[Response] = []  # the same, with whose response_url it was
         self.home_views: dict[str, dict[str, Any]] = {}  # user -> their App Home view
         self.socket_acks: dict[str, dict[str, Any]] = {}  # envelope id -> what the app answered
         self._sockets: list[web.WebSocketResponse] = []
@@ -75,6 +101,8 @@ class FakeSlack(FakeServer):
         self.retry_after = 1
         self._counter = itertools.count(1)
         self._ts = itertools.count(1)
+        self._seq = itertools.count(1)
+        self.revision = 0  # bumped by every recorded change, so a reader can wait for "anything new"
 
     # -- serving ------------------------------------------------------------------
 
@@ -104,6 +132,18 @@ class FakeSlack(FakeServer):
     def ephemerals_for(self, user: str) -> list[Ephemeral]:
         return [e for e in self.ephemerals if e.user == user]
 
+    def next_seq(self) -> int:
+        """The next place in the order of what is shown, for a reply Slack shows
+        that is not a Web API call (a slash command's ack body)."""
+        return next(self._seq)
+
+    async def changed(self, change: Callable[[], Any] = lambda: None) -> None:
+        def counted() -> None:
+            change()
+            self.revision += 1
+
+        await super().changed(counted)
+
     # -- the Web API ----------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -126,6 +166,13 @@ class FakeSlack(FakeServer):
         await self._record(Call(method, args, 200 if body.get("ok") else 400))
         return web.json_response(body)
 
+    def _next_ts(self) -> str:
+        number = next(self._ts)
+        if self.ts_start_us is None:
+            return f"{1700000000 + number}.000100"
+        moment = self.ts_start_us + number
+        return f"{moment // 1_000_000}.{moment % 1_000_000:06d}"
+
     async def _record(self, call: Call) -> None:
         await self.changed(lambda: self.calls.append(call))
 
@@ -139,8 +186,8 @@ class FakeSlack(FakeServer):
             return {"ok": False, "error": "channel_not_found"}
         if problem := block_kit_problem(_blocks(args)):
             return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
-        ts = f"{1700000000 + next(self._ts)}.000100"
-        message = Message(channel, ts, args.get("text", ""), _blocks(args), args.get("thread_ts"))
+        ts = self._next_ts()
+        message = Message(channel, ts, args.get("text", ""), _blocks(args), args.get("thread_ts"), seq=self.next_seq())
         self.messages[(channel, ts)] = message
         return {"ok": True, "channel": channel, "ts": ts,
                 "message": {"type": "message", "text": message.text, "blocks": message.blocks, "ts": ts}}
@@ -162,7 +209,8 @@ class FakeSlack(FakeServer):
             return {"ok": False, "error": "channel_not_found"}
         if problem := block_kit_problem(_blocks(args)):
             return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
-        self.ephemerals.append(Ephemeral(args.get("channel", ""), args.get("user", ""), args.get("text", ""), _blocks(args)))
+        self.ephemerals.append(Ephemeral(args.get("channel", ""), args.get("user", ""), args.get("text", ""),
+                                         _blocks(args), seq=self.next_seq()))
         return {"ok": True, "message_ts": f"{time.time():.6f}"}
 
     def _chat_getPermalink(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -173,12 +221,12 @@ class FakeSlack(FakeServer):
                 "permalink": f"https://slipway-test.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
 
     def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        groups = [{"id": _group_id(handle), "handle": handle, "name": handle} for handle in self.usergroups]
+        groups = [{"id": usergroup_id(handle), "handle": handle, "name": handle} for handle in self.usergroups]
         return {"ok": True, "usergroups": groups}
 
     def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         for handle, members in self.usergroups.items():
-            if _group_id(handle) == args.get("usergroup"):
+            if usergroup_id(handle) == args.get("usergroup"):
                 return {"ok": True, "users": list(members)}
         return {"ok": False, "error": "no_such_subteam"}
 
@@ -235,7 +283,13 @@ class FakeSlack(FakeServer):
 
     async def _response_url(self, request: web.Request) -> web.Response:
         payload = await request.json()
-        await self.changed(lambda: self.responses.append(payload))
+        response = Response(request.match_info["key"], payload, seq=self.next_seq())
+
+        def record() -> None:
+            self.responses.append(payload)
+            self.response_posts.append(response)
+
+        await self.changed(record)
         return web.Response(text="ok")
 
 
@@ -309,7 +363,8 @@ def dm_channel(user: str) -> str:
     return "D" + user.removeprefix("U")
 
 
-def _group_id(handle: str) -> str:
+def usergroup_id(handle: str) -> str:
+    """The id the fake workspace gives the usergroup ``@handle``."""
     return "S" + handle.upper().replace("-", "").replace(".", "").replace("_", "")
 
 
@@ -368,29 +423,45 @@ class SlackSender:
         return await self.post(self.command_body(text, user, **kwargs))
 
     def click_body(self, message: Message, user: str, action_id: str, *, block_id: str | None = None,
-                   selected: bool | None = None) -> str:
-        """A ``block_actions`` payload for clicking ``action_id`` on ``message``."""
+                   selected: bool | list[str] | None = None, ephemeral: bool = False) -> str:
+        """A ``block_actions`` payload for clicking ``action_id`` on ``message``.
+
+        ``selected``: for checkboxes, what is ticked after the click (Slack
+        sends every option then ticked): every option (True), none (False or
+        None), or the options with these values. ``ephemeral``: the message was
+        only shown to ``user``; Slack then sends no copy of it. A reply in a
+        thread carries its ``thread_ts``, as in Slack.
+        """
         block, element = _find_element(message.blocks, action_id, block_id)
         action: dict[str, Any] = {"type": element["type"], "action_id": action_id, "block_id": block["block_id"],
                                   "action_ts": f"{time.time():.6f}"}
         if element["type"] == "button":
             action.update(value=element.get("value", ""), text=element["text"])
         elif element["type"] == "checkboxes":
-            action["selected_options"] = list(element["options"]) if selected else []
+            if isinstance(selected, list):
+                chosen = set(selected)
+            else:
+                chosen = {option["value"] for option in element["options"]} if selected else set()
+            action["selected_options"] = [option for option in element["options"] if option["value"] in chosen]
+        container: dict[str, Any] = {"type": "message", "message_ts": message.ts, "channel_id": message.channel,
+                                     "is_ephemeral": ephemeral}
+        copy: dict[str, Any] = {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks}
+        if message.thread_ts:
+            container["thread_ts"] = copy["thread_ts"] = message.thread_ts
         payload = {
             "type": "block_actions",
             "team": {"id": TEAM_ID, "domain": "slipway-test"},
             "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
             "api_app_id": "A0SLIPWAY",
             "token": "legacy-unused",
-            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel,
-                          "is_ephemeral": False},
+            "container": container,
             "trigger_id": f"trigger.{next(self._triggers)}.{time.time_ns()}",
             "channel": {"id": message.channel, "name": "deployments"},
-            "message": {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks},
             "response_url": self.fake.response_url(f"click-{user}"),
             "actions": [action],
         }
+        if not ephemeral:
+            payload["message"] = copy
         return urlencode({"payload": json.dumps(payload)})
 
     async def click(self, message: Message, user: str, action_id: str, **kwargs: Any) -> tuple[int, str]:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 
 from bot.config import Config, DeployExecutor
 from bot.errors import SlipwayError
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
+from bot.executors.process import run_process
 from bot.messages import DeployMessages
-from bot.render import duration_text, engine_log_text, failure_text, success_text, verification_text
+from bot.render import MAX_LOG_TAIL, duration_text, engine_log_text, failure_text, success_text, verification_text
 from bot.report import as_slack_mrkdwn, ship_report
 from bot.tasks import BackgroundTasks
 from store import Deploy, StateConflict, Store
@@ -47,7 +49,10 @@ class DeployRunner:
         self._deploy_tasks: dict[int, asyncio.Task] = {}  # the deploys running now
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
+        self.observe_executor: Callable[[str, str, float], None] | None = None  # GET /metrics
         self.blocked_reason: Callable[[Deploy], str | None] | None = None  # the policy, checked at the start
+        # approvals too old to count when it is time to start: the deploy goes back for approval
+        self.reopen_if_stale: Callable[[Deploy], Awaitable[Deploy | None]] | None = None
 
     def start(self, deploy_id: int) -> None:
         """Run an approved deploy in the background (once, however often asked)."""
@@ -75,16 +80,20 @@ class DeployRunner:
         return spec is not None and spec.command is not None
 
     async def _guarded(self, deploy_id: int, resume: bool) -> None:
-        try:
-            await self._run(deploy_id, resume)
-        except Exception:
-            log.exception("deploy %s: unexpected failure in the runner", deploy_id)
-            await self._finish(self.store.get_deploy(deploy_id), "failed",
-                               "Slipway failed while running it (see its log); the engine's state is unknown",
-                               allowed_from=("approved", "deploying", "verifying"))
-            raise
-        finally:
-            self._deploy_tasks.pop(deploy_id, None)
+        from bot.logs import deploy_context
+
+        # every line logged by this deploy's work (and the tasks it starts) names it
+        with deploy_context(deploy_id):
+            try:
+                await self._run(deploy_id, resume)
+            except Exception:
+                log.exception("deploy %s: unexpected failure in the runner", deploy_id)
+                await self._finish(self.store.get_deploy(deploy_id), "failed",
+                                   "Slipway failed while running it (see its log); the engine's state is unknown",
+                                   allowed_from=("approved", "deploying", "verifying"))
+                raise
+            finally:
+                self._deploy_tasks.pop(deploy_id, None)
 
     def recover(self) -> list[int]:
         """Pick up deploys a previous Slipway left approved, deploying or
@@ -138,6 +147,8 @@ class DeployRunner:
                 await self._finish(deploy, "cancelled", f"stopped before it started: {blocked}",
                                    allowed_from=("approved",))
                 return
+            if self.reopen_if_stale is not None and await self.reopen_if_stale(deploy) is not None:
+                return
             try:
                 deploy = self.store.transition(deploy_id, allowed_from=("approved",), to="deploying", actor=None,
                                                action="deploy_started", detail={"engine": spec.kind})
@@ -145,6 +156,8 @@ class DeployRunner:
                 return  # another runner got there first
             self.messages.refresh(deploy_id)
         job = self._job(deploy, fresh=not resume)
+        if not resume and not await self._back_up(deploy, spec, job):
+            return
         # The engine starts now; the thread is told alongside, not before (a
         # rollback should not wait on a Slack round trip), and the note is
         # posted before the engine's log so the thread reads in order.
@@ -168,6 +181,33 @@ class DeployRunner:
         self.messages.refresh(deploy_id)
         await self._verify(deploy, job)
 
+    async def _back_up(self, deploy: Deploy, spec: DeployExecutor, job: Job) -> bool:
+        """Run the service's backup command before the engine, for a deploy
+        that carries a migration; False (the deploy has failed) if it did not
+        succeed, so the engine is never reached without a backup."""
+        backup = self.config.services[deploy.service].migrations.backup
+        if not deploy.migration or backup is None or (
+                backup.environments is not None and deploy.environment not in backup.environments):
+            return True
+        await self.messages.thread(deploy, f":card_file_box: Taking a backup before the migration: "
+                                           f"`{shlex.join(backup.command)}`")
+        result = await run_process(backup.command, env=job.environ, timeout=backup.timeout, cwd=backup.working_dir,
+                                   withhold=job.withhold)
+        self.store.remember_reference(deploy.id, spec.kind, {"backup": {"succeeded": result.succeeded,
+                                                                       "summary": result.summary}})
+        self.store.record_event(deploy.id, None, "backup", {"command": backup.command, "summary": result.summary,
+                                                            "exit_code": result.exit_code,
+                                                            "succeeded": result.succeeded})
+        if result.succeeded:
+            self.messages.refresh(deploy.id)
+            return True
+        tail = result.output_tail.strip()[-MAX_LOG_TAIL:]
+        await self.messages.thread(deploy, f":x: Backup failed ({result.summary}); the deploy engine was not run."
+                                           + (f"\n```{tail}```" if tail else ""))
+        await self._finish(self.store.get_deploy(deploy.id), "failed",
+                           f"backup failed ({result.summary}); the engine was not run")
+        return False
+
     def _job(self, deploy: Deploy, *, fresh: bool) -> Job:
         """The engine's view of ``deploy``; a resumed job keeps its first start,
         so its timeout still counts from then."""
@@ -184,15 +224,33 @@ class DeployRunner:
         async def remember(reference: dict) -> None:
             self.store.remember_reference(deploy.id, spec.kind, reference)
 
-        if not resume:
-            await remember({"engine_started_at": job.started_at.isoformat()})
-            if self.on_executor_start is not None:
-                self.on_executor_start(deploy.id)
-            return await executor.run(job, remember)
+        import time
+
+        # real elapsed time (monotonic), not the store's clock, which tests freeze
+        started, outcome = time.monotonic(), "error"
         try:
-            return await executor.resume(job, deploy.reference, remember)
-        except NotResumable as reason:
-            return Outcome(False, f"interrupted by restart ({reason})")
+            if not resume:
+                await remember({"engine_started_at": job.started_at.isoformat()})
+                if self.on_executor_start is not None:
+                    self.on_executor_start(deploy.id)
+                result = await executor.run(job, remember)
+            else:
+                try:
+                    result = await executor.resume(job, deploy.reference, remember)
+                except NotResumable as reason:
+                    result = Outcome(False, f"interrupted by restart ({reason})")
+            outcome = "succeeded" if result.succeeded else "failed"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # Slipway is stopping; a restart follows the engine up
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            observe = self.observe_executor
+            if observe is not None:
+                observe(spec.kind, outcome, seconds)
+            log.info("deploy %s: %s engine %s after %.1f s", deploy.id, spec.kind, outcome, seconds,
+                     extra={"engine": spec.kind, "outcome": outcome, "seconds": round(seconds, 3), "resumed": resume})
 
     async def _verify(self, deploy: Deploy, job: Job) -> None:
         from bot.verification import verify

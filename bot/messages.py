@@ -47,8 +47,10 @@ class DeployMessages:
 
     def _render(self, deploy: Deploy) -> dict:
         target, note = self._rollback_offer(deploy)
+        stale = () if deploy.status != "awaiting_approval" else tuple(
+            a.user_id for a in deploy.approvals if a.user_id not in self._workflow.fresh_approvals(deploy))
         blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
-                               rollback_to=target, rollback_note=note)
+                               rollback_to=target, rollback_note=note, stale_approvals=stale)
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
 
     async def announce(self, deploy: Deploy) -> Deploy:
@@ -116,6 +118,16 @@ class DeployMessages:
                                                 unfurl_links=False)
         except SlackApiError as exc:
             log.error("thread reply on deploy %s failed: %s", deploy.id, exc.response.get("error"))
+
+    async def direct(self, user: str, text: str) -> None:
+        """A direct message to ``user`` from the bot (logged, never raised,
+        when Slack refuses: a DM is a courtesy, the channel has the record)."""
+        await self._tasks.ack_first.wait_turn()
+        try:
+            opened = await self._client.conversations_open(users=user)
+            await self._client.chat_postMessage(channel=opened["channel"]["id"], text=text, unfurl_links=False)
+        except SlackApiError as exc:
+            log.error("direct message to %s failed: %s", user, exc.response.get("error"))
 
     async def post(self, text: str) -> None:
         """A message in the deploy channel, outside any thread."""

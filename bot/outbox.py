@@ -39,6 +39,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.metrics import Metrics
 from store import Store
 from store import outbox as queue
 from store.outbox import POST, Delivery, OutboxItem
@@ -90,7 +91,7 @@ class Outbox:
     def __init__(self, store: Store, client: AsyncWebClient, *, interval: float = 1.0,
                  sleep: Sleep = asyncio.sleep, monotonic: Callable[[], float] = time.monotonic,
                  max_backoff: float = 60.0, backoff: float = 1.0, idle_poll: float = 5.0,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, metrics: Metrics | None = None) -> None:
         self.store = store
         self.client = outbox_client(client)
         self.interval = interval
@@ -98,6 +99,7 @@ class Outbox:
         self.backoff = backoff
         self.idle_poll = idle_poll  # also picks up items queued without notify()
         self.grace = grace  # how long close() lets a call in flight finish
+        self.metrics = metrics
         self._sleep = sleep
         self._monotonic = monotonic
         self._last_call: dict[str, float] = {}
@@ -277,6 +279,8 @@ class Outbox:
             wait = 1.0 if retry_after is None else retry_after
             self._retry_at[item.channel] = self._monotonic() + wait
             queue.mark_retry(self.store, item.id, wait, f"ratelimited (Retry-After {wait:g}s)", count_attempt=False)
+            if self.metrics is not None:
+                self.metrics.outbox_rate_limited.inc()
             log.warning("outbox: Slack rate-limited %s; waiting %gs", item.channel, wait)
             return
         reason = code or f"HTTP {status}"

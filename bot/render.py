@@ -39,6 +39,7 @@ STATUS_LABELS = {
     "rejected": ":no_entry: Rejected",
     "cancelled": ":heavy_multiplication_x: Cancelled",
     "rolled_back": ":rewind: Rolled back",
+    "expired": ":hourglass: Expired",
 }
 
 
@@ -70,11 +71,12 @@ def version_change(deploy: Deploy) -> str:
 
 
 def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str | None = None,
-                  rollback_note: str | None = None) -> list[dict[str, Any]]:
+                  rollback_note: str | None = None, stale_approvals: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The deploy's message in #deployments, for its current state.
 
     ``rollback_to`` is the version a Rollback button would go back to (the
     button is shown only with it); ``rollback_note`` says why there is none.
+    ``stale_approvals``: who approved too long ago for it to count.
     """
     open_for_votes = deploy.status == "awaiting_approval"
     blocks: list[dict[str, Any]] = [
@@ -91,10 +93,16 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
                 {"type": "mrkdwn", "text": f"*Environment*\n{deploy.environment}"},
                 {"type": "mrkdwn", "text": f"*Version*\n{version_change(deploy)}"},
                 {"type": "mrkdwn", "text": f"*Requested by*\n{mention(deploy.requested_by)}"},
-            ],
+            ] + ([{"type": "mrkdwn", "text": "*Database migration*\n:card_file_box: carried by this deploy"}]
+                 if deploy.migration else []),
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(_status_line(deploy, required_approvals), MAX_SECTION_TEXT)}},
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": _clip(_status_line(deploy, required_approvals, stale_approvals),
+                                                   MAX_SECTION_TEXT)}},
     ]
+    if deploy.override_reason:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                   "text": _clip(override_text(deploy), MAX_SECTION_TEXT)}})
     if deploy.checklist:
         blocks.append({"type": "divider"})
         blocks.extend(_checklist_block(deploy, item, open_for_votes) for item in deploy.checklist)
@@ -107,7 +115,8 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
         blocks.append(rollback_button(deploy, rollback_to))
     footer = f"Deploy #{deploy.id} · requested {when(deploy.requested_at)}"
     if deploy.rollback_of is not None:
-        footer += f" · rolls back #{deploy.rollback_of}"
+        footer += (f" · rolls back #{deploy.rollback_of}; {deploy.environment} locked and {deploy.previous_version} "
+                   "blocked there since it started (`/deploy locks`)")
     if rollback_note:
         footer += f" · {rollback_note}"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(footer, MAX_SECTION_TEXT)}]})
@@ -117,6 +126,9 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
 def _steps(deploy: Deploy) -> str:
     """What the engine and the checks did, with durations."""
     lines = []
+    if backup := deploy.reference.get("backup"):
+        mark = ":white_check_mark:" if backup.get("succeeded") else ":x:"
+        lines.append(f"{mark} *Backup*: {backup.get('summary', '')}")
     if deploy.started_at:
         took = f", took {duration_text(deploy.duration_seconds)}" if deploy.duration_seconds is not None else ""
         lines.append(f"*Started* {when(deploy.started_at)}{took}")
@@ -210,6 +222,11 @@ def success_text(deploy: Deploy, took: str) -> str:
 
 
 def failure_text(deploy: Deploy) -> str:
+    if deploy.rollback_of is not None:  # the rollback's lock stays: what runs now is in doubt
+        return (f":red_circle: The rollback of {deploy.service} on {deploy.environment} to {deploy.display_version} "
+                f"failed: {deploy.status_reason}.\n{deploy.environment} stays locked and {deploy.previous_version} "
+                f"blocked there: try the rollback again from #{deploy.rollback_of}, or fix forward once it is safe "
+                f"(`/deploy unlock {deploy.service} {deploy.environment}`).")
     return (f":red_circle: {deploy.service} {deploy.display_version} failed on {deploy.environment}: "
             f"{deploy.status_reason}.\n{deploy.service} is unlocked on {deploy.environment}: fix forward with a new "
             "`/deploy`, or roll back with the button on this message.")
@@ -234,6 +251,9 @@ def record_text(deploy: Deploy) -> str:
         lines.append(f"• Engine ({deploy.executor_kind}): {deploy.engine_summary}{ref}{link}")
     for check in deploy.checks:
         lines.append(f"• {'✅' if check.get('passed') else '❌'} {check.get('name')}: {check.get('detail')}")
+    if deploy.override_reason:
+        freezes = "; ".join(f"{f['reason']} ({f['schedule']})" for f in deploy.overridden_freezes)
+        lines.append(f"• Freeze override: “{deploy.override_reason}”, inside {freezes}")
     if deploy.rollback_of is not None:
         lines.append(f"• Rollback of #{deploy.rollback_of}")
     if deploy.permalink:
@@ -260,17 +280,23 @@ def deploy_fallback_text(deploy: Deploy) -> str:
     return f"Deploy {deploy.service} {deploy.display_version} to {deploy.environment}: {status}"
 
 
-def _status_line(deploy: Deploy, required: int) -> str:
+def _status_line(deploy: Deploy, required: int, stale: tuple[str, ...] = ()) -> str:
     line = STATUS_LABELS.get(deploy.status, deploy.status)
     if deploy.status_reason:
         line += f" — {deploy.status_reason}"
     approvals = deploy.approvals
     if deploy.status == "awaiting_approval":
-        names = ", ".join(mention(a.user_id) for a in approvals) or "none yet"
-        line += f"\n*Approvals:* {len(approvals)} of {required} ({names})"
+        counted = [a for a in approvals if a.user_id not in stale]
+        names = ", ".join(mention(a.user_id) for a in counted) or "none yet"
+        line += f"\n*Approvals:* {len(counted)} of {required} ({names})"
+        if stale:
+            line += ("\n_No longer counted, given too long ago (approve again):_ "
+                     + ", ".join(mention(user) for user in stale))
         if deploy.checklist:
             ticked = sum(item.ticked for item in deploy.checklist)
             line += f"\n*Checklist:* {ticked} of {len(deploy.checklist)} ticked"
+        if deploy.expires_at:
+            line += f"\n*Expires* {when(deploy.expires_at)} unless decided"
     elif approvals:
         line += "\n*Approved by:* " + ", ".join(mention(a.user_id) for a in approvals)
     return line
@@ -327,11 +353,62 @@ def request_accepted_text(deploy: Deploy, channel: str) -> str:
 
 
 def locks_text(locks: list[Any]) -> str:
+    """Locks with who, when, why and until when."""
     if not locks:
         return "No locks."
     lines = []
     for lock in locks:
         scope = "every environment" if lock.environment == "*" else lock.environment
+        until = f"until {when(lock.until)}" if lock.until else "until someone unlocks it"
         lines.append(f"• {lock.service} on {scope}: locked by {mention(lock.locked_by)} {when(lock.locked_at)}"
-                     f" — “{lock.reason}”")
-    return "\n".join(lines)
+                     f" — “{lock.reason}” — {until}")
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def lock_list_text(locks: list[Any], blocks: list[Any]) -> str:
+    """``/deploy locks``: every lock, then every version blocked after a rollback."""
+    lines = ["*Locks*", locks_text(locks)]
+    if blocks:
+        lines.append("*Blocked versions* (rolled back; lift with `/deploy unblock <service> <version> <environment>`)")
+        lines.extend(f"• {b.service} {b.version} on {b.environment}: {b.reason} {when(b.blocked_at)}"
+                     + (f" (rollback #{b.rollback_id})" if b.rollback_id else "") for b in blocks)
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def unblocked_text(blocks: list[Any], user: str) -> str:
+    where = ", ".join(b.environment for b in blocks)
+    return (f":white_check_mark: {mention(user)} unblocked {blocks[0].service} {blocks[0].version} on {where}: "
+            "it may be deployed there again.")
+
+
+def expired_locks_text(locks: list[Any]) -> str:
+    """The channel is told once that a lock's time ran out."""
+    lines = []
+    for lock in locks:
+        scope = "every environment" if lock.environment == "*" else lock.environment
+        lines.append(f":unlock: The lock on {lock.service} {scope} by {mention(lock.locked_by)} "
+                     f"(“{lock.reason}”) expired {when(lock.until)} and released itself.")
+    return _clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def override_text(deploy: Deploy) -> str:
+    """The freeze a request overrides, why, and its extra approval."""
+    freezes = "; ".join(f"{f['reason']} ({f['schedule']}), this one until {when(f['until'])}"
+                        for f in deploy.overridden_freezes)
+    # whose approval fills the override slot: someone who holds only that role, else one who holds both
+    giver = next((a.user_id for a in deploy.approvals if a.counts_as == "override"),
+                 next((a.user_id for a in deploy.approvals if a.counts_as == "both"), None))
+    if giver is not None:
+        state = f"\n*Override approval:* given by {mention(giver)}"
+    elif deploy.status == "awaiting_approval":
+        state = "\n*Override approval:* still needed, from the environment's `override` role"
+    else:
+        state = ""
+    return (f":snowflake: *Freeze override* — {deploy.environment} is frozen: {freezes}.\n"
+            f"*Reason:* “{deploy.override_reason}”\nNeeds one approval from the `override` role on top of the "
+            f"usual ones.{state}")
+
+
+def override_unused_text(deploy: Deploy) -> str:
+    return (f"\nNo freeze covers {deploy.environment} now, so `--override` was not used: this is an ordinary "
+            "request (if a freeze starts before it runs, it stops it; ask again with `--override` then).")

@@ -2,6 +2,10 @@
 before the current one, at once and without approvals (speed matters: a
 code revert should take minutes), but only by people allowed to, audited,
 and itself a deploy record (``rollback_of``) verified like any other.
+
+A rollback stays rolled back: when it starts, the environment is locked
+("rolled back from 2.7.0 by @bob") and the version it undoes is blocked
+there, so the next deploy cannot quietly bring the bad version back.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from dataclasses import dataclass
 
 from bot.config import Config
 from bot.directory import Directory
-from bot.errors import NotAllowed, PolicyViolation, SlipwayError
-from bot.policy import resolve_environment, resolve_service
+from bot.errors import PolicyViolation, SlipwayError
+from bot.policy import RoleHolders, holds_role, require_role, resolve_environment, resolve_service, role_holders
 from bot.render import mention, rollback_plan_text
 from store import Deploy, DeployInFlight, DuplicateRequest, StateConflict, Store
 
@@ -102,12 +106,16 @@ class Rollbacks:
     async def may_roll_back(self, user: str, current: Deploy) -> bool:
         """The environment's ``roles.rollback`` if set; else its approvers plus
         whoever deployed (on an environment without approvers: whoever deployed)."""
-        env = self.config.environment(current.environment)
-        if env.roles.rollback is not None:
-            return await self.directory.is_member(user, env.roles.rollback)
-        if user == current.requested_by:
-            return True
-        return env.approvals is not None and await self.directory.is_member(user, env.approvals.approvers)
+        return await holds_role(self.directory, self._holders(current), user)
+
+    async def require_may_roll_back(self, user: str, current: Deploy, source: str | None = None) -> None:
+        """Raises NotAllowed (audited) unless ``user`` may roll ``current`` back."""
+        await require_role(self.directory, self.store, self._holders(current), user,
+                           doing=f"roll back {current.service} on {current.environment}", attempted="rollback",
+                           deploy_id=current.id, source=source)
+
+    def _holders(self, current: Deploy) -> RoleHolders:
+        return role_holders(self.config.environment(current.environment), "rollback", deployer=current.requested_by)
 
     async def start(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
                     trigger_id: str | None = None, automatic: bool = False) -> tuple[Deploy, Deploy, Deploy | None]:
@@ -122,21 +130,21 @@ class Rollbacks:
         """
         plan = self.plan(deploy_id)
         current = plan.current
-        if not automatic and not await self.may_roll_back(user, current):
-            self.store.record_event(current.id, user, "refused", {"attempted": "rollback"}, source)
-            raise NotAllowed(f"You may not roll back {current.service} on {current.environment}. "
-                             f"Allowed: {self._allowed_list(current)}.")
+        if not automatic:
+            await self.require_may_roll_back(user, current, source)
         if plan.target.version != expected_target:
             raise PolicyViolation(
                 f"The rollback target changed since you were asked: it is now {plan.text}. "
                 "Look again and confirm the new one.")
         superseded = self._clear_the_way(current, user, source)
         try:
-            rollback = self.store.create_deploy(
-                service=current.service, environment=current.environment, version=plan.target.version,
-                version_prefixed=plan.target.version_prefixed, requested_by=user,
-                previous_version=current.version, checklist=[], needs_approval=False,
-                rollback_of=current.id, trigger_id=trigger_id, source=source)
+            with self.store.transaction():  # the rollback, its lock and its block: all or nothing
+                rollback = self.store.create_deploy(
+                    service=current.service, environment=current.environment, version=plan.target.version,
+                    version_prefixed=plan.target.version_prefixed, requested_by=user,
+                    previous_version=current.version, checklist=[], needs_approval=False,
+                    rollback_of=current.id, trigger_id=trigger_id, source=source)
+                self._keep_rolled_back(rollback, current, user, source)
         except (DeployInFlight, DuplicateRequest) as conflict:
             existing = conflict.existing
             if existing.rollback_of == current.id:
@@ -161,12 +169,17 @@ class Rollbacks:
                 return None
         return None
 
-    def _allowed_list(self, current: Deploy) -> str:
-        env = self.config.environment(current.environment)
-        if env.roles.rollback is not None:
-            return self.directory.describe(env.roles.rollback)
-        approvers = self.directory.describe(env.approvals.approvers) if env.approvals else ""
-        return ", ".join(filter(None, [approvers, f"{mention(current.requested_by)} (who deployed it)"]))
+    def _keep_rolled_back(self, rollback: Deploy, current: Deploy, user: str, source: str | None) -> None:
+        """Lock the environment and block the undone version there. Done when
+        the rollback starts, not when it succeeds: the decision that the
+        version is bad is made now, and a rollback that fails leaves the
+        environment in more doubt, not less. A lock someone already placed
+        there is kept as it is (its reason is theirs)."""
+        reason = f"rolled back from {current.display_version} by {mention(user)}"
+        self.store.acquire_lock(current.service, current.environment, user, reason, source=source,
+                                keep_existing=True, deploy_id=rollback.id)
+        self.store.block_version(current.service, current.environment, current.version, user, reason,
+                                 rollback_id=rollback.id, source=source)
 
 
 def _failed_rollback(deploy: Deploy) -> bool:

@@ -76,6 +76,9 @@ class BackgroundTasks:
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._finished)
+        # a task cancelled before its first step never ran ``coroutine``: close
+        # it, or Python warns it was never awaited (a no-op once it has run)
+        task.add_done_callback(lambda _: coroutine.close())
         return task
 
     async def _after_acks(self, coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -1,5 +1,5 @@
 """The deploy state machine as people drive it: request, tick, approve,
-reject, cancel, lock and unlock.
+reject, cancel, lock, unlock and unblock.
 
 Each method checks who is acting, asks the store to make the change in one
 transaction, and turns the store's named errors into messages for the
@@ -9,17 +9,30 @@ person. Refusals of people are recorded in the audit log too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
-from bot.commands import LockCommand, UnlockCommand
-from bot.config import Config, Environment
+from bot.commands import LockCommand, UnblockCommand, UnlockCommand
+from bot.config import DEFAULT_APPROVAL_VALID_FOR, DEFAULT_EXPIRE_AFTER, DURATION, Config, Environment, parse_duration
 from bot.directory import Directory
-from bot.errors import InvalidTransition, NotAllowed, PolicyViolation, SlipwayError
-from bot.policy import check_request, check_still_allowed, in_flight_message, resolve_environment, resolve_service
-from bot.render import mention
+from bot.errors import InvalidTransition, NotAllowed, PolicyViolation, SlipwayError, UsageError
+from bot.policy import (
+    RoleHolders,
+    check_request,
+    check_still_allowed,
+    describe_holders,
+    holds_role,
+    in_flight_message,
+    require_role,
+    resolve_environment,
+    resolve_service,
+    role_holders,
+)
+from bot.render import duration_text, mention, when
+from bot.versions import parse_version
 from store import (
     ALL_ENVIRONMENTS,
     AlreadyApproved,
+    BlockedVersion,
     ChecklistIncomplete,
     Deploy,
     DeployInFlight,
@@ -28,6 +41,7 @@ from store import (
     Lock,
     StateConflict,
     Store,
+    approval_slots,
 )
 
 
@@ -40,12 +54,26 @@ class DeployWorkflow:
         self.store = store
         self.directory = directory
         self.clock = clock
+        # told of every request that expires (to update its message and tell its requester)
+        self.on_expired: Callable[[Deploy], None] | None = None
+        # told when someone's approval was refused because the checklist is not done (the requester is needed)
+        self.on_checklist_blocked: Callable[[Deploy, str], None] | None = None
+        # told of locks whose time ran out, once each, when Slipway notices (to say so in the channel)
+        self.on_locks_expired: Callable[[list[Lock]], None] | None = None
 
     # -- requests -----------------------------------------------------------------
 
     def request(self, *, user: str, service: str, version: str, environment: str | None,
-                trigger_id: str | None = None, source: str | None = None) -> tuple[Deploy, bool]:
-        """Record a deploy request that passes the discipline.
+                trigger_id: str | None = None, source: str | None = None,
+                migration: bool = False, override: str | None = None) -> tuple[Deploy, bool]:
+        """Record a deploy request that passes the discipline. ``migration``:
+        the person says it carries a database migration (a service can say
+        all of its deploys do), which adds the environment's migration
+        checklist and, where configured, a backup before the engine runs.
+        ``override``: why to deploy inside a freeze; the request then needs
+        one more approval, from the environment's ``override`` role (outside
+        any freeze it is an ordinary request, and ``override_reason`` stays
+        unset).
 
         Returns the deploy and whether it is new (``False`` when Slack
         delivered the same request twice: the first one is returned).
@@ -55,7 +83,13 @@ class DeployWorkflow:
         """
         if trigger_id and (seen := self.store.find_by_trigger(trigger_id)):
             return seen, False  # the same Slack request again: answer as the first time, change nothing
-        plan = check_request(self.config, self.store, service, version, environment, self.clock())
+        now = self.clock()
+        self.expire_locks()
+        plan = check_request(self.config, self.store, service, version, environment, now, override=override)
+        migration = migration or self.config.services[plan.service].migrations.always
+        checklist = list(plan.environment.checklist) if plan.environment.approvals else []
+        if migration and plan.environment.approvals:
+            checklist += [item for item in plan.environment.migration_checklist if item not in checklist]
         try:
             deploy = self.store.create_deploy(
                 service=plan.service,
@@ -64,18 +98,84 @@ class DeployWorkflow:
                 version_prefixed=plan.version.prefixed,
                 requested_by=user,
                 previous_version=plan.live.version if plan.live else None,
-                checklist=list(plan.environment.checklist) if plan.environment.approvals else [],
-                needs_approval=plan.environment.approvals is not None,
+                checklist=checklist,
+                needs_approval=plan.environment.approvals is not None or bool(plan.overridden),
                 trigger_id=trigger_id,
                 source=source,
+                expires_at=(now + timedelta(seconds=self.expire_after(plan.environment))).isoformat(),
+                migration=migration,
+                override_reason=override if plan.overridden else None,
+                override_freeze=[window.record() for window in plan.overridden],
             )
         except DuplicateRequest as duplicate:
             return duplicate.existing, False
         except DeployInFlight as conflict:  # lost a race with another request
             raise PolicyViolation(in_flight_message(conflict.existing)) from None
+        if override and not plan.overridden:
+            self.store.record_event(deploy.id, user, "override_unused", {"reason": override}, source)
         return deploy, True
 
+    async def check_may_request(self, user: str, service: str, environment: str | None,
+                                source: str | None = None) -> None:
+        """Raises NotAllowed (audited) unless ``user`` holds the ``request``
+        role where ``/deploy service … environment`` would go.
+
+        Raises:
+            UnknownService, UnknownEnvironment, NotAllowed: with a message for the person.
+        """
+        service = resolve_service(self.config, service)
+        env = resolve_environment(self.config, service, environment)
+        await require_role(self.directory, self.store, role_holders(env, "request"), user,
+                           doing=f"request deploys of {service} to {env.name}", attempted="request",
+                           detail={"service": service, "environment": env.name}, source=source)
+
+    @staticmethod
+    def expire_after(environment: Environment) -> float:
+        return environment.approvals.expire_after if environment.approvals else DEFAULT_EXPIRE_AFTER
+
+    def approvals_valid_since(self, deploy: Deploy) -> str:
+        """Approvals of ``deploy`` given before this moment are stale (ISO time)."""
+        approvals = self._environment(deploy).approvals
+        valid_for = approvals.approval_valid_for if approvals else DEFAULT_APPROVAL_VALID_FOR
+        return (self.clock() - timedelta(seconds=valid_for)).isoformat()
+
+    def fresh_approvals(self, deploy: Deploy) -> list[str]:
+        """Who approved ``deploy`` recently enough for it to count."""
+        since = self.approvals_valid_since(deploy)
+        return [a.user_id for a in deploy.approvals if a.approved_at >= since]
+
+    def is_expired(self, deploy: Deploy) -> bool:
+        """A request awaiting approval past its expiry (the sweeper may not have seen it yet)."""
+        return (deploy.status == "awaiting_approval" and deploy.expires_at is not None
+                and deploy.expires_at <= self.clock().isoformat())
+
+    def expire(self, deploy: Deploy) -> Deploy | None:
+        """End a request nobody decided on in time; None if it was decided meanwhile."""
+        lifetime = duration_text(self.expire_after(self._environment(deploy)))
+        try:
+            expired = self.store.transition(deploy.id, allowed_from=("awaiting_approval",), to="expired", actor=None,
+                                            action="expired",
+                                            reason=f"nobody decided on it within {lifetime} of the request")
+        except StateConflict:
+            return None
+        if self.on_expired is not None:
+            self.on_expired(expired)
+        return expired
+
+    def _refuse_if_expired(self, deploy: Deploy) -> None:
+        """Raises InvalidTransition when ``deploy`` has expired (ending it now
+        if the sweeper has not yet)."""
+        if self.is_expired(deploy):
+            self.expire(deploy)
+            raise InvalidTransition(
+                f"Deploy #{deploy.id} expired {when(deploy.expires_at)}: nobody decided on it in time. "
+                f"Request it again if it is still wanted.")
+
     def required_approvals(self, deploy: Deploy) -> int:
+        """Every approval ``deploy`` needs: the environment's, plus one for a freeze override."""
+        return self._required_normal(deploy) + (1 if deploy.override_reason else 0)
+
+    def _required_normal(self, deploy: Deploy) -> int:
         approvals = self._environment(deploy).approvals
         return approvals.required if approvals else 0
 
@@ -99,6 +199,7 @@ class DeployWorkflow:
         """
         deploy = self.get(deploy_id)
         await self._requester_or_approver(deploy, user, "tick", "tick the checklist of", source)
+        self._refuse_if_expired(deploy)
         try:
             return self.store.set_checklist_item(deploy_id, position, ticked, user, source)
         except StateConflict as conflict:
@@ -117,29 +218,32 @@ class DeployWorkflow:
         """
         deploy = self.get(deploy_id)
         approvals = self._environment(deploy).approvals
-        if deploy.status != "awaiting_approval" or approvals is None:
+        if deploy.status != "awaiting_approval" or (approvals is None and not deploy.override_reason):
             raise _closed(deploy, deploy.status)
-        if not await self.directory.is_member(user, approvals.approvers):
-            self._refuse(deploy, user, "approve", source)
-            raise NotAllowed(
-                f"You are not an approver for {deploy.environment}. Approvers: {self._approver_list(deploy)}."
-            )
-        if user == deploy.requested_by and not approvals.allow_self_approval:
+        counts_as = await self._counts_as(deploy, user, source)
+        if user == deploy.requested_by and not (approvals and approvals.allow_self_approval):
             self._refuse(deploy, user, "approve_own", source)
             raise NotAllowed(
                 f"You requested #{deploy.id}, so you cannot approve it: {deploy.environment} needs "
-                f"{approvals.required} approval(s) from someone else ({self._approver_list(deploy)})."
+                f"{self.required_approvals(deploy)} approval(s) from someone else "
+                f"({await self._approvers_text(deploy)})."
             )
+        self._refuse_if_expired(deploy)
         if reason := self.blocked_reason(deploy):
             raise PolicyViolation(f"#{deploy.id} cannot be approved now: {reason}")
+        await self._refuse_if_not_needed(deploy, user, counts_as)
         try:
-            return self.store.record_approval(deploy_id, user, required=approvals.required, source=source)
+            return self.store.record_approval(deploy_id, user, required=self._required_normal(deploy),
+                                              counts_as=counts_as, valid_since=self.approvals_valid_since(deploy),
+                                              source=source)
         except AlreadyApproved:
-            remaining = approvals.required - len(deploy.approvals)
+            remaining = self.required_approvals(deploy) - len(self.fresh_approvals(deploy))
             raise SlipwayError(
                 f"Your approval of #{deploy.id} is already counted; {remaining} more needed."
             ) from None
         except ChecklistIncomplete as incomplete:
+            if self.on_checklist_blocked is not None:
+                self.on_checklist_blocked(deploy, user)
             items = "\n".join(f"• {label}" for label in incomplete.unticked)
             raise PolicyViolation(
                 f"Yours would be the final approval of #{deploy.id}, but the checklist is not done. "
@@ -148,9 +252,46 @@ class DeployWorkflow:
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
 
+    async def _counts_as(self, deploy: Deploy, user: str, source: str | None) -> str:
+        """What ``user``'s approval of ``deploy`` counts as: ``approve`` (the
+        ``approve`` role), ``override`` (the ``override`` role, on a request
+        that overrides a freeze) or ``both``.
+
+        Raises:
+            NotAllowed: neither (audited), naming the roles and who holds them.
+        """
+        env = self._environment(deploy)
+        approvers = role_holders(env, "approve")
+        approves = env.approvals is not None and await holds_role(self.directory, approvers, user)
+        overrides = bool(deploy.override_reason) and await holds_role(
+            self.directory, role_holders(env, "override"), user)
+        if approves or overrides:
+            return "both" if approves and overrides else "approve" if approves else "override"
+        self._refuse(deploy, user, "approve", source)
+        if not deploy.override_reason:
+            raise NotAllowed(f"You are not an approver for {env.name}: approving takes the `approve` role there, "
+                             f"held by {await describe_holders(self.directory, approvers)}.")
+        raise NotAllowed(f"You may not approve #{deploy.id}: it needs {await self._approvers_text(deploy)}.")
+
+    async def _refuse_if_not_needed(self, deploy: Deploy, user: str, counts_as: str) -> None:
+        """An approval that fills no missing slot (the approvers' part is
+        complete, and the giver cannot give the override approval) is refused,
+        so the message never shows approvals that wait on nothing they can give."""
+        if not deploy.override_reason:
+            return
+        since = self.approvals_valid_since(deploy)
+        kinds = [a.counts_as for a in deploy.approvals if a.approved_at >= since and a.user_id != user]
+        required = self._required_normal(deploy)
+        if approval_slots(kinds + [counts_as], required, True) > approval_slots(kinds, required, True):
+            return
+        holders = await describe_holders(self.directory, role_holders(self._environment(deploy), "override"))
+        raise PolicyViolation(f"#{deploy.id} has the approvals it needs from approvers; what it still needs is "
+                              f"the freeze-override approval, from the `override` role: {holders}.")
+
     def blocked_reason(self, deploy: Deploy) -> str | None:
         """Why ``deploy`` may not start now (a lock, a freeze or the ladder
         changed since it was approved), or None."""
+        self.expire_locks()
         try:
             check_still_allowed(self.config, self.store, deploy, self.clock())
         except PolicyViolation as blocked:
@@ -162,7 +303,8 @@ class DeployWorkflow:
         deploy = self.get(deploy_id)
         if not await self._is_approver(deploy, user):
             self._refuse(deploy, user, "reject", source)
-            raise NotAllowed(f"Only approvers of {deploy.environment} can reject: {self._approver_list(deploy)}.")
+            raise NotAllowed(f"Only approvers of {deploy.environment} can reject: "
+                             f"{await self._approvers_text(deploy)}.")
         return self._end(deploy, "rejected", user, f"rejected by {mention(user)}", source)
 
     async def cancel(self, deploy_id: int, user: str, source: str | None = None) -> Deploy:
@@ -193,41 +335,79 @@ class DeployWorkflow:
         self._refuse(deploy, user, what, source)
         raise NotAllowed(
             f"Only {mention(deploy.requested_by)} (who requested it) and the approvers of "
-            f"{deploy.environment} ({self._approver_list(deploy)}) can {verb} #{deploy.id}."
+            f"{deploy.environment} ({await self._approvers_text(deploy)}) can {verb} #{deploy.id}."
         )
 
     async def _is_approver(self, deploy: Deploy, user: str) -> bool:
-        approvals = self._environment(deploy).approvals
-        return approvals is not None and await self.directory.is_member(user, approvals.approvers)
+        """Whether ``user``'s approval would count on ``deploy`` (the
+        ``approve`` role, or the ``override`` role on an override request)."""
+        env = self._environment(deploy)
+        if env.approvals is not None and await holds_role(self.directory, role_holders(env, "approve"), user):
+            return True
+        return bool(deploy.override_reason) and await holds_role(self.directory, role_holders(env, "override"), user)
 
-    def _approver_list(self, deploy: Deploy) -> str:
-        approvals = self._environment(deploy).approvals
-        return self.directory.describe(approvals.approvers) if approvals else "nobody (no approvals needed)"
+    async def _approvers_text(self, deploy: Deploy) -> str:
+        """Who may approve ``deploy``, naming the roles."""
+        env = self._environment(deploy)
+        approvers = await describe_holders(self.directory, role_holders(env, "approve"))
+        text = approvers if env.approvals else "nobody (no approvals needed)"
+        if deploy.override_reason:
+            overriders = await describe_holders(self.directory, role_holders(env, "override"))
+            text = (f"{approvers} (the `approve` role) and " if env.approvals else "") + \
+                f"one approval for the freeze override from {overriders} (the `override` role)"
+        return text
 
     def _refuse(self, deploy: Deploy, user: str, what: str, source: str | None) -> None:
         self.store.record_event(deploy.id, user, "refused", {"attempted": what}, source)
 
     # -- locks --------------------------------------------------------------------
 
-    def lock(self, user: str, command: LockCommand, source: str | None = None) -> Lock:
-        """Lock a service on one environment, or on all when none is named."""
+    def expire_locks(self) -> list[Lock]:
+        """Release the locks whose time ran out, and say so once
+        (``on_locks_expired``); called whenever Slipway reads the locks."""
+        expired = self.store.expire_locks()
+        if expired and self.on_locks_expired is not None:
+            self.on_locks_expired(expired)
+        return expired
+
+    async def lock(self, user: str, command: LockCommand, source: str | None = None) -> Lock:
+        """Lock a service on one environment, or on all when none is named;
+        for a while when a duration (``2h``, ``30m``, ``1d``) comes first.
+
+        Raises:
+            UnknownService, UnknownEnvironment, NotAllowed, UsageError: with a message for the person.
+        """
+        self.expire_locks()
         service = resolve_service(self.config, command.service)
         words = list(command.words)
         environment = ALL_ENVIRONMENTS
         if words and words[0].lower() in self.config.environment_names:
             environment = resolve_environment(self.config, service, words.pop(0).lower()).name
-        reason = " ".join(words).strip("\"'“”")
+        until = None
+        if words and DURATION.match(words[0].lower()) and words[0]:
+            try:
+                seconds = parse_duration(words.pop(0).lower())
+            except ValueError as bad:
+                raise UsageError(f"{bad}.") from None
+            until = (self.clock() + timedelta(seconds=seconds)).astimezone(timezone.utc)
+        await self._require_lock_role(user, service, environment, "lock", source)
+        reason = " ".join(words).strip()
         if not reason:
-            raise SlipwayError("A lock needs a reason, so nobody is left guessing: "
-                               "`/deploy lock <service> [environment] <reason>`.")
-        return self.store.acquire_lock(service, environment, user, reason, source=source)
+            raise UsageError("A lock needs a reason, so nobody is left guessing: "
+                             '`/deploy lock <service> [environment] [duration] "reason"`.')
+        return self.store.acquire_lock(service, environment, user, reason, source=source,
+                                       until=until.isoformat(timespec="milliseconds") if until else None)
 
-    def unlock(self, user: str, command: UnlockCommand, source: str | None = None) -> list[Lock]:
+    async def unlock(self, user: str, command: UnlockCommand, source: str | None = None) -> list[Lock]:
         """Release locks; say so when there was nothing to release."""
+        self.expire_locks()
         service = resolve_service(self.config, command.service)
         environment = None
         if command.environment is not None:
             environment = resolve_environment(self.config, service, command.environment).name
+        held = [lock for lock in self.store.all_locks(service) if environment in (None, lock.environment)]
+        for lock in held:
+            await self._require_lock_role(user, service, lock.environment, "unlock", source)
         released = self.store.release_locks(service, environment, user, source)
         if not released:
             where = f" on {environment}" if environment else ""
@@ -235,6 +415,52 @@ class DeployWorkflow:
             hint = " (it is locked on every environment: `/deploy unlock " + service + "`)" if remaining else ""
             raise SlipwayError(f"{service} has no lock{where} to release{hint}.")
         return released
+
+    def locks(self, service: str | None = None) -> tuple[list[Lock], list[BlockedVersion]]:
+        """Every lock and blocked version (of ``service``)."""
+        self.expire_locks()
+        if service is not None:
+            service = resolve_service(self.config, service)
+        return self.store.all_locks(service), self.store.all_blocks(service)
+
+    async def unblock(self, user: str, command: UnblockCommand, source: str | None = None) -> list[BlockedVersion]:
+        """Allow a version that was rolled back on an environment (every
+        environment where it is blocked, when none is named) again.
+
+        Raises:
+            UnknownService, UnknownEnvironment, InvalidVersion, NotAllowed, SlipwayError: with a message.
+        """
+        service = resolve_service(self.config, command.service)
+        version = parse_version(command.version)
+        environment = None
+        if command.environment is not None:
+            environment = resolve_environment(self.config, service, command.environment).name
+        blocks = [b for b in self.store.all_blocks(service)
+                  if b.version == version.normalised and environment in (None, b.environment)]
+        if not blocks:
+            where = f" on {environment}" if environment else ""
+            others = ", ".join(f"{b.version} on {b.environment}" for b in self.store.all_blocks(service))
+            raise SlipwayError(f"{service} {version.display} is not blocked{where}; nothing to lift."
+                               + (f" Blocked: {others}." if others else ""))
+        for block in blocks:
+            await self._require_lock_role(user, service, block.environment, "unblock", source)
+        return self.store.unblock_version(service, version.normalised, environment, user, source)
+
+    async def _require_lock_role(self, user: str, service: str, environment: str, attempted: str,
+                                 source: str | None) -> None:
+        """The ``lock`` role on ``environment`` (``"*"``: on every environment of the service).
+
+        Raises:
+            NotAllowed: audited, naming the role and who holds it.
+        """
+        names = self.config.environments_of(service) if environment == ALL_ENVIRONMENTS else [environment]
+        where = "every environment" if environment == ALL_ENVIRONMENTS else environment
+        verb = {"lock": "lock", "unlock": "unlock", "unblock": "unblock versions of"}[attempted]
+        for name in names:
+            holders: RoleHolders = role_holders(self.config.environment(name), "lock")
+            await require_role(self.directory, self.store, holders, user, doing=f"{verb} {service} on {where}",
+                               attempted=attempted, detail={"service": service, "environment": environment},
+                               source=source)
 
 
 def _closed(deploy: Deploy, status: str) -> InvalidTransition:

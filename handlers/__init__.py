@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from slack_bolt.async_app import AsyncApp
 
-from handlers import actions, commands, errors
+from handlers import actions, commands, errors, home
 
 if TYPE_CHECKING:
     from bot.app import Slipway
@@ -17,4 +17,5 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     """Attach every Slack listener to ``app``."""
     commands.register(app, slipway)
     actions.register(app, slipway)
+    home.register(app, slipway)
     errors.register(app)

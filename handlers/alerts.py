@@ -20,6 +20,7 @@ from bot.alerts.auth import bearer_ok, grafana_signature_problem
 from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import MalformedPayload
 from bot.alerts.parse import parse_alertmanager, parse_generic, parse_grafana
+from bot.alerts.relay import Receipt
 from handlers.http import problem, read_bounded
 
 if TYPE_CHECKING:
@@ -50,6 +51,15 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         return grafana_signature_problem(request.headers, body, secret, header=settings.grafana_signature_header,
                                          timestamp_header=settings.grafana_timestamp_header)
 
+    metrics = slipway.metrics
+
+    def count(source: str, receipt: Receipt) -> None:
+        metrics.alerts_received.labels(source).inc(receipt.received)
+        metrics.alerts_relayed.labels(source).inc(receipt.relayed)
+        if receipt.duplicates:
+            metrics.alerts_deduplicated.labels(source, "repeat").inc(receipt.duplicates - receipt.stale)
+            metrics.alerts_deduplicated.labels(source, "stale").inc(receipt.stale)
+
     def door(source: str, authenticate, parse) -> Callable[[web.Request], object]:
         async def receive(request: web.Request) -> web.Response:
             body = await read_bounded(request, MAX_ALERT_BYTES)
@@ -70,10 +80,11 @@ def register(app: web.Application, slipway: "Slipway") -> None:
             oncall = await slipway.workflow.directory.mention(settings.oncall) if settings.oncall else None
             receipt = slipway.alert_relay.receive(group_key, alerts, oncall=oncall)
             slipway.outbox.notify()
+            count(source, receipt)
             for deploy_id in receipt.page_deploys:
                 slipway.tasks.spawn(slipway.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")
             return web.json_response({"ok": True, "received": receipt.received, "duplicates": receipt.duplicates})
-        return receive
+        return metrics.count_webhook(source, receive)
 
     app.router.add_post("/webhooks/alertmanager",
                         door("alertmanager", bearer(settings.alertmanager_token_env), parse_alertmanager))

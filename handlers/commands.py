@@ -17,15 +17,30 @@ from bot.commands import (
     Help,
     HistoryCommand,
     LockCommand,
+    LocksCommand,
     RequestDeploy,
     RollbackCommand,
     ShowCommand,
+    StatsCommand,
+    StatusCommand,
+    UnblockCommand,
     UnlockCommand,
     parse_command,
 )
 from bot.errors import SlipwayError
 from bot.policy import resolve_environment, resolve_service
-from bot.render import history_text, locks_text, record_text, request_accepted_text, rollback_offer_blocks
+from bot.render import (
+    expired_locks_text,
+    history_text,
+    lock_list_text,
+    locks_text,
+    override_unused_text,
+    record_text,
+    request_accepted_text,
+    rollback_offer_blocks,
+    unblocked_text,
+)
+from bot.views import stats_reply, status_reply
 from handlers.errors import after_ack
 from store import Deploy
 
@@ -37,6 +52,12 @@ COMMAND = "/deploy"
 
 def register(app: AsyncApp, slipway: "Slipway") -> None:
     workflow = slipway.workflow
+
+    def locks_expired(locks: list) -> None:
+        slipway.tasks.spawn(slipway.messages.post(expired_locks_text(locks)), name="announce-expired-locks")
+
+    # an expired lock releases itself when Slipway next reads the locks, and says so in the channel once
+    workflow.on_locks_expired = locks_expired
 
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         try:
@@ -52,19 +73,29 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         if isinstance(parsed, Help):
             return {"text": HELP_TEXT}
         if isinstance(parsed, LockCommand):
-            lock = workflow.lock(user, parsed, source)
+            lock = await workflow.lock(user, parsed, source)
             return {"response_type": "in_channel", "text": ":lock: " + locks_text([lock])}
         if isinstance(parsed, UnlockCommand):
-            released = workflow.unlock(user, parsed, source)
+            released = await workflow.unlock(user, parsed, source)
             return {"response_type": "in_channel", "text": f":unlock: <@{user}> released:\n" + locks_text(released)}
+        if isinstance(parsed, LocksCommand):
+            return {"text": lock_list_text(*workflow.locks(parsed.service))}
+        if isinstance(parsed, UnblockCommand):
+            return {"response_type": "in_channel", "text": unblocked_text(await workflow.unblock(user, parsed, source),
+                                                                           user)}
         if isinstance(parsed, ShowCommand):
             return {"text": record_text(workflow.get(parsed.deploy_id))}
         if isinstance(parsed, HistoryCommand):
             service = resolve_service(workflow.config, parsed.service)
             env = resolve_environment(workflow.config, service, parsed.environment).name if parsed.environment else None
             return {"text": history_text(service, env, workflow.store.history(service, env))}
+        if isinstance(parsed, StatusCommand):
+            return status_reply(workflow.config, workflow.store, workflow.clock(), parsed.service)
+        if isinstance(parsed, StatsCommand):
+            return stats_reply(workflow.config, workflow.store, workflow.clock(), parsed.service, parsed.days)
         if isinstance(parsed, RollbackCommand):
             plan = slipway.rollbacks.plan_for(parsed.service, parsed.environment)
+            await slipway.rollbacks.require_may_roll_back(user, plan.current, source)
             return {"text": f"Confirm: {plan.text}", "blocks": rollback_offer_blocks(plan.current, plan.target.version)}
         raise AssertionError(f"unhandled command {parsed!r}")
 
@@ -78,13 +109,16 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             if not isinstance(parsed, RequestDeploy):
                 await ack(**await reply(parsed, user, source, command))
                 return
+            await workflow.check_may_request(user, parsed.service, parsed.environment, source)
             deploy, new = workflow.request(user=user, service=parsed.service, version=parsed.version,
-                                           environment=parsed.environment,
+                                           environment=parsed.environment, override=parsed.override,
+                                           migration=parsed.migration,
                                            trigger_id=command.get("trigger_id"), source=source)
         except SlipwayError as refusal:
             await ack(text=refusal.message)
             return
-        await ack(text=request_accepted_text(deploy, workflow.config.channel))
+        unused = override_unused_text(deploy) if parsed.override and not deploy.override_reason else ""
+        await ack(text=request_accepted_text(deploy, workflow.config.channel) + unused)
         if new:
             after_ack(slipway.tasks, client, announce_and_run(deploy, respond), channel=command.get("channel_id"),
                       user=user, name=f"announce-deploy-{deploy.id}")

@@ -3,7 +3,9 @@ and the person is told something went wrong, with that id to quote.
 
 Two doors lead here: bolt's error handler (a failure before the ack) and
 :func:`after_ack` (a failure in the work a listener does once Slack has
-its answer).
+its answer). The HTTP door dispatches a click on a deploy's message inside
+that deploy's log context (:func:`deploy_of_click`), so every line it leads
+to, a failure's included, names the deploy, in the background work too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ def register(app: AsyncApp) -> None:
         user = (body.get("user") or {}).get("id") or body.get("user_id")
         channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
         await report(error, client, channel, user)
+
+
+def deploy_of_click(body: dict[str, Any]) -> int | None:
+    """The deploy a click on one of Slipway's messages is about: every
+    deploy element's value starts with the deploy's id (``12``, ``12:2.6.3``)
+    and its block id carries it second (``checklist:12:0``)."""
+    for action in (body.get("actions") or ())[:1]:
+        head = str(action.get("value") or "").partition(":")[0]
+        if head.isdigit():
+            return int(head)
+        parts = str(action.get("block_id") or "").split(":")
+        if len(parts) > 1 and parts[1].isdigit():
+            return int(parts[1])
+    return None
 
 
 def after_ack(tasks: BackgroundTasks, client: AsyncWebClient, work: Coroutine[Any, Any, None], *,

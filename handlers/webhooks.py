@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot.executors import signing
 from bot.executors.webhook import REPORT_STATUSES
+from bot.logs import deploy_context
 from handlers.http import problem, read_bounded
 from store import DeployNotFound
 
@@ -31,11 +32,15 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         raw_id = request.match_info["deploy_id"]
         if not raw_id.isdigit():
             return problem(404, "no such deploy")
+        with deploy_context(int(raw_id)):
+            return await receive_report(request, int(raw_id))
+
+    async def receive_report(request: web.Request, deploy_id: int) -> web.Response:
         body = await read_bounded(request, MAX_REPORT_BYTES)
         if body is None:
             return problem(413, f"report larger than {MAX_REPORT_BYTES} bytes")
         try:
-            deploy = slipway.store.get_deploy(int(raw_id))
+            deploy = slipway.store.get_deploy(deploy_id)
         except DeployNotFound:
             return problem(404, "no such deploy")
         spec = slipway.runner.engine_of(deploy)
@@ -69,4 +74,4 @@ def register(app: web.Application, slipway: "Slipway") -> None:
                                source=f"http:{request.remote}")
         return web.json_response({"ok": True})
 
-    app.router.add_post("/webhooks/deploys/{deploy_id}", deploy_report)
+    app.router.add_post("/webhooks/deploys/{deploy_id}", slipway.metrics.count_webhook("deploy_report", deploy_report))

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from store.schema import ACTIVE_STATES, migrate
+from store.schema import ACTIVE_STATES, FINISHED_STATES, migrate
 
 Clock = Callable[[], datetime]
 
@@ -93,6 +93,23 @@ class ChecklistItem:
 class Approval:
     user_id: str
     approved_at: str
+    counts_as: str = "approve"  # what the giver's roles let it count as: approve | override | both
+
+
+def approval_slots(kinds: list[str], required: int, override: bool) -> int:
+    """How many of the approvals a deploy needs are filled by approvals of
+    these ``kinds``: ``required`` normal ones (``approve`` or ``both``) and,
+    when ``override``, one freeze-override approval (``override`` or
+    ``both``) by another person. The deploy is approved when this reaches
+    ``required + override``."""
+    normal, both, override_only = kinds.count("approve"), kinds.count("both"), kinds.count("override")
+    if not override:
+        return min(required, normal + both)
+    if override_only:
+        return 1 + min(required, normal + both)
+    if both:  # one of them gives the override approval unless they are all needed as approvers
+        return max(1 + min(required, normal + both - 1), min(required, normal + both))
+    return min(required, normal)
 
 
 @dataclass(frozen=True)
@@ -123,12 +140,24 @@ class Deploy:
     engine_summary: str | None = None
     log_tail: str | None = None
     verification: str | None = None  # JSON list of check results
+    expires_at: str | None = None  # a request awaiting approval expires then
+    reminded_at: str | None = None
+    migration: bool = False  # carries a database migration
+    notified_status: str | None = None  # the last status its requester was sent a DM about
+    override_reason: str | None = None  # set: a request to deploy inside a freeze, and why
+    override_freeze: str | None = None  # JSON list of the freeze occurrences it overrides
     checklist: tuple[ChecklistItem, ...] = ()
     approvals: tuple[Approval, ...] = ()
 
     @property
     def reference(self) -> dict[str, Any]:
         return json.loads(self.executor_ref) if self.executor_ref else {}
+
+    @property
+    def overridden_freezes(self) -> list[dict[str, str]]:
+        """The freeze occurrences this deploy may run in (``--override``):
+        each with ``key``, ``reason``, ``schedule``, ``from`` and ``until``."""
+        return json.loads(self.override_freeze) if self.override_freeze else []
 
     @property
     def checks(self) -> list[dict[str, Any]]:
@@ -179,6 +208,19 @@ class Lock:
     locked_at: str
     reason: str
     until: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockedVersion:
+    """A version kept off an environment (after it was rolled back there)."""
+
+    service: str
+    environment: str
+    version: str
+    blocked_by: str
+    blocked_at: str
+    reason: str
+    rollback_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -272,13 +314,14 @@ class Store:
             )
         )
         approvals = tuple(
-            Approval(r["user_id"], r["approved_at"])
+            Approval(r["user_id"], r["approved_at"], r.get("counts_as") or "approve")
             for r in self.db.query(
                 "SELECT * FROM approvals WHERE deploy_id = ? ORDER BY approved_at, rowid", [row["id"]]
             )
         )
         fields = {k: row[k] for k in Deploy.__dataclass_fields__ if k in row}
         fields["version_prefixed"] = bool(row["version_prefixed"])
+        fields["migration"] = bool(row.get("migration"))
         return Deploy(**fields, checklist=checklist, approvals=approvals)
 
     def in_flight(self, service: str, environment: str) -> Deploy | None:
@@ -342,9 +385,15 @@ class Store:
         trigger_id: str | None = None,
         rollback_of: int | None = None,
         source: str | None = None,
+        expires_at: str | None = None,
+        migration: bool = False,
+        override_reason: str | None = None,
+        override_freeze: list[dict[str, str]] | None = None,
     ) -> Deploy:
         """Record a new deploy request (``awaiting_approval``, or ``approved``
-        straight away when the environment needs no approval).
+        straight away when the environment needs no approval). A request
+        awaiting approval expires at ``expires_at``. ``override_reason``: it
+        asks to deploy inside the freeze occurrences ``override_freeze``.
 
         Raises:
             DuplicateRequest: a deploy was already recorded for ``trigger_id``.
@@ -358,14 +407,17 @@ class Store:
                 # flight) refuse a duplicate: no look-ups on the hot path, no race.
                 cursor = self.db.execute(
                     "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
-                    "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at, expires_at, "
+                    "migration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [service, environment, version, int(version_prefixed), status, requested_by, now,
-                     trigger_id, previous_version, None if needs_approval else now, rollback_of, now],
+                     trigger_id, previous_version, None if needs_approval else now, rollback_of, now,
+                     expires_at if needs_approval else None, int(migration)],
                 )
                 deploy_id = cursor.lastrowid
                 self._record_request(deploy_id, requested_by, service, environment, version, checklist,
                                      needs_approval, source)
+                if override_reason is not None:
+                    self._record_override(deploy_id, requested_by, override_reason, override_freeze or [], source)
         except sqlite3.IntegrityError:
             if trigger_id and (existing := self.find_by_trigger(trigger_id)):
                 raise DuplicateRequest(existing) from None
@@ -373,6 +425,12 @@ class Store:
                 raise DeployInFlight(existing) from None
             raise
         return self.get_deploy(deploy_id)
+
+    def _record_override(self, deploy_id: int, requested_by: str, reason: str, freezes: list[dict[str, str]],
+                         source: str | None) -> None:
+        self.db.execute("UPDATE deploys SET override_reason = ?, override_freeze = ? WHERE id = ?",
+                        [reason, json.dumps(freezes, sort_keys=True), deploy_id])
+        self._audit(deploy_id, requested_by, "freeze_overridden", {"reason": reason, "freezes": freezes}, source)
 
     def _record_request(self, deploy_id: int, requested_by: str, service: str, environment: str, version: str,
                         checklist: list[str], needs_approval: bool, source: str | None) -> None:
@@ -423,7 +481,7 @@ class Store:
             now = self._now()
             stamps = {"approved": "approved_at", "deploying": "started_at"}
             extra = f", {stamps[to]} = :now" if to in stamps else ""
-            if to in ("succeeded", "failed", "rejected", "cancelled", "rolled_back"):
+            if to in FINISHED_STATES:
                 extra += ", finished_at = :now"
             self.db.execute(
                 f"UPDATE deploys SET status = :to, status_reason = :reason, updated_at = :now{extra} WHERE id = :id",
@@ -465,10 +523,14 @@ class Store:
                             {"item": row[0], "position": position}, source)
         return self.get_deploy(deploy_id)
 
-    def record_approval(self, deploy_id: int, user: str, *, required: int,
-                        source: str | None = None) -> Deploy:
+    def record_approval(self, deploy_id: int, user: str, *, required: int, valid_since: str | None = None,
+                        counts_as: str = "approve", source: str | None = None) -> Deploy:
         """Count ``user``'s approval; the ``required``-th one moves the deploy
-        to ``approved`` in the same transaction.
+        to ``approved`` in the same transaction. Approvals given before
+        ``valid_since`` are stale: they do not count, and their giver may
+        approve again. ``counts_as``: what the giver's roles let the approval
+        count as (see :func:`approval_slots`); a deploy that overrides a
+        freeze also needs one override approval.
 
         Raises:
             DeployNotFound, StateConflict: as for :meth:`transition`.
@@ -476,15 +538,22 @@ class Store:
             ChecklistIncomplete: this would be the final approval, but some
                 checklist items are unticked; the approval is not counted.
         """
+        valid_since = valid_since or ""
         with self.transaction():
             current = self._status(deploy_id)
             if current != "awaiting_approval":
                 raise StateConflict(deploy_id, current, "approved")
-            if self.db.execute("SELECT 1 FROM approvals WHERE deploy_id = ? AND user_id = ?",
-                               [deploy_id, user]).fetchone():
+            given = self.db.execute("SELECT approved_at FROM approvals WHERE deploy_id = ? AND user_id = ?",
+                                    [deploy_id, user]).fetchone()
+            if given is not None and given[0] >= valid_since:
                 raise AlreadyApproved(f"{user} already approved deploy #{deploy_id}")
-            count = self.db.execute("SELECT count(*) FROM approvals WHERE deploy_id = ?", [deploy_id]).fetchone()[0]
-            final = count + 1 >= required
+            kinds = [r[0] for r in self.db.execute(
+                "SELECT counts_as FROM approvals WHERE deploy_id = ? AND approved_at >= ? AND user_id != ?",
+                [deploy_id, valid_since, user])] + [counts_as]
+            count = len(kinds) - 1
+            override = self.db.execute("SELECT override_reason IS NOT NULL FROM deploys WHERE id = ?",
+                                       [deploy_id]).fetchone()[0] == 1
+            final = approval_slots(kinds, required, override) >= required + override
             if final:
                 unticked = [r[0] for r in self.db.execute(
                     "SELECT label FROM checklist_items WHERE deploy_id = ? AND ticked_by IS NULL ORDER BY position",
@@ -492,9 +561,12 @@ class Store:
                 if unticked:
                     raise ChecklistIncomplete(unticked)
             now = self._now()
-            self.db.execute("INSERT INTO approvals (deploy_id, user_id, approved_at) VALUES (?, ?, ?)",
-                            [deploy_id, user, now])
-            self._audit(deploy_id, user, "approval", {"count": count + 1, "required": required}, source)
+            # a stale approval is given again: the row keeps one approval per person, now dated today
+            self.db.execute("INSERT OR REPLACE INTO approvals (deploy_id, user_id, approved_at, counts_as) "
+                            "VALUES (?, ?, ?, ?)", [deploy_id, user, now, counts_as])
+            self._audit(deploy_id, user, "approval", {"count": count + 1, "required": required,
+                                                      **({"renewed": given[0]} if given else {}),
+                                                      **({"counts_as": counts_as} if override else {})}, source)
             if final:
                 self.db.execute(
                     "UPDATE deploys SET status = 'approved', approved_at = ?, updated_at = ? WHERE id = ?",
@@ -502,6 +574,24 @@ class Store:
                 )
                 self._audit(deploy_id, user, "approved", {"from": "awaiting_approval", "to": "approved"}, source)
         return self.get_deploy(deploy_id)
+
+    def mark_reminded(self, deploy_id: int, whom: list[str]) -> Deploy:
+        """Note that the approvers of a waiting request were just reminded."""
+        with self.transaction():
+            now = self._now()
+            self.db.execute("UPDATE deploys SET reminded_at = ?, updated_at = ? WHERE id = ?", [now, now, deploy_id])
+            self._audit(deploy_id, None, "reminded", {"whom": whom})
+        return self.get_deploy(deploy_id)
+
+    def claim_notification(self, deploy_id: int, status: str) -> bool:
+        """Whether the requester still has to be told that the deploy reached
+        ``status`` (True once per status, however often or by however many
+        Slipways this is asked, so a DM is never sent twice)."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE deploys SET notified_status = ? WHERE id = ? AND coalesce(notified_status, '') != ?",
+                [status, deploy_id, status])
+            return cursor.rowcount == 1
 
     def record_engine_result(self, deploy_id: int, *, kind: str, summary: str, exit_code: int | None,
                              run_url: str | None, log_tail: str, reference: dict[str, Any]) -> Deploy:
@@ -608,25 +698,48 @@ class Store:
         )
         return [Lock(**row) for row in rows]
 
-    def all_locks(self) -> list[Lock]:
+    def all_locks(self, service: str | None = None) -> list[Lock]:
+        """Every unexpired lock (of ``service``, when given)."""
         now = self._now()
+        where, params = ("AND service = ?", [service]) if service is not None else ("", [])
         return [Lock(**row) for row in self.db.query(
-            "SELECT * FROM locks WHERE until IS NULL OR until > ? ORDER BY service, environment", [now])]
+            f"SELECT * FROM locks WHERE (until IS NULL OR until > ?) {where} ORDER BY service, environment",
+            [now, *params])]
 
     def acquire_lock(self, service: str, environment: str, user: str, reason: str,
-                     until: str | None = None, source: str | None = None) -> Lock:
+                     until: str | None = None, source: str | None = None, keep_existing: bool = False,
+                     deploy_id: int | None = None) -> Lock | None:
         """Lock ``service`` on ``environment`` (``"*"``: all of them), replacing
-        an existing lock of the same scope."""
+        an existing lock of the same scope, or, with ``keep_existing``, leaving
+        it be (and returning None). ``deploy_id``: the deploy that placed it."""
         lock = Lock(service, environment, user, self._now(), reason, until)
         with self.transaction():
-            self.db.execute(
-                "INSERT OR REPLACE INTO locks (service, environment, locked_by, locked_at, reason, until) "
+            verb = "INSERT OR IGNORE" if keep_existing else "INSERT OR REPLACE"
+            cursor = self.db.execute(
+                f"{verb} INTO locks (service, environment, locked_by, locked_at, reason, until) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [lock.service, lock.environment, lock.locked_by, lock.locked_at, lock.reason, lock.until],
             )
-            self._audit(None, user, "locked", {"service": service, "environment": environment,
-                                                "reason": reason, "until": until}, source)
+            if cursor.rowcount == 0:
+                return None
+            self._audit(deploy_id, user, "locked", {"service": service, "environment": environment,
+                                                     "reason": reason, "until": until}, source)
         return lock
+
+    def expire_locks(self) -> list[Lock]:
+        """Remove the locks whose time is up and return them, each once
+        (however many Slipways ask), so each expiry is announced once."""
+        now = self._now()
+        with self.transaction():
+            expired = [Lock(**row) for row in self.db.query(
+                "SELECT * FROM locks WHERE until IS NOT NULL AND until <= ? ORDER BY until", [now])]
+            for lock in expired:
+                self.db.execute("DELETE FROM locks WHERE service = ? AND environment = ?",
+                                [lock.service, lock.environment])
+                self._audit(None, None, "lock_expired", {"service": lock.service, "environment": lock.environment,
+                                                         "reason": lock.reason, "locked_by": lock.locked_by,
+                                                         "until": lock.until})
+        return expired
 
     def release_locks(self, service: str, environment: str | None, user: str,
                       source: str | None = None) -> list[Lock]:
@@ -645,3 +758,46 @@ class Store:
                 self._audit(None, user, "unlocked", {"service": service, "environment": environment or "*",
                                                       "released": len(released)}, source)
         return released
+
+    # -- versions blocked after a rollback --------------------------------------------
+
+    def block_version(self, service: str, environment: str, version: str, user: str, reason: str,
+                      rollback_id: int | None = None, source: str | None = None) -> BlockedVersion:
+        """Keep ``version`` of ``service`` off ``environment`` until it is unblocked."""
+        block = BlockedVersion(service, environment, version, user, self._now(), reason, rollback_id)
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO blocked_versions (service, environment, version, blocked_by, blocked_at, "
+                "reason, rollback_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [block.service, block.environment, block.version, block.blocked_by, block.blocked_at, block.reason,
+                 block.rollback_id])
+            self._audit(rollback_id, user, "version_blocked", {"service": service, "environment": environment,
+                                                               "version": version, "reason": reason}, source)
+        return block
+
+    def blocked(self, service: str, environment: str, version: str) -> BlockedVersion | None:
+        """The block that keeps ``version`` off ``environment``, if any."""
+        rows = list(self.db.query("SELECT * FROM blocked_versions WHERE service = ? AND environment = ? "
+                                  "AND version = ?", [service, environment, version]))
+        return BlockedVersion(**rows[0]) if rows else None
+
+    def all_blocks(self, service: str | None = None) -> list[BlockedVersion]:
+        where, params = ("WHERE service = ?", [service]) if service is not None else ("", [])
+        return [BlockedVersion(**row) for row in self.db.query(
+            f"SELECT * FROM blocked_versions {where} ORDER BY service, environment, blocked_at", params)]
+
+    def unblock_version(self, service: str, version: str, environment: str | None, user: str,
+                        source: str | None = None) -> list[BlockedVersion]:
+        """Lift the block of ``version`` on ``environment`` (``None``: on every
+        environment) and return what was lifted."""
+        where, params = "service = ? AND version = ?", [service, version]
+        if environment is not None:
+            where, params = where + " AND environment = ?", params + [environment]
+        with self.transaction():
+            lifted = [BlockedVersion(**row) for row in self.db.query(
+                f"SELECT * FROM blocked_versions WHERE {where} ORDER BY environment", params)]
+            self.db.execute(f"DELETE FROM blocked_versions WHERE {where}", params)
+            for block in lifted:
+                self._audit(block.rollback_id, user, "version_unblocked",
+                            {"service": service, "environment": block.environment, "version": version}, source)
+        return lifted

@@ -13,6 +13,8 @@ import sqlite_utils
 
 # States in which a deploy still occupies its service+environment.
 ACTIVE_STATES = ("awaiting_approval", "approved", "deploying", "verifying")
+# States a deploy ends in (``expired``: a request nobody decided on in time).
+FINISHED_STATES = ("succeeded", "failed", "rejected", "cancelled", "rolled_back", "expired")
 
 
 def _m1_foundation(db: sqlite_utils.Database) -> None:
@@ -139,8 +141,32 @@ def _m4_alert_message_index(db: sqlite_utils.Database) -> None:
     db["alerts"].create_index(["message_key", "status"])
 
 
+def _m5_roles_overrides_and_blocks(db: sqlite_utils.Database) -> None:
+    deploys = db["deploys"]
+    deploys.add_column("override_reason", str)  # why a request asked to deploy inside a freeze
+    deploys.add_column("override_freeze", str)  # JSON list of the freeze occurrences it overrides
+    # what the giver's roles let an approval count as: approve | override | both
+    db["approvals"].add_column("counts_as", str, not_null_default="approve")
+    # A version rolled back on an environment stays off it until someone unblocks it.
+    db["blocked_versions"].create(
+        {"service": str, "environment": str, "version": str, "blocked_by": str, "blocked_at": str,
+         "reason": str, "rollback_id": int},
+        pk=("service", "environment", "version"),
+        not_null={"blocked_by", "blocked_at", "reason"},
+    )
+
+
+def _m6_stale_requests_and_migrations(db: sqlite_utils.Database) -> None:
+    deploys = db["deploys"]
+    deploys.add_column("expires_at", str)  # a request awaiting approval expires then (NULL: never)
+    deploys.add_column("reminded_at", str)  # the last reminder to its approvers
+    deploys.add_column("migration", int, not_null_default=0)  # it carries a database migration
+    deploys.add_column("notified_status", str)  # the last status its requester was sent a DM about
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index]
+    _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
+    _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

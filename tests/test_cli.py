@@ -67,7 +67,7 @@ async def test_serve_answers_signed_slack_requests_end_to_end(tmp_path: Path) ->
         async with aiohttp.ClientSession() as session:
             async with session.get(slipway.base_url + "/healthz") as response:
                 assert response.status == 200
-                assert await response.json() == {"status": "ok", "database": "ok"}
+                assert await response.json() == {"status": "ok", "database": "ok", "slack": "ok"}
         async with SlackSender(events_url, SIGNING_SECRET, fake) as slack:
             status, reply = await slack.command("web 1.0.0", "U0DAVE")
             assert status == 200 and "needs no approval" in reply

@@ -3,6 +3,7 @@ other: every command and action id has a listener and help text."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,26 @@ def test_the_manifest_sends_commands_and_clicks_to_the_events_path() -> None:
         assert subcommand in command["usage_hint"]
 
 
+# The bot scope each Web API method Slipway calls needs (Slack's method docs).
+METHOD_SCOPES = {
+    "auth_test": None, "chat_getPermalink": None, "views_publish": None,
+    "chat_postMessage": "chat:write", "chat_update": "chat:write", "chat_postEphemeral": "chat:write",
+    "conversations_open": "im:write", "usergroups_list": "usergroups:read", "usergroups_users": "usergroups:read",
+}
+
+
 def test_the_manifest_asks_only_for_the_scopes_the_code_uses() -> None:
-    used = {"commands", "chat:write", "usergroups:read"}
+    source = "\n".join(path.read_text() for folder in ("bot", "handlers") for path in (ROOT / folder).rglob("*.py")
+                       if "fake_" not in path.name and "sandbox" not in path.parts)
+    called = set(re.findall(r"client\.([a-z]+_[A-Za-z]+)\(", source))
+    assert called <= set(METHOD_SCOPES), f"which scope does {called - set(METHOD_SCOPES)} need?"
+    used = {"commands"} | {METHOD_SCOPES[method] for method in called} - {None}
     assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == used
+
+
+def test_the_messages_tab_is_on_so_direct_messages_can_be_read() -> None:
+    home = MANIFEST["features"]["app_home"]
+    assert home["messages_tab_enabled"] is True and home["messages_tab_read_only_enabled"] is True
 
 
 def test_every_subcommand_has_help() -> None:

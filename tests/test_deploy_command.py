@@ -13,8 +13,9 @@ def deploy_rows(harness: Harness) -> int:
 
 
 def channel_posts(harness: Harness) -> int:
-    """Top-level posts (thread replies excluded)."""
-    return len([c for c in harness.fake.calls_to("chat.postMessage") if "thread_ts" not in c.args])
+    """Top-level posts in the deploy channel (thread replies and direct messages excluded)."""
+    return len([c for c in harness.fake.calls_to("chat.postMessage")
+                if "thread_ts" not in c.args and c.args.get("channel") == harness.config.channel])
 
 
 async def test_accepted_request_posts_the_checklist_message(harness: Harness) -> None:

@@ -34,7 +34,9 @@ class Receipt:
     """What one webhook delivery did."""
 
     received: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # repeats, HA duplicates and stale firings: recorded, not reposted
+    stale: int = 0  # of those, firings of an occurrence that had already resolved
+    relayed: int = 0  # alerts whose change Slack will show (a post, an edit, a thread line)
     posted: int = 0  # Slack messages queued (new, edits and thread lines)
     page_deploys: list[int] = field(default_factory=list)  # deploys an auto-rollback should undo
 
@@ -63,18 +65,20 @@ class AlertRelay:
         deploys: dict[str, Deploy | None] = {}
         with self.store.transaction():
             for alert in alerts:
-                outcome = self._record(alert, group_key)
-                if outcome is None:
+                stored, change, judgement, deploy = self._record(alert, group_key)
+                if change == "duplicate":
                     receipt.duplicates += 1
+                    receipt.stale += stored.status != alert.status  # a stale firing finds the row resolved
                     continue
-                stored, change, judgement, deploy = outcome
                 changed.setdefault(stored.message_key, []).append((stored, change, judgement))
                 deploys[stored.message_key] = deploy
             for key, changes in changed.items():
                 self._show(key, changes, deploys[key], oncall, receipt)
         return receipt
 
-    def _record(self, alert: Alert, group_key: str | None):
+    def _record(self, alert: Alert, group_key: str | None) -> tuple[StoredAlert, str, Judgement, Deploy | None]:
+        """Store ``alert``; how it changed what is known (``duplicate``: it
+        changed nothing, and the row it repeats is returned)."""
         judgement = judge(alert, self.settings.rules)
         starts_at = _iso(alert.starts_at)
         if alert.source == "generic" and (open_alert := alert_rows.latest_firing(self.store, alert.source,
@@ -101,8 +105,6 @@ class AlertRelay:
         }
         stored, change = alert_rows.upsert(self.store, fields, {"labels": alert.labels,
                                                                 "annotations": alert.annotations})
-        if change == "duplicate":
-            return None
         return stored, change, judgement, deploy
 
     def auto_rollback_wanted(self, stored: StoredAlert, change: str, deploy: Deploy | None) -> bool:
@@ -154,6 +156,7 @@ class AlertRelay:
         posted = has_message(self.store, key)
         if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
+        receipt.relayed += len(changes)
         visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
         text, blocks = self._render(visible, deploy, oncall)
         first = changes[0][0]

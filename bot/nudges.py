@@ -1,0 +1,192 @@
+"""Keeping people in the loop of requests that wait: expiry, reminders and
+direct messages.
+
+* A request nobody decided on expires (``approvals.expire_after``): its
+  message is updated in place to say so and its requester is told.
+* The approvers of a waiting request are reminded every
+  ``approvals.remind_every``, with one line in the request's thread, never
+  a new post in the channel.
+* The requester gets a direct message when their deploy needs them (it
+  expired, was rejected, was stopped, its approvals went stale, or an
+  approval waits on their checklist), succeeds or fails.
+
+What is due is decided by the injectable clock, so tests move time instead of
+sleeping; ``run`` only decides how often to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from bot.config import USER_ID, Config
+from bot.directory import Directory
+from bot.messages import DeployMessages
+from bot.render import duration_text, mention, when
+from bot.tasks import BackgroundTasks
+from bot.workflow import DeployWorkflow
+from store import Deploy, StateConflict, Store
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 30.0  # seconds between two looks for expired and overdue requests
+
+
+class Nudges:
+    def __init__(self, config: Config, store: Store, workflow: DeployWorkflow, messages: DeployMessages,
+                 directory: Directory, tasks: BackgroundTasks, clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.store = store
+        self.workflow = workflow
+        self.messages = messages
+        self.directory = directory
+        self.tasks = tasks
+        self.clock = clock
+        self._loop: asyncio.Task | None = None
+        workflow.on_expired = self._expired
+        workflow.on_checklist_blocked = self._checklist_blocked
+        messages.listeners.append(self._deploy_changed)
+
+    # -- the periodic look --------------------------------------------------------
+
+    def start(self, interval: float = SWEEP_INTERVAL) -> None:
+        # its own task, not a background one: it never ends, and tests wait for background work to end
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._run(interval), name="nudges")
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+
+    async def _run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 — one bad sweep must not end the ones after it
+                log.exception("sweeping waiting requests failed; trying again in %.0f s", interval)
+            await asyncio.sleep(interval)  # how often to look; what is due is the clock's to say
+
+    async def sweep(self) -> None:
+        """Expire the requests whose time is up and remind the approvers of
+        those that are due a reminder."""
+        now = self.clock()
+        for deploy in self.store.deploys_in(("awaiting_approval",)):
+            if self.workflow.is_expired(deploy):
+                self.workflow.expire(deploy)
+            elif self._reminder_due(deploy, now):
+                await self.remind(deploy)
+
+    def _reminder_due(self, deploy: Deploy, now: datetime) -> bool:
+        approvals = self.config.environment(deploy.environment).approvals
+        if approvals is None or approvals.remind_every is None or deploy.message_ts is None:
+            return False
+        last = datetime.fromisoformat(deploy.reminded_at or deploy.requested_at)
+        return now >= last + timedelta(seconds=approvals.remind_every)
+
+    async def remind(self, deploy: Deploy) -> None:
+        """One line in the request's thread naming who can still approve it."""
+        approvals = self.config.environment(deploy.environment).approvals
+        assert approvals is not None
+        fresh = self.workflow.fresh_approvals(deploy)
+        waiting_on = [entry for entry in approvals.approvers if entry not in fresh and entry != deploy.requested_by]
+        whom = ", ".join([await self.directory.mention(entry) for entry in waiting_on])
+        missing = max(approvals.required - len(fresh), 0)
+        deploy = self.store.mark_reminded(deploy.id, waiting_on)  # first: a failed post is not retried every sweep
+        if missing:
+            need = f"needs {missing} more approval{'s' if missing != 1 else ''} from {whom or 'its approvers'}"
+        else:
+            need = "has its approvals but waits on its checklist"
+        unticked = f" Unticked: {len(deploy.unticked)} checklist item(s)." if deploy.unticked else ""
+        await self.messages.thread(
+            deploy, f":bell: Reminder: #{deploy.id} ({deploy.service} {deploy.display_version} to "
+                    f"{deploy.environment}) {need}.{unticked} It expires {when(deploy.expires_at)}.")
+
+    # -- reacting to changes --------------------------------------------------------
+
+    def _expired(self, deploy: Deploy) -> None:
+        self.messages.refresh(deploy.id)  # the message says Expired; the listener sends the DM
+        self.tasks.spawn(self.messages.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
+                                                      f"Request it again if it is still wanted."),
+                         name=f"expired-{deploy.id}")
+
+    def _checklist_blocked(self, deploy: Deploy, approver: str) -> None:
+        if not _person(deploy.requested_by):
+            return
+        items = "\n".join(f"• {label}" for label in deploy.unticked)
+        self.tasks.spawn(self.messages.direct(
+            deploy.requested_by,
+            f":ballot_box_with_check: {mention(approver)} wants to give the final approval of your deploy "
+            f"{_name(deploy)}, but its checklist is not done. Tick these in {_link(deploy)}:\n{items}"),
+            name=f"dm-checklist-{deploy.id}")
+
+    async def reopen_if_stale(self, deploy: Deploy) -> Deploy | None:
+        """Just before an approved deploy starts: if its approvals are no longer
+        fresh enough to count (e.g. it waited out a restart), it goes back to
+        awaiting approval instead of starting. Returns the reopened deploy, or
+        None when it may start."""
+        required = self.workflow.required_approvals(deploy)
+        fresh = self.workflow.fresh_approvals(deploy)
+        if deploy.rollback_of is not None or not required or len(fresh) >= required:
+            return None
+        valid_for = self.config.environment(deploy.environment).approvals.approval_valid_for  # type: ignore[union-attr]
+        reason = (f"its approvals were given more than {duration_text(valid_for)} before it could start; "
+                  f"{required - len(fresh)} more needed")
+        try:
+            reopened = self.store.transition(deploy.id, allowed_from=("approved",), to="awaiting_approval",
+                                             actor=None, action="approvals_stale", reason=reason)
+        except StateConflict:
+            return None
+        self.messages.refresh(deploy.id)
+        await self.messages.thread(reopened, f":hourglass: Not started: {reason}. Approve it again to deploy.")
+        if _person(deploy.requested_by):
+            await self.messages.direct(deploy.requested_by, f":hourglass: Your deploy {_name(deploy)} did not start: "
+                                                            f"{reason}. See {_link(deploy)}.")
+        return reopened
+
+    def _deploy_changed(self, deploy_id: int) -> None:
+        deploy = self.store.get_deploy(deploy_id)
+        text = self._news(deploy)
+        if text is None or not _person(deploy.requested_by):
+            return
+        if self.store.claim_notification(deploy.id, deploy.status):
+            self.tasks.spawn(self.messages.direct(deploy.requested_by, text), name=f"dm-{deploy.id}-{deploy.status}")
+
+    def _news(self, deploy: Deploy) -> str | None:
+        """What the requester is told of ``deploy``'s state, or None."""
+        name, link = _name(deploy), _link(deploy)
+        reason = f": {deploy.status_reason}" if deploy.status_reason else ""
+        if deploy.status == "succeeded":
+            return f":large_green_circle: Your deploy {name} succeeded. {link}"
+        if deploy.status == "failed":
+            return f":red_circle: Your deploy {name} failed{reason}. The thread has what the engine said: {link}"
+        if deploy.status == "rejected":
+            return f":no_entry: Your deploy {name} was rejected{reason}. {link}"
+        if deploy.status == "expired":
+            again = f"`/deploy {deploy.service} {deploy.display_version} {deploy.environment}`"
+            return f":hourglass: Your deploy {name} expired{reason}. If it is still wanted, request it again: {again}"
+        if deploy.status == "rolled_back":
+            return f":rewind: Your deploy {name} was rolled back{reason}. {link}"
+        if deploy.status == "cancelled" and not self._cancelled_by_requester(deploy):
+            return f":heavy_multiplication_x: Your deploy {name} was cancelled{reason}. {link}"
+        return None
+
+    def _cancelled_by_requester(self, deploy: Deploy) -> bool:
+        ends = [e for e in self.store.audit_events(deploy.id) if e.action == "cancelled"]
+        return bool(ends) and ends[-1].actor == deploy.requested_by
+
+
+def _person(user: str | None) -> bool:
+    """A real Slack user (not "slipway", which starts automatic rollbacks)."""
+    return bool(user and USER_ID.match(user))
+
+
+def _name(deploy: Deploy) -> str:
+    return f"#{deploy.id} ({deploy.service} {deploy.display_version} to {deploy.environment})"
+
+
+def _link(deploy: Deploy) -> str:
+    return f"<{deploy.permalink}|Open the deploy message>" if deploy.permalink else "See the deploy channel."

@@ -1,0 +1,85 @@
+"""What the sandbox demonstrates: its people, its config and the history it
+starts from."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from bot.config import Config, parse_config
+from bot.fake_slack import usergroup_id
+from bot.sandbox.demo_deploy import record_version
+from store import Store
+
+SERVICE = "demo"
+CHANNEL_NAME = "deployments"
+USERGROUPS = {"sre": ["U0ERIN"]}
+# What runs everywhere before the first click, so that the first production
+# deploy has something to roll back to.
+STARTING_VERSION = "0.9.0"
+DEPLOY_SCRIPT = Path(__file__).with_name("demo_deploy.py")
+
+
+@dataclass(frozen=True)
+class Person:
+    id: str
+    name: str
+    role: str
+
+
+PEOPLE = (
+    Person("U0DANA", "Dana", "developer"),
+    Person("U0ALICE", "Alice", "approver"),
+    Person("U0BOB", "Bob", "approver"),
+    Person("U0ERIN", "Erin", "SRE, on call"),
+)
+PEOPLE_BY_ID = {person.id: person for person in PEOPLE}
+
+
+def config_text(sandbox_url: str, state_dir: Path) -> str:
+    """The demo config, with the sandbox's own paths and URL filled in."""
+    template = resources.files("bot.sandbox").joinpath("demo.yml").read_text(encoding="utf-8")
+    # JSON strings are YAML strings: a path with spaces or quotes stays one value
+    return Template(template).substitute(
+        python=json.dumps(sys.executable), deploy_script=json.dumps(str(DEPLOY_SCRIPT)),
+        state_dir=json.dumps(str(state_dir)), health_url=json.dumps(f"{sandbox_url}/demo/health/{{environment}}"))
+
+
+def load(sandbox_url: str, state_dir: Path) -> Config:
+    """The demo config, validated as ``slipway check-config`` would.
+
+    Raises:
+        ConfigError: the shipped template is broken (a bug in Slipway).
+    """
+    return parse_config(config_text(sandbox_url, state_dir), "<sandbox demo config>")
+
+
+def directory(config: Config) -> dict[str, Any]:
+    """How the page shows ids: people by name, channels and usergroups by handle."""
+    return {
+        "people": [asdict(person) for person in PEOPLE],
+        "channels": {config.channel: CHANNEL_NAME},
+        "usergroups": {usergroup_id(handle): handle for handle in USERGROUPS},
+    }
+
+
+def seed_history(store: Store, config: Config, state_dir: Path) -> None:
+    """On a new database, record that :data:`STARTING_VERSION` went out to
+    every environment before the sandbox started (through the store's own
+    transitions, as ``slipway`` would have recorded them), and have the demo
+    service run it."""
+    if store.history(SERVICE, limit=1):
+        return
+    for environment in config.environments_of(SERVICE):
+        deploy = store.create_deploy(service=SERVICE, environment=environment, version=STARTING_VERSION,
+                                     version_prefixed=False, requested_by=PEOPLE[0].id, previous_version=None,
+                                     checklist=[], needs_approval=False, source="sandbox:history")
+        for state in ("deploying", "verifying", "succeeded"):
+            deploy = store.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None, action=state,
+                                      source="sandbox:history")
+        record_version(state_dir, environment, STARTING_VERSION, str(deploy.id))

@@ -1,0 +1,92 @@
+"""``GET /healthz``: the database and Slack, each named in the answer; 503
+when either is not ok, and Slack's answer cached so probes do not spend
+its rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.conftest import Harness
+
+
+class Ticker:
+    """The health check's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ticker(harness: Harness) -> Ticker:
+    ticker = Ticker()
+    harness.slipway.health.monotonic = ticker
+    return ticker
+
+
+async def probe(harness: Harness) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(harness.url + "/healthz") as response:
+            return response.status, await response.json()
+
+
+def auth_tests(harness: Harness) -> int:
+    return len([c for c in harness.fake.calls if c.method == "auth.test"])
+
+
+async def test_healthy_when_the_database_and_slack_answer(harness: Harness, ticker: Ticker) -> None:
+    assert await probe(harness) == (200, {"status": "ok", "database": "ok", "slack": "ok"})
+    assert auth_tests(harness) == 1
+
+
+async def test_slack_is_asked_once_per_ttl_however_often_probed(harness: Harness, ticker: Ticker) -> None:
+    await probe(harness)
+    ticker.now += harness.slipway.health.ttl - 1
+    await probe(harness)
+    assert auth_tests(harness) == 1  # still fresh: from the cache
+
+    ticker.now += 2
+    answers = await asyncio.gather(*(probe(harness) for _ in range(5)))
+    assert all(answer == (200, {"status": "ok", "database": "ok", "slack": "ok"}) for answer in answers)
+    assert auth_tests(harness) == 2  # probes arriving together share one call
+
+
+async def test_a_refused_token_is_unhealthy_and_named(harness: Harness, ticker: Ticker) -> None:
+    await probe(harness)
+    harness.fake.token = "xoxb-another-token"  # the bot's token was revoked or rotated
+    assert (await probe(harness))[0] == 200  # cached for the ttl
+    ticker.now += harness.slipway.health.ttl
+    assert await probe(harness) == (503, {"status": "unhealthy", "database": "ok", "slack": "error: invalid_auth"})
+
+
+async def test_slack_unreachable_is_unhealthy_and_says_why(harness: Harness, ticker: Ticker) -> None:
+    await harness.fake.stop()
+    status, body = await probe(harness)
+    assert status == 503 and body["status"] == "unhealthy" and body["database"] == "ok"
+    assert body["slack"].startswith("error: ClientConnectorError") and "connect" in body["slack"].lower()
+
+
+async def test_a_rate_limited_probe_reports_it_without_waiting_it_out(harness: Harness, ticker: Ticker) -> None:
+    harness.fake.rate_limit_every = 1
+    harness.fake.retry_after = 3600  # the app's client would wait this long; the probe does not
+    status, body = await probe(harness)
+    assert status == 503 and body["slack"] == "error: rate limited by Slack (ratelimited)"
+
+
+async def test_an_unreadable_database_is_unhealthy_and_named(harness: Harness, ticker: Ticker) -> None:
+    harness.store.close()
+    status, body = await probe(harness)
+    assert status == 503 and body["status"] == "unhealthy" and body["slack"] == "ok"
+    assert body["database"] == "error: ProgrammingError: Cannot operate on a closed database."
+
+
+async def test_a_database_without_slipways_schema_is_unhealthy(harness: Harness, ticker: Ticker) -> None:
+    harness.store.db.execute("DELETE FROM schema_migrations")
+    harness.store.db.conn.commit()
+    status, body = await probe(harness)
+    assert status == 503 and body["database"] == "error: the database has no schema"
