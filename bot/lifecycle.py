@@ -302,3 +302,6 @@ class DeployRunner:
         except StateConflict:
             return  # a failed deploy stays failed; the rollback record points at it
         self.messages.refresh(undone.id)
+        # the rollback's own message may have been drawn while the undone deploy
+        # still counted as a success, offering to "roll back" to the version just left
+        self.messages.refresh(rollback.id)

@@ -21,13 +21,14 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from bot.config import USER_ID, Config
+from bot.config import DEFAULT_REMIND_EVERY, USER_ID, Config
 from bot.directory import Directory
 from bot.messages import DeployMessages
-from bot.render import duration_text, mention, when
+from bot.policy import role_holders
+from bot.render import duration_text, expired_locks_text, mention, when
 from bot.tasks import BackgroundTasks
 from bot.workflow import DeployWorkflow
-from store import Deploy, StateConflict, Store
+from store import Deploy, Lock, StateConflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Nudges:
         self._loop: asyncio.Task | None = None
         workflow.on_expired = self._expired
         workflow.on_checklist_blocked = self._checklist_blocked
+        # an expired lock releases itself when Slipway next reads the locks (or sweeps), and says so once
+        workflow.on_locks_expired = self._locks_expired
         messages.listeners.append(self._deploy_changed)
 
     # -- the periodic look --------------------------------------------------------
@@ -74,6 +77,7 @@ class Nudges:
         """Expire the requests whose time is up and remind the approvers of
         those that are due a reminder."""
         now = self.clock()
+        self.workflow.expire_locks()
         for deploy in self.store.deploys_in(("awaiting_approval",)):
             if self.workflow.is_expired(deploy):
                 self.workflow.expire(deploy)
@@ -82,19 +86,23 @@ class Nudges:
 
     def _reminder_due(self, deploy: Deploy, now: datetime) -> bool:
         approvals = self.config.environment(deploy.environment).approvals
-        if approvals is None or approvals.remind_every is None or deploy.message_ts is None:
+        interval = approvals.remind_every if approvals is not None else DEFAULT_REMIND_EVERY
+        if interval is None or deploy.message_ts is None or not self.workflow.required_approvals(deploy):
             return False
         last = datetime.fromisoformat(deploy.reminded_at or deploy.requested_at)
-        return now >= last + timedelta(seconds=approvals.remind_every)
+        return now >= last + timedelta(seconds=interval)
 
     async def remind(self, deploy: Deploy) -> None:
-        """One line in the request's thread naming who can still approve it."""
-        approvals = self.config.environment(deploy.environment).approvals
-        assert approvals is not None
+        """One line in the request's thread naming who can still approve it:
+        the ``approve`` role, and the ``override`` role on a request that
+        overrides a freeze, less whoever has already approved."""
+        environment = self.config.environment(deploy.environment)
+        roles = (["approve"] if environment.approvals else []) + (["override"] if deploy.override_reason else [])
+        entries = [entry for role in roles for entry in (role_holders(environment, role).entries or ())]
         fresh = self.workflow.fresh_approvals(deploy)
-        waiting_on = [entry for entry in approvals.approvers if entry not in fresh and entry != deploy.requested_by]
+        waiting_on = [entry for entry in dict.fromkeys(entries) if entry not in fresh and entry != deploy.requested_by]
         whom = ", ".join([await self.directory.mention(entry) for entry in waiting_on])
-        missing = max(approvals.required - len(fresh), 0)
+        missing = max(self.workflow.required_approvals(deploy) - len(fresh), 0)
         deploy = self.store.mark_reminded(deploy.id, waiting_on)  # first: a failed post is not retried every sweep
         if missing:
             need = f"needs {missing} more approval{'s' if missing != 1 else ''} from {whom or 'its approvers'}"
@@ -112,6 +120,9 @@ class Nudges:
         self.tasks.spawn(self.messages.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
                                                       f"Request it again if it is still wanted."),
                          name=f"expired-{deploy.id}")
+
+    def _locks_expired(self, locks: list[Lock]) -> None:
+        self.tasks.spawn(self.messages.post(expired_locks_text(locks)), name="announce-expired-locks")
 
     def _checklist_blocked(self, deploy: Deploy, approver: str) -> None:
         if not _person(deploy.requested_by):
@@ -132,7 +143,7 @@ class Nudges:
         fresh = self.workflow.fresh_approvals(deploy)
         if deploy.rollback_of is not None or not required or len(fresh) >= required:
             return None
-        valid_for = self.config.environment(deploy.environment).approvals.approval_valid_for  # type: ignore[union-attr]
+        valid_for = self.workflow.approval_valid_for(deploy)
         reason = (f"its approvals were given more than {duration_text(valid_for)} before it could start; "
                   f"{required - len(fresh)} more needed")
         try:

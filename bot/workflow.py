@@ -133,11 +133,14 @@ class DeployWorkflow:
     def expire_after(environment: Environment) -> float:
         return environment.approvals.expire_after if environment.approvals else DEFAULT_EXPIRE_AFTER
 
+    def approval_valid_for(self, deploy: Deploy) -> float:
+        """How long (seconds) an approval of ``deploy`` counts."""
+        approvals = self._environment(deploy).approvals
+        return approvals.approval_valid_for if approvals else DEFAULT_APPROVAL_VALID_FOR
+
     def approvals_valid_since(self, deploy: Deploy) -> str:
         """Approvals of ``deploy`` given before this moment are stale (ISO time)."""
-        approvals = self._environment(deploy).approvals
-        valid_for = approvals.approval_valid_for if approvals else DEFAULT_APPROVAL_VALID_FOR
-        return (self.clock() - timedelta(seconds=valid_for)).isoformat()
+        return (self.clock() - timedelta(seconds=self.approval_valid_for(deploy))).isoformat()
 
     def fresh_approvals(self, deploy: Deploy) -> list[str]:
         """Who approved ``deploy`` recently enough for it to count."""

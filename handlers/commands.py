@@ -30,7 +30,6 @@ from bot.commands import (
 from bot.errors import SlipwayError
 from bot.policy import resolve_environment, resolve_service
 from bot.render import (
-    expired_locks_text,
     history_text,
     lock_list_text,
     locks_text,
@@ -52,12 +51,6 @@ COMMAND = "/deploy"
 
 def register(app: AsyncApp, slipway: "Slipway") -> None:
     workflow = slipway.workflow
-
-    def locks_expired(locks: list) -> None:
-        slipway.tasks.spawn(slipway.messages.post(expired_locks_text(locks)), name="announce-expired-locks")
-
-    # an expired lock releases itself when Slipway next reads the locks, and says so in the channel once
-    workflow.on_locks_expired = locks_expired
 
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         try:

@@ -264,6 +264,18 @@ async def test_without_an_approvals_block_the_override_needs_exactly_that_one_ap
     assert harness.deploy(deploy.id).status == "succeeded"
 
 
+async def test_the_override_role_is_reminded_of_an_override_waiting_for_it(harness: Harness, clock) -> None:
+    clock.now = at("2026-12-24T10:00:00")
+    await harness.command('api 2.7.0 staging --override "cert expires"', user="U0DAVE")
+    deploy = harness.latest_deploy()
+    clock.advance(hours=2)  # staging has no approvals block: the default reminder interval
+    await harness.slipway.nudges.sweep()
+    await harness.settle()
+    [reminder] = [c.args["text"] for c in harness.fake.calls_to("chat.postMessage")
+                  if c.args.get("thread_ts") == deploy.message_ts and "Reminder" in c.args["text"]]
+    assert "needs 1 more approval from <@U0CAROL>, <@U0ERIN>" in reminder
+
+
 async def test_an_override_nobody_can_approve_is_refused_up_front(harness: Harness, clock) -> None:
     clock.now = at("2026-12-24T10:00:00")
     refused = said(await harness.command('api 2.7.0 dev --override "cert expires"'))

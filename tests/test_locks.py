@@ -55,6 +55,17 @@ async def test_a_lock_with_a_duration_expires_by_the_clock_and_says_so_once(harn
     assert len(events) == 1 and events[0].detail["reason"] == "db maintenance"
 
 
+async def test_an_expired_lock_is_released_by_the_periodic_sweep_without_anyone_asking(harness: Harness,
+                                                                                       clock) -> None:
+    await harness.command('lock api production 30m "db maintenance"', user="U0ERIN")
+    clock.advance(minutes=30)
+    await harness.slipway.nudges.sweep()
+    await harness.settle()
+    assert harness.store.all_locks() == []
+    [expired] = [t for t in channel_posts(harness) if "expired" in t]
+    assert expired.startswith(":unlock: The lock on api production by <@U0ERIN>")
+
+
 async def test_an_expired_lock_is_noticed_by_a_click_too(harness: Harness, clock) -> None:
     harness.mark_succeeded("api", "staging", "2.7.0")
     await harness.command("api 2.7.0 production")

@@ -101,6 +101,8 @@ async def test_an_approver_rolls_back_and_it_is_recorded_verified_and_announced(
     assert "Rolled back" in json.dumps(harness.message_of(current).blocks)
     assert [e.action for e in harness.store.audit_events(current.id)][-1] == "rolled_back"
     assert first.id < current.id < rollback.id
+    # the rollback's own message never offers to go back to the version it left
+    assert "deploy_rollback" not in json.dumps(harness.message_of(rollback).blocks)
 
 
 async def test_the_person_who_deployed_may_roll_back_but_others_may_not(harness: Harness) -> None:
