@@ -78,9 +78,7 @@ class Slipway:
             SlipwayError: refused (who, what, or a deploy in the way).
         """
         rollback, undone, superseded = await self.rollbacks.start(deploy_id, target, user, source)
-        if superseded is not None:
-            self.messages.refresh(superseded.id)
-            await self.messages.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
+        await self._superseded(superseded)
         rollback = await self.messages.announce(rollback)
         self.runner.start(rollback.id)  # before the thread note: speed matters more than the note
         plan = rollback_plan_text(undone, rollback.version)
@@ -88,6 +86,12 @@ class Slipway:
                                            f"<{rollback.permalink or ''}|Follow it here>.")
         self.messages.refresh(undone.id)
         return rollback
+
+    async def _superseded(self, request: Deploy | None) -> None:
+        """A request waiting on the environment a rollback took: its message and thread say it was cancelled."""
+        if request is not None:
+            self.messages.refresh(request.id)
+            await self.messages.thread(request, f":heavy_multiplication_x: Cancelled: {request.status_reason}.")
 
     async def auto_rollback(self, deploy_id: int) -> None:
         """Roll back a deploy a page-level alert was tied to, where the
@@ -99,13 +103,14 @@ class Slipway:
         deploy = self.store.get_deploy(deploy_id)
         try:
             plan = self.rollbacks.plan(deploy_id)
-            rollback, undone, _ = await self.rollbacks.start(
+            rollback, undone, superseded = await self.rollbacks.start(
                 deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
         except SlipwayError as refusal:
             await self.messages.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
                                                f"#{deploy_id}, but it cannot run: {refusal.message}")
             return
-        # as for a clicked rollback: announce, start the engine, then tell the thread
+        # as for a clicked rollback: the request it supersedes says so, announce, start the engine, tell the thread
+        await self._superseded(superseded)
         rollback = await self.messages.announce(rollback)
         self.runner.start(rollback.id)
         await self.messages.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 
-from bot.config import Config, DeployExecutor
+from bot.config import Backup, Config, DeployExecutor
 from bot.errors import SlipwayError
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
 from bot.executors.process import run_process
@@ -158,6 +158,11 @@ class DeployRunner:
         job = self._job(deploy, fresh=not resume)
         if not resume and not await self._back_up(deploy, spec, job):
             return
+        if resume and self._backup_for(deploy) is not None and not deploy.reference.get("backup", {}).get("succeeded"):
+            # the restart came mid-backup: an engine that would start afresh on resume must not run without one
+            await self._finish(deploy, "failed", "interrupted by a restart before its backup finished; "
+                                                 "the engine was not run")
+            return
         # The engine starts now; the thread is told alongside, not before (a
         # rollback should not wait on a Slack round trip), and the note is
         # posted before the engine's log so the thread reads in order.
@@ -181,13 +186,20 @@ class DeployRunner:
         self.messages.refresh(deploy_id)
         await self._verify(deploy, job)
 
+    def _backup_for(self, deploy: Deploy) -> Backup | None:
+        """The backup ``deploy`` needs before its engine, if any."""
+        backup = self.config.services[deploy.service].migrations.backup
+        if not deploy.migration or backup is None or (
+                backup.environments is not None and deploy.environment not in backup.environments):
+            return None
+        return backup
+
     async def _back_up(self, deploy: Deploy, spec: DeployExecutor, job: Job) -> bool:
         """Run the service's backup command before the engine, for a deploy
         that carries a migration; False (the deploy has failed) if it did not
         succeed, so the engine is never reached without a backup."""
-        backup = self.config.services[deploy.service].migrations.backup
-        if not deploy.migration or backup is None or (
-                backup.environments is not None and deploy.environment not in backup.environments):
+        backup = self._backup_for(deploy)
+        if backup is None:
             return True
         await self.messages.thread(deploy, f":card_file_box: Taking a backup before the migration: "
                                            f"`{shlex.join(backup.command)}`")

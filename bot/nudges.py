@@ -28,7 +28,7 @@ from bot.policy import role_holders
 from bot.render import duration_text, expired_locks_text, mention, when
 from bot.tasks import BackgroundTasks
 from bot.workflow import DeployWorkflow
-from store import Deploy, Lock, StateConflict, Store
+from store import Deploy, Lock, StateConflict, Store, stamp
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,11 @@ class Nudges:
     def _checklist_blocked(self, deploy: Deploy, approver: str) -> None:
         if not _person(deploy.requested_by):
             return
+        # once per state of the checklist: a double click, or a second approver
+        # meeting the same unticked items, does not message the requester again
+        unticked = ",".join(str(item.position) for item in deploy.checklist if not item.ticked)
+        if not self.store.claim_notification(deploy.id, f"checklist:{unticked}"):
+            return
         items = "\n".join(f"• {label}" for label in deploy.unticked)
         self.tasks.spawn(self.messages.direct(
             deploy.requested_by,
@@ -146,9 +151,16 @@ class Nudges:
         valid_for = self.workflow.approval_valid_for(deploy)
         reason = (f"its approvals were given more than {duration_text(valid_for)} before it could start; "
                   f"{required - len(fresh)} more needed")
+        # waiting again, it gets a lifetime of its own: the one it was requested
+        # with may have run out while it waited to start
+        lifetime = self.workflow.expire_after(self.config.environment(deploy.environment))
+        expires_at = stamp(self.clock() + timedelta(seconds=lifetime))
         try:
-            reopened = self.store.transition(deploy.id, allowed_from=("approved",), to="awaiting_approval",
-                                             actor=None, action="approvals_stale", reason=reason)
+            with self.store.transaction():
+                self.store.transition(deploy.id, allowed_from=("approved",), to="awaiting_approval",
+                                      actor=None, action="approvals_stale", reason=reason,
+                                      detail={"expires_at": expires_at})
+                reopened = self.store.set_expiry(deploy.id, expires_at)
         except StateConflict:
             return None
         self.messages.refresh(deploy.id)

@@ -102,7 +102,8 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     ]
     if deploy.override_reason:
         blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": _clip(override_text(deploy), MAX_SECTION_TEXT)}})
+                                                   "text": _clip(override_text(deploy, stale_approvals),
+                                                                 MAX_SECTION_TEXT)}})
     if deploy.checklist:
         blocks.append({"type": "divider"})
         blocks.extend(_checklist_block(deploy, item, open_for_votes) for item in deploy.checklist)
@@ -375,10 +376,16 @@ def lock_list_text(locks: list[Any], blocks: list[Any]) -> str:
     return _clip("\n".join(lines), MAX_SECTION_TEXT)
 
 
-def unblocked_text(blocks: list[Any], user: str) -> str:
+def unblocked_text(blocks: list[Any], user: str, still_locked: list[Any] = ()) -> str:
+    """``still_locked``: locks that keep stopping deploys where the version was
+    unblocked (e.g. the rollback's own), so nobody takes the block for the lot."""
     where = ", ".join(b.environment for b in blocks)
-    return (f":white_check_mark: {mention(user)} unblocked {blocks[0].service} {blocks[0].version} on {where}: "
+    text = (f":white_check_mark: {mention(user)} unblocked {blocks[0].service} {blocks[0].version} on {where}: "
             "it may be deployed there again.")
+    if still_locked:
+        text += ("\nDeploys there still wait on a lock (`/deploy unlock` once it is safe):\n"
+                 + locks_text(list(still_locked)))
+    return text
 
 
 def expired_locks_text(locks: list[Any]) -> str:
@@ -391,13 +398,15 @@ def expired_locks_text(locks: list[Any]) -> str:
     return _clip("\n".join(lines), MAX_SECTION_TEXT)
 
 
-def override_text(deploy: Deploy) -> str:
-    """The freeze a request overrides, why, and its extra approval."""
+def override_text(deploy: Deploy, stale_approvals: tuple[str, ...] = ()) -> str:
+    """The freeze a request overrides, why, and its extra approval (an
+    approval given too long ago, ``stale_approvals``, gives it no more)."""
     freezes = "; ".join(f"{f['reason']} ({f['schedule']}), this one until {when(f['until'])}"
                         for f in deploy.overridden_freezes)
+    counted = [a for a in deploy.approvals if a.user_id not in stale_approvals]
     # whose approval fills the override slot: someone who holds only that role, else one who holds both
-    giver = next((a.user_id for a in deploy.approvals if a.counts_as == "override"),
-                 next((a.user_id for a in deploy.approvals if a.counts_as == "both"), None))
+    giver = next((a.user_id for a in counted if a.counts_as == "override"),
+                 next((a.user_id for a in counted if a.counts_as == "both"), None))
     if giver is not None:
         state = f"\n*Override approval:* given by {mention(giver)}"
     elif deploy.status == "awaiting_approval":

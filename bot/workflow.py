@@ -42,6 +42,7 @@ from store import (
     StateConflict,
     Store,
     approval_slots,
+    stamp,
 )
 
 
@@ -90,8 +91,9 @@ class DeployWorkflow:
         checklist = list(plan.environment.checklist) if plan.environment.approvals else []
         if migration and plan.environment.approvals:
             checklist += [item for item in plan.environment.migration_checklist if item not in checklist]
-        try:
-            deploy = self.store.create_deploy(
+
+        def record() -> Deploy:
+            return self.store.create_deploy(
                 service=plan.service,
                 environment=plan.environment.name,
                 version=plan.version.normalised,
@@ -102,11 +104,20 @@ class DeployWorkflow:
                 needs_approval=plan.environment.approvals is not None or bool(plan.overridden),
                 trigger_id=trigger_id,
                 source=source,
-                expires_at=(now + timedelta(seconds=self.expire_after(plan.environment))).isoformat(),
+                expires_at=stamp(now + timedelta(seconds=self.expire_after(plan.environment))),
                 migration=migration,
                 override_reason=override if plan.overridden else None,
                 override_freeze=[window.record() for window in plan.overridden],
             )
+
+        try:
+            try:
+                deploy = record()
+            except DeployInFlight as conflict:
+                # a request whose time ran out before the sweeper looked no longer stands in the way
+                if not (self.is_expired(conflict.existing) and self.expire(conflict.existing)):
+                    raise
+                deploy = record()
         except DuplicateRequest as duplicate:
             return duplicate.existing, False
         except DeployInFlight as conflict:  # lost a race with another request
@@ -140,7 +151,7 @@ class DeployWorkflow:
 
     def approvals_valid_since(self, deploy: Deploy) -> str:
         """Approvals of ``deploy`` given before this moment are stale (ISO time)."""
-        return (self.clock() - timedelta(seconds=self.approval_valid_for(deploy))).isoformat()
+        return stamp(self.clock() - timedelta(seconds=self.approval_valid_for(deploy)))
 
     def fresh_approvals(self, deploy: Deploy) -> list[str]:
         """Who approved ``deploy`` recently enough for it to count."""
@@ -150,7 +161,7 @@ class DeployWorkflow:
     def is_expired(self, deploy: Deploy) -> bool:
         """A request awaiting approval past its expiry (the sweeper may not have seen it yet)."""
         return (deploy.status == "awaiting_approval" and deploy.expires_at is not None
-                and deploy.expires_at <= self.clock().isoformat())
+                and deploy.expires_at <= stamp(self.clock()))
 
     def expire(self, deploy: Deploy) -> Deploy | None:
         """End a request nobody decided on in time; None if it was decided meanwhile."""
@@ -245,6 +256,8 @@ class DeployWorkflow:
                 f"Your approval of #{deploy.id} is already counted; {remaining} more needed."
             ) from None
         except ChecklistIncomplete as incomplete:
+            self.store.record_event(deploy.id, user, "refused", {"attempted": "approve",
+                                                                 "unticked": incomplete.unticked}, source)
             if self.on_checklist_blocked is not None:
                 self.on_checklist_blocked(deploy, user)
             items = "\n".join(f"• {label}" for label in incomplete.unticked)

@@ -74,8 +74,10 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         if isinstance(parsed, LocksCommand):
             return {"text": lock_list_text(*workflow.locks(parsed.service))}
         if isinstance(parsed, UnblockCommand):
-            return {"response_type": "in_channel", "text": unblocked_text(await workflow.unblock(user, parsed, source),
-                                                                           user)}
+            lifted = await workflow.unblock(user, parsed, source)
+            locked = {(lock.service, lock.environment): lock for block in lifted
+                      for lock in workflow.store.locks_for(block.service, block.environment)}
+            return {"response_type": "in_channel", "text": unblocked_text(lifted, user, list(locked.values()))}
         if isinstance(parsed, ShowCommand):
             return {"text": record_text(workflow.get(parsed.deploy_id))}
         if isinstance(parsed, HistoryCommand):

@@ -24,6 +24,12 @@ from store.schema import ACTIVE_STATES, FINISHED_STATES, migrate
 Clock = Callable[[], datetime]
 
 
+def stamp(moment: datetime) -> str:
+    """How the store writes a moment: UTC, milliseconds. Times compared as
+    strings in SQL (expiry, stale approvals) must all be written this way."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -266,7 +272,7 @@ class Store:
         self.db.close()
 
     def _now(self) -> str:
-        return self.clock().astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        return stamp(self.clock())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -573,6 +579,13 @@ class Store:
                     [now, now, deploy_id],
                 )
                 self._audit(deploy_id, user, "approved", {"from": "awaiting_approval", "to": "approved"}, source)
+        return self.get_deploy(deploy_id)
+
+    def set_expiry(self, deploy_id: int, expires_at: str) -> Deploy:
+        """When a request awaiting approval expires (callers audit why it changed)."""
+        with self.transaction():
+            self.db.execute("UPDATE deploys SET expires_at = ?, updated_at = ? WHERE id = ?",
+                            [expires_at, self._now(), deploy_id])
         return self.get_deploy(deploy_id)
 
     def mark_reminded(self, deploy_id: int, whom: list[str]) -> Deploy:

@@ -364,3 +364,19 @@ async def test_a_freeze_that_began_after_approval_stops_the_deploy_unless_it_was
 def test_approval_slots(kinds: list[str], required: int, override: bool, slots: int) -> None:
     assert approval_slots(kinds, required, override) == slots
 
+
+
+async def test_an_override_approval_given_too_long_ago_is_needed_again(harness: Harness, clock) -> None:
+    harness.mark_succeeded("api", "staging", "2.7.0")
+    clock.now = FRIDAY_AFTERNOON
+    await harness.command('api 2.7.0 production --override "fix for INC-42"', user="U0DAVE")
+    deploy = harness.latest_deploy()
+    await harness.click(harness.message_of(deploy), "U0PAGER", ACTION_APPROVE)
+    assert "*Override approval:* given by <@U0PAGER>" in sections(harness, deploy.id)
+    clock.advance(hours=9)  # approvals count for 8 h
+    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
+    assert harness.deploy(deploy.id).status == "awaiting_approval"
+    text = sections(harness, deploy.id)
+    assert "*Override approval:* still needed" in text and "given by" not in text
+    await harness.click(harness.message_of(deploy), "U0PAGER", ACTION_APPROVE)
+    assert harness.deploy(deploy.id).status == "succeeded"

@@ -150,3 +150,18 @@ def test_the_migration_checklist_is_configurable_per_environment(config_text: st
                                               "    migration_checklist: [Down migration rehearsed]"))
     assert config.environments[1].migration_checklist == ["Down migration rehearsed"]
     assert config.environments[0].migration_checklist == list(DEFAULT_MIGRATION_CHECKLIST)
+
+
+async def test_a_restart_during_the_backup_fails_the_deploy_without_running_the_engine(
+        harness: Harness, record: Path, backup_log: Path) -> None:
+    # Slipway stopped while the backup ran: the deploy is `deploying` and no backup result was recorded
+    deploy = harness.store.create_deploy(service="api", environment="production", version="2.7.0",
+                                         version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                         checklist=[], needs_approval=False, migration=True)
+    harness.store.transition(deploy.id, allowed_from=("approved",), to="deploying", actor=None,
+                             action="deploy_started")
+    await harness.restart()
+    await harness.settle()
+    failed = harness.deploy(deploy.id)
+    assert failed.status == "failed" and "before its backup finished" in failed.status_reason
+    assert engine_calls(record) == [] and backups(backup_log) == []

@@ -87,7 +87,9 @@ async def test_a_rolled_back_version_stays_off_until_unblocked_and_unlocked(harn
     assert harness.store.all_blocks() != []
     assert "api 2.6.0 is not blocked" in said(await harness.command("unblock api 2.6.0", user="U0ERIN"))
     lifted = said(await harness.command("unblock api v2.7.0 production", user="U0SRE1"))
-    assert lifted == ":white_check_mark: <@U0SRE1> unblocked api 2.7.0 on production: it may be deployed there again."
+    assert lifted.startswith(":white_check_mark: <@U0SRE1> unblocked api 2.7.0 on production: it may be deployed "
+                             "there again.\nDeploys there still wait on a lock (`/deploy unlock` once it is safe):\n"
+                             "• api on production: locked by <@U0BOB>")
     assert harness.store.all_blocks() == []
     assert [e.actor for e in harness.store.audit_events() if e.action == "version_unblocked"] == ["U0SRE1"]
 

@@ -6,6 +6,7 @@ injectable clock's; nothing here sleeps."""
 from __future__ import annotations
 
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from bot.config import parse_config
 from bot.errors import ConfigError
 from bot.fake_slack import dm_channel
 from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT
-from store import Deploy
+from store import Deploy, stamp
 from tests.conftest import ENGINE, PYTHON, Clock, Harness, engine_calls
 
 
@@ -259,3 +260,50 @@ async def test_automatic_actions_send_no_direct_message_to_a_non_person(harness:
     await harness.settle()
     assert harness.deploy(deploy.id).status == "succeeded"
     assert not harness.fake.calls_to("conversations.open")
+
+
+async def test_the_requester_is_asked_about_the_checklist_once_however_often_approvers_click(
+        harness: Harness) -> None:
+    deploy = await request_production(harness)
+    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
+    for approver in ("U0BOB", "U0BOB", "U0CAROL"):  # a double click, then another approver
+        await harness.click(harness.message_of(deploy), approver, ACTION_APPROVE)
+    assert len(dms(harness, "U0DAVE")) == 1
+    refused = [e for e in harness.store.audit_events(deploy.id) if e.action == "refused"]
+    assert [(e.actor, e.detail) for e in refused] == [
+        (user, {"attempted": "approve", "unticked": ["Rollback plan documented"]})
+        for user in ("U0BOB", "U0BOB", "U0CAROL")]
+
+
+async def test_a_request_past_its_expiry_does_not_stand_in_the_way_before_the_sweep_sees_it(
+        harness: Harness, clock: Clock) -> None:
+    old = await request_production(harness)
+    clock.advance(hours=25)
+    assert "waiting for approval" in await harness.command("api 2.7.0 production", user="U0DAVE")
+    assert harness.deploy(old.id).status == "expired"
+    new = harness.latest_deploy()
+    assert new.id != old.id and new.status == "awaiting_approval"
+    assert len([dm for dm in dms(harness, "U0DAVE") if "expired" in dm]) == 1
+
+
+async def test_a_request_that_goes_back_for_approval_gets_a_lifetime_of_its_own(
+        harness: Harness, clock: Clock) -> None:
+    harness.mark_succeeded("api", "staging", "2.7.0")
+    store = harness.store
+    deploy = store.create_deploy(service="api", environment="production", version="2.7.0", version_prefixed=False,
+                                 requested_by="U0DAVE", previous_version=None, checklist=[], needs_approval=True,
+                                 expires_at=stamp(clock() + timedelta(hours=24)))
+    store.record_approval(deploy.id, "U0ALICE", required=2)
+    assert store.record_approval(deploy.id, "U0BOB", required=2).status == "approved"
+    clock.advance(hours=30)  # nobody could start it for longer than its request would have lived
+
+    await harness.restart()
+    await harness.settle()
+    assert harness.deploy(deploy.id).status == "awaiting_approval"
+    await sweep(harness)
+    reopened = harness.deploy(deploy.id)
+    assert reopened.status == "awaiting_approval"  # told to approve it again, it is not expired under them
+    assert reopened.expires_at == stamp(clock() + timedelta(hours=24))
+    clock.advance(hours=24)
+    await sweep(harness)
+    assert harness.deploy(deploy.id).status == "expired"
