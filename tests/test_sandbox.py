@@ -164,6 +164,23 @@ async def test_the_whole_flow_from_the_page(page: Page) -> None:
     await page.wait(BOB, deploy_message("Deploy demo 1.0.0 to production", "Rolled back"))
 
 
+async def test_slipways_direct_messages_reach_their_person_and_only_news(page: Page) -> None:
+    """Slipway tells a requester of her deploy's end by DM (a D… channel the
+    page does not otherwise draw); the page shows it to her alone. The
+    history the sandbox starts from is old news: it is never DMed."""
+    await page.type(DANA, "/deploy demo 1.0.0 staging")
+    await page.wait(DANA, deploy_message("Deploy demo 1.0.0 to staging", "Succeeded"))
+    told = await page.wait(DANA, lambda state: next(
+        (m for m in state["direct"] if "1.0.0 to staging) succeeded" in m["text"]), None))
+    assert told["seq"] > 0 and not told["replies"]
+    await page.sandbox.slipway.tasks.wait_idle()
+    state = await page.state(DANA)
+    assert state["direct_channel"] == "D0DANA"
+    assert [m["text"] for m in state["direct"] if demo.STARTING_VERSION in m["text"].split(" to ")[0]] == [], \
+        "the seeded deploys of 0.9.0 were not DMed about"
+    assert (await page.state(ALICE))["direct"] == [], "Dana's DMs are hers alone"
+
+
 async def test_a_bad_command_gets_slipways_own_refusal(page: Page) -> None:
     await page.type(DANA, "/deploy nosuch 1.0.0")
     unknown = await page.wait(DANA, reply_about("nosuch"))

@@ -277,3 +277,31 @@ def test_hostile_text_is_shown_as_text(sandbox: SandboxThread, browser: WebDrive
     assert browser.find_elements(By.CSS_SELECTOR, "#messages img, #messages script") == []
     assert browser.execute_script("return window.pwned === undefined")
     assert console_errors(browser) == []
+
+
+def test_direct_messages_and_status_read_as_in_slack(sandbox: SandboxThread, browser: WebDriver) -> None:
+    """Slipway's DMs (a channel of their own in Slack) are shown to their
+    person, marked as such; ``/deploy status`` times read as Slack's ``{ago}``."""
+    browser.get(sandbox.sandbox.url + "/")
+    wait_until(browser, lambda d: d.find_element(By.ID, "speaking-as").text == "You are Dana (developer)", "Dana")
+    type_command(browser, "/deploy demo 1.0.0 staging")
+    dm = wait_until(browser, lambda d: next((m for m in d.find_elements(By.CSS_SELECTOR, "article.message.direct")
+                                             if "1.0.0 to staging) succeeded" in m.text), None), "Dana's DM")
+    assert "Direct message to you" in dm.text and "Open the deploy message" in dm.text
+    dm.find_element(By.LINK_TEXT, "Open the deploy message").click()  # a permalink: to the message on this page
+    wait_until(browser, lambda d: "flash" in (message(d, "Deploy demo 1.0.0 to staging").get_attribute("class")),
+               "the deploy message the DM links to")
+    assert len(browser.window_handles) == 1, "no tab opened on a workspace that does not exist"
+
+    become(browser, "Alice")
+    assert not browser.find_elements(By.CSS_SELECTOR, "article.direct"), "Dana's DMs are hers alone"
+
+    browser.find_element(By.XPATH, "//button[@data-fill='/deploy status']").click()  # the page suggests it
+    browser.find_element(By.ID, "command").send_keys(Keys.ENTER)
+    status = wait_until(browser, lambda d: next((m for m in d.find_elements(By.CSS_SELECTOR, ".ephemeral")
+                                                 if "Deploy status" in m.text), None), "the status matrix")
+    assert "1.0.0 by @Dana" in status.text and "{ago}" not in status.text
+    assert " ago" in status.text or "just now" in status.text
+    assert browser.find_elements(By.XPATH, "//button[@data-fill='/deploy unlock demo production']"), \
+        "after a rollback, the page says how to lift the lock it leaves"
+    assert console_errors(browser) == []

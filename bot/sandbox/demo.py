@@ -82,4 +82,6 @@ def seed_history(store: Store, config: Config, state_dir: Path) -> None:
         for state in ("deploying", "verifying", "succeeded"):
             deploy = store.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None, action=state,
                                       source="sandbox:history")
+        # its requester was "told" then: without this, the next redraw of the deploy would DM her about it now
+        store.claim_notification(deploy.id, deploy.status)
         record_version(state_dir, environment, STARTING_VERSION, str(deploy.id))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bot.fake_slack import Message
+from bot.fake_slack import Message, dm_channel
 from bot.sandbox import demo
 from bot.sandbox.demo_deploy import deployed_version
 
@@ -30,6 +30,10 @@ def state(sandbox: "Sandbox", user: str) -> dict[str, Any]:
         "directory": demo.directory(config),
         "messages": [_message(m, threads.get(m.ts, [])) for m in messages if not _is_reply(m)],
         "replies": replies_for(sandbox, user),
+        # Slipway's direct messages to this person (conversations.open, then chat.postMessage to a D… channel):
+        # Slack shows them in their own conversation; the page, which plays one channel, shows them inline
+        "direct_channel": dm_channel(user),
+        "direct": [_message(m, []) for m in sandbox.fake.channel_messages(dm_channel(user))],
         "service": {"name": demo.SERVICE, "running": [
             {"environment": name, "version": deployed_version(sandbox.state_dir, name)}
             for name in config.environments_of(demo.SERVICE)]},

@@ -29,6 +29,7 @@ const page = {
   controls: [],        // what each rendered button or checkbox does, by index
   threads: {},         // thread ts -> "all" or "closed", once the person chose
   poll: null,          // the AbortController of the state request in flight
+  highlight: null,     // ts of the message a followed permalink pointed at
 };
 
 // -- text --------------------------------------------------------------------------------
@@ -99,6 +100,9 @@ function control(inside) {
   if (/^!(here|channel|everyone)$/.test(target)) return `<span class="mention">@${esc(target.slice(1))}</span>`;
   const url = unslack(target);
   const shown = esc(unslack(label) || url);
+  // a permalink (chat.getPermalink) names a message on this page: go to it, not to a workspace that is not there
+  const permalink = url.match(/^https:\/\/[^/]+\.slack\.com\/archives\/[A-Z0-9]+\/p(\d+)(\d{6})$/);
+  if (permalink) return `<a href="#" class="permalink" data-goto="${esc(`${permalink[1]}.${permalink[2]}`)}">${shown}</a>`;
   if (!/^(https?:|mailto:)/i.test(url)) return shown;
   return `<a href="${esc(url)}" target="_blank" rel="noopener noreferrer">${shown}</a>`;
 }
@@ -115,8 +119,20 @@ function dateText(target, fallback) {
     date_short: moment.toLocaleDateString([], { month: "short", day: "numeric" }),
     date: moment.toLocaleDateString([], { month: "long", day: "numeric", year: "numeric" }),
     date_long: moment.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", year: "numeric" }),
+    date_num: moment.toISOString().slice(0, 10), ago: agoText(moment),
   };
   return esc(format.replace(/\{(\w+)\}/g, (whole, token) => tokens[token] ?? whole));
+}
+
+// Slack's {ago}: "3 minutes ago", "2 hours ago", "yesterday"…
+function agoText(moment) {
+  const seconds = Math.max(0, Math.round((Date.now() - moment.getTime()) / 1000));
+  const units = [["day", 86400], ["hour", 3600], ["minute", 60]];
+  for (const [unit, size] of units) {
+    const count = Math.floor(seconds / size);
+    if (count >= 1) return `${count} ${unit}${count === 1 ? "" : "s"} ago`;
+  }
+  return "just now";
 }
 
 function dayName(moment) {
@@ -273,6 +289,21 @@ function replyHtml(reply) {
   </article>`;
 }
 
+// A direct message from Slipway to the person at the page. Slack shows it in
+// its own conversation; the page plays one channel, so it shows it here,
+// marked, in the order it arrived.
+function directHtml(message) {
+  const where = { channel: page.data.direct_channel, ts: message.ts };
+  return `<article class="message direct" data-dm="${esc(message.ts)}">
+    ${slipwayAvatar()}
+    <div class="message-body">
+      <div class="meta"><span class="author">Slipway</span><span class="app-badge">APP</span>
+        <time>${clock(message.posted_at)}</time><span class="only-you">Direct message to you</span></div>
+      <div class="content">${contentHtml(message, where)}</div>
+    </div>
+  </article>`;
+}
+
 function render() {
   const data = page.data;
   page.controls = [];
@@ -285,9 +316,17 @@ function render() {
   const items = [
     ...data.messages.map((m) => ({ seq: m.seq, html: () => messageHtml(m) })),
     ...data.replies.map((r) => ({ seq: r.seq, html: () => replyHtml(r) })),
+    ...(data.direct || []).map((m) => ({ seq: m.seq, html: () => directHtml(m) })),
   ].sort((a, b) => a.seq - b.seq);
   document.getElementById("messages").innerHTML = items.map((item) => item.html()).join("");
+  highlight();
   if (atBottom) timeline.scrollTop = timeline.scrollHeight;
+}
+
+function highlight() {
+  for (const element of document.querySelectorAll("[data-ts]")) {
+    element.classList.toggle("flash", element.dataset.ts === page.highlight);
+  }
 }
 
 function renderPeople() {
@@ -381,6 +420,19 @@ function wire() {
       const control = page.controls[Number(button.dataset.control)];
       if (control.confirm) confirmThen(control.confirm, () => click(control));
       else click(control);
+      return;
+    }
+    const link = event.target.closest("a[data-goto]");
+    if (link) {
+      event.preventDefault();
+      const target = document.querySelector(`[data-ts="${CSS.escape(link.dataset.goto)}"]`);
+      if (target) {
+        page.highlight = link.dataset.goto;  // marked until the next link is followed (render keeps the mark)
+        highlight();
+        target.scrollIntoView({ block: "center" });
+      } else {
+        toast("That message is not on this page.");
+      }
       return;
     }
     const toggle = event.target.closest("button[data-thread]");
