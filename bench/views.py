@@ -7,7 +7,9 @@ services on staging and production, ``--deploys`` deploys in all), serves
 Slipway over real HTTP against the fake Slack, and times each request from
 sending it to having read the ack, one at a time (``--n`` each, rounds
 interleaved so machine noise hits every kind alike). Prints medians, p99 and
-the ratio to the baseline's median.
+the ratio to the baseline's median. `/deploy stats` acks at once and posts
+its figures to the response URL when a thread has worked them out: both
+are timed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ async def main(args: argparse.Namespace) -> int:
             "GET /metrics": None,
         }
         timings: dict[str, list[float]] = {kind: [] for kind in kinds}
+        # stats ack at once and answer through the response URL: the answer's latency too
+        answers = {kind: f"{kind}: answer" for kind, text in kinds.items() if text and text.startswith("stats")}
+        timings.update({answer: [] for answer in answers.values()})
         try:
             async with aiohttp.ClientSession() as session, SlackSender(base + SLACK_EVENTS_PATH, SIGNING_SECRET,
                                                                        fake, session) as slack:
@@ -95,12 +100,16 @@ async def main(args: argparse.Namespace) -> int:
                                 await response.read()
                                 status = response.status
                         else:
+                            answered = len(fake.responses)
                             status, _ = await slack.command(text, "U0DAVE")
                         timings[kind].append(time.perf_counter() - begin)
                         if status != 200:
                             print(f"{kind}: HTTP {status}", file=sys.stderr)
                             return 1
-                    await slipway.tasks.wait_idle()
+                        if kind in answers:
+                            await fake.wait_for(lambda f, n=answered: len(f.responses) > n, timeout=60)
+                            timings[answers[kind]].append(time.perf_counter() - begin)
+                        await slipway.tasks.wait_idle()  # each kind measured alone
         finally:
             await runner.cleanup()
             store.close()
@@ -110,7 +119,8 @@ async def main(args: argparse.Namespace) -> int:
           f"os.cpu_count()={env['cpu_count']}; checkout {checkout()}")
     print(f"{args.deploys} deploys over a year, {args.services} services x 2 environments "
           f"(filled in {filled:.1f} s); {args.n} requests of each kind, one at a time, interleaved.")
-    print("Latency = signed POST /slack/events sent -> ack read (GET /metrics: request -> body read).")
+    print("Latency = signed POST /slack/events sent -> ack read (GET /metrics: request -> body read; "
+          "'answer': -> the figures posted to the response URL).")
     print()
     baseline = percentile(sorted(timings["help (baseline)"]), 0.5)
     print(f"{'request':<24} {'p50 ms':>8} {'p99 ms':>8} {'p50 x help':>11}")

@@ -2,11 +2,14 @@
 
 It answers Slack in the ack itself (the reply is ephemeral to the person
 who typed it); only the channel post for an accepted request, and what
-follows it, happens after the ack.
+follows it, happens after the ack, and so do the stats, which read a long
+history and answer through the response URL.
 """
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -27,7 +30,9 @@ from bot.commands import (
     UnlockCommand,
     parse_command,
 )
+from bot.config import Config
 from bot.errors import SlipwayError
+from bot.logs import deploy_context
 from bot.policy import resolve_environment, resolve_service
 from bot.render import (
     history_text,
@@ -41,7 +46,7 @@ from bot.render import (
 )
 from bot.views import stats_reply, status_reply
 from handlers.errors import after_ack
-from store import Deploy
+from store import Deploy, Store
 
 if TYPE_CHECKING:
     from bot.app import Slipway
@@ -53,13 +58,25 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     workflow = slipway.workflow
 
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
-        try:
-            deploy = await slipway.messages.announce(deploy)
-        except SlipwayError as failure:
-            await respond(text=failure.message, response_type="ephemeral", replace_original=False)
-            return
-        if deploy.status == "approved":
-            slipway.runner.start(deploy.id)
+        with deploy_context(deploy.id):  # every log line of the announcement (and the run it starts) names it
+            try:
+                deploy = await slipway.messages.announce(deploy)
+            except SlipwayError as failure:
+                await respond(text=failure.message, response_type="ephemeral", replace_original=False)
+                return
+            if deploy.status == "approved":
+                slipway.runner.start(deploy.id)
+
+    async def send_stats(parsed: StatsCommand, respond: AsyncRespond) -> None:
+        """The figures read a year of history: computed in a thread, on a
+        connection of its own, so acks keep flowing meanwhile; the answer
+        goes through the command's response URL."""
+        now, path = workflow.clock(), workflow.store.path
+        if path is None:
+            answer = stats_reply(workflow.config, workflow.store, now, parsed.service, parsed.days)
+        else:
+            answer = await asyncio.to_thread(stats_in_own_connection, path, workflow.config, now, parsed)
+        await respond(**answer, response_type="ephemeral", replace_original=False)
 
     async def reply(parsed: Any, user: str, source: str, command: dict[str, Any]) -> dict[str, Any]:
         """What to ack with, for every subcommand but a deploy request."""
@@ -86,8 +103,6 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             return {"text": history_text(service, env, workflow.store.history(service, env))}
         if isinstance(parsed, StatusCommand):
             return status_reply(workflow.config, workflow.store, workflow.clock(), parsed.service)
-        if isinstance(parsed, StatsCommand):
-            return stats_reply(workflow.config, workflow.store, workflow.clock(), parsed.service, parsed.days)
         if isinstance(parsed, RollbackCommand):
             plan = slipway.rollbacks.plan_for(parsed.service, parsed.environment)
             await slipway.rollbacks.require_may_roll_back(user, plan.current, source)
@@ -101,6 +116,14 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         source = f"slack:{COMMAND}:{command.get('trigger_id', '')}"
         try:
             parsed = parse_command(command.get("text", ""))
+            if isinstance(parsed, StatsCommand):
+                if parsed.service is not None:
+                    resolve_service(workflow.config, parsed.service)  # a typo is refused in the ack itself
+                await ack(text=f":hourglass_flowing_sand: Working out the deploy stats for "
+                               f"{parsed.service or 'all services'} over the last {parsed.days} day(s)…")
+                after_ack(slipway.tasks, client, send_stats(parsed, respond), channel=command.get("channel_id"),
+                          user=user, name="stats")
+                return
             if not isinstance(parsed, RequestDeploy):
                 await ack(**await reply(parsed, user, source, command))
                 return
@@ -117,3 +140,11 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         if new:
             after_ack(slipway.tasks, client, announce_and_run(deploy, respond), channel=command.get("channel_id"),
                       user=user, name=f"announce-deploy-{deploy.id}")
+
+
+def stats_in_own_connection(path: str, config: Config, now: datetime, parsed: StatsCommand) -> dict[str, Any]:
+    reader = Store.open(path)
+    try:
+        return stats_reply(config, reader, now, parsed.service, parsed.days)
+    finally:
+        reader.close()

@@ -268,6 +268,12 @@ class Store:
         migrate(db, store._now())
         return store
 
+    @property
+    def path(self) -> str | None:
+        """The database file, for a second connection of its own (None: in memory)."""
+        row = self.db.execute("PRAGMA database_list").fetchone()
+        return row[2] or None
+
     def close(self) -> None:
         self.db.close()
 

@@ -162,6 +162,9 @@ def _m6_stale_requests_and_migrations(db: sqlite_utils.Database) -> None:
     deploys.add_column("reminded_at", str)  # the last reminder to its approvers
     deploys.add_column("migration", int, not_null_default=0)  # it carries a database migration
     deploys.add_column("notified_status", str)  # the last status its requester was sent a DM about
+    # Deploys that ended before direct messages existed are old news: never DM them when they are next redrawn.
+    finished = ", ".join(f"'{state}'" for state in FINISHED_STATES)
+    db.execute(f"UPDATE deploys SET notified_status = status WHERE status IN ({finished})")
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [

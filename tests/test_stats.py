@@ -74,7 +74,10 @@ async def stats(harness: Harness, text: str) -> dict[str, dict[str, str]]:
     assert harness.slack is not None
     code, body = await harness.slack.command(text, "U0DAVE")
     assert code == 200, body
-    reply = json.loads(body)
+    assert "Working out the deploy stats" in body  # the ack comes first, at once
+    await harness.settle()
+    reply = harness.fake.responses[-1]  # the figures, through the command's response URL
+    assert reply["response_type"] == "ephemeral"
     assert block_kit_problem(reply["blocks"]) is None
     figures: dict[str, dict[str, str]] = {}
     for block in reply["blocks"]:

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from store.schema import MIGRATIONS
 from store import (
@@ -158,3 +159,23 @@ def test_two_processes_racing_for_one_environment_get_one_deploy(tmp_path: Path)
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["created"] + ["in flight"] * 7
+
+
+def test_deploys_that_ended_before_direct_messages_existed_are_never_announced_by_dm(tmp_path: Path) -> None:
+    from store import schema
+
+    old = sqlite_utils.Database(tmp_path / "old.db")
+    old["schema_migrations"].create({"version": int, "applied_at": str}, pk="version")
+    for number, migration in enumerate(schema.MIGRATIONS[:5], start=1):  # a database from before migration 6
+        migration(old)
+        old["schema_migrations"].insert({"version": number, "applied_at": "2026-11-01T00:00:00.000+00:00"})
+    for status in ("succeeded", "awaiting_approval"):
+        old["deploys"].insert({"service": "api", "environment": "production", "version": "1.0.0",
+                               "version_prefixed": 0, "status": status, "requested_by": "U0DAVE",
+                               "requested_at": "2026-11-01T00:00:00.000+00:00"})
+    old.conn.close()
+    store = Store.open(tmp_path / "old.db")
+    finished, waiting = store.get_deploy(1), store.get_deploy(2)
+    assert finished.notified_status == "succeeded" and not store.claim_notification(1, "succeeded")
+    assert waiting.notified_status is None  # still news when it ends
+    store.close()
