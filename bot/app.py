@@ -87,6 +87,19 @@ class Slipway:
         self.messages.refresh(undone.id)
         return rollback
 
+    def alerts_follow(self, deploy_id: int) -> None:
+        """Once a deploy is rolled back, the alert messages tied to it stop
+        offering to roll it back (a deploy-change listener)."""
+        if self.alert_relay is not None and self.store.get_deploy(deploy_id).status == "rolled_back":
+            self.tasks.spawn(self._redraw_alerts(deploy_id), name=f"redraw-alerts-{deploy_id}")
+
+    async def _redraw_alerts(self, deploy_id: int) -> None:
+        assert self.alert_relay is not None and self.config.alerts is not None
+        oncall = self.config.alerts.oncall
+        mention_text = await self.workflow.directory.mention(oncall) if oncall else None
+        if self.alert_relay.redraw_for_deploy(deploy_id, oncall=mention_text):
+            self.outbox.notify()
+
     async def _superseded(self, request: Deploy | None) -> None:
         """A request waiting on the environment a rollback took: its message and thread say it was cancelled."""
         if request is not None:
@@ -175,6 +188,8 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, settings.socket_mode, environ, metrics=metrics,
                       health=Health(store, client))
+    if relay is not None:
+        messages.listeners.append(slipway.alerts_follow)
     handlers.register(bolt, slipway)
     return slipway
 

@@ -116,6 +116,12 @@ def latest_episode(store: Store, base: str) -> tuple[str, bool] | None:
     return row[0], firing is not None
 
 
+def message_keys_of_deploy(store: Store, deploy_id: int) -> list[str]:
+    """The messages of the alerts tied to deploy ``deploy_id``."""
+    return [row[0] for row in store.db.execute(
+        "SELECT DISTINCT message_key FROM alerts WHERE deploy_id = ? AND message_key IS NOT NULL", [deploy_id])]
+
+
 def next_line_number(store: Store) -> int:
     """A fresh number for a thread line's message key."""
     return store.db.execute("SELECT count(*) + 1 FROM outbox").fetchone()[0]

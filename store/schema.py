@@ -167,9 +167,15 @@ def _m6_stale_requests_and_migrations(db: sqlite_utils.Database) -> None:
     db.execute(f"UPDATE deploys SET notified_status = status WHERE status IN ({finished})")
 
 
+def _m7_alerts_by_deploy(db: sqlite_utils.Database) -> None:
+    # When a deploy is rolled back, the alert messages tied to it are redrawn
+    # (their Rollback button no longer applies): found by deploy, not by scanning.
+    db["alerts"].create_index(["deploy_id"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
-    _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations]
+    _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

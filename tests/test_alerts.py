@@ -173,6 +173,22 @@ async def test_an_alert_soon_after_a_deploy_goes_into_its_thread_with_rollback(h
     assert posts(harness, ALERTS) == []
 
 
+async def test_once_the_deploy_is_rolled_back_its_alert_stops_offering_to_roll_it_back(harness: Harness,
+                                                                                       clock) -> None:
+    await ship(harness, "2.6.3")
+    deploy = await ship(harness, "2.7.0")
+    await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=finished(deploy) + timedelta(minutes=1))))
+    [alert] = [m for m in harness.fake.channel_messages("C0DEPLOYS")
+               if m.thread_ts == deploy.message_ts and "Breach" in json.dumps(m.blocks)]
+    assert ACTION_ROLLBACK in json.dumps(alert.blocks)
+
+    await harness.click(alert, "U0ALICE", ACTION_ROLLBACK)  # from the alert, as the thread offers
+    assert harness.deploy(deploy.id).status == "rolled_back"
+    await harness.slipway.outbox.drain(timeout=20)
+    shown = json.dumps(alert.blocks)
+    assert ACTION_ROLLBACK not in shown and "Breach" in shown  # redrawn in place, the alert itself still shown
+
+
 async def test_an_alert_outside_the_window_is_not_tied_to_the_deploy(harness: Harness, clock) -> None:
     deploy = await ship(harness, "2.7.0")
     await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=finished(deploy) + timedelta(hours=2))))

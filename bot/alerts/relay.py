@@ -147,6 +147,26 @@ class AlertRelay:
             return key
         return f"{base}-{int(key.rsplit('-', 1)[1]) + 1}"
 
+    def redraw_for_deploy(self, deploy_id: int, oncall: str | None = None) -> int:
+        """Queue an edit of every posted alert message tied to ``deploy_id``,
+        e.g. once it is rolled back, so none keeps offering a Rollback that no
+        longer applies. Returns how many edits were queued."""
+        queued = 0
+        with self.store.transaction():
+            keys = alert_rows.message_keys_of_deploy(self.store, deploy_id)
+            if not keys:
+                return 0
+            deploy = self.store.get_deploy(deploy_id)
+            for key in keys:
+                shown = alert_rows.with_message(self.store, key)
+                if not shown or not has_message(self.store, key):
+                    continue
+                visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
+                text, blocks = self._render(visible, deploy, oncall)
+                enqueue_update(self.store, key, text, blocks)
+                queued += 1
+        return queued
+
     # -- what Slack sees ---------------------------------------------------------------
 
     def _show(self, key: str, changes: list[tuple[StoredAlert, str, Judgement]], deploy: Deploy | None,
