@@ -90,7 +90,7 @@ class Slipway:
     def alerts_follow(self, deploy_id: int) -> None:
         """Once a deploy is rolled back, the alert messages tied to it stop
         offering to roll it back (a deploy-change listener)."""
-        if self.alert_relay is not None and self.store.get_deploy(deploy_id).status == "rolled_back":
+        if self.alert_relay is not None and self.store.status_of(deploy_id) == "rolled_back":
             self.tasks.spawn(self._redraw_alerts(deploy_id), name=f"redraw-alerts-{deploy_id}")
 
     async def _redraw_alerts(self, deploy_id: int) -> None:

@@ -37,6 +37,7 @@ class DeployMessages:
         # called with a deploy's id whenever it is posted or changes state
         # (App Home, metrics); a listener must be quick and must not raise
         self.listeners: list[Callable[[int], None]] = []
+        self._dm_channels: dict[str, str] = {}  # user -> their direct-message channel with the bot
 
     def _changed(self, deploy_id: int) -> None:
         for listener in self.listeners:
@@ -124,8 +125,10 @@ class DeployMessages:
         when Slack refuses: a DM is a courtesy, the channel has the record)."""
         await self._tasks.ack_first.wait_turn()
         try:
-            opened = await self._client.conversations_open(users=user)
-            await self._client.chat_postMessage(channel=opened["channel"]["id"], text=text, unfurl_links=False)
+            if user not in self._dm_channels:  # a person's DM channel never changes: one conversations.open each
+                opened = await self._client.conversations_open(users=user)
+                self._dm_channels[user] = opened["channel"]["id"]
+            await self._client.chat_postMessage(channel=self._dm_channels[user], text=text, unfurl_links=False)
         except SlackApiError as exc:
             log.error("direct message to %s failed: %s", user, exc.response.get("error"))
 

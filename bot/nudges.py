@@ -32,6 +32,8 @@ from store import Deploy, Lock, StateConflict, Store, stamp
 
 log = logging.getLogger(__name__)
 
+# the states a requester hears of by direct message (see ``_news``)
+NEWS_STATES = frozenset({"succeeded", "failed", "rejected", "expired", "rolled_back", "cancelled"})
 SWEEP_INTERVAL = 30.0  # seconds between two looks for expired and overdue requests
 
 
@@ -171,6 +173,9 @@ class Nudges:
         return reopened
 
     def _deploy_changed(self, deploy_id: int) -> None:
+        # called on every change of every deploy: read the whole record only when the state is news
+        if self.store.status_of(deploy_id) not in NEWS_STATES:
+            return
         deploy = self.store.get_deploy(deploy_id)
         text = self._news(deploy)
         if text is None or not _person(deploy.requested_by):

@@ -502,6 +502,14 @@ class Store:
             self._audit(deploy_id, actor, action, {"from": current, "to": to, "reason": reason, **(detail or {})}, source)
         return self.get_deploy(deploy_id)
 
+    def status_of(self, deploy_id: int) -> str:
+        """Only the deploy's state: one indexed read, for listeners called on every change.
+
+        Raises:
+            DeployNotFound: no deploy has that id.
+        """
+        return self._status(deploy_id)
+
     def _status(self, deploy_id: int) -> str:
         row = self.db.execute("SELECT status FROM deploys WHERE id = ?", [deploy_id]).fetchone()
         if row is None:
@@ -749,6 +757,9 @@ class Store:
         """Remove the locks whose time is up and return them, each once
         (however many Slipways ask), so each expiry is announced once."""
         now = self._now()
+        # asked before every deploy request and click: take the write lock only when there is something to expire
+        if self.db.execute("SELECT 1 FROM locks WHERE until IS NOT NULL AND until <= ? LIMIT 1", [now]).fetchone() is None:
+            return []
         with self.transaction():
             expired = [Lock(**row) for row in self.db.query(
                 "SELECT * FROM locks WHERE until IS NOT NULL AND until <= ? ORDER BY until", [now])]

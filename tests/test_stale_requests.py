@@ -230,6 +230,13 @@ async def test_the_requester_hears_when_their_deploy_succeeds_or_fails(harness: 
     assert "failed" in failure and "exit 3" in failure
 
 
+async def test_a_persons_direct_message_channel_is_opened_once(harness: Harness) -> None:
+    await harness.command("api 2.7.0 staging", user="U0DAVE")
+    await harness.command("api 2.7.1 staging", user="U0DAVE")
+    assert len(dms(harness, "U0DAVE")) == 2
+    assert [c.args["users"] for c in harness.fake.calls_to("conversations.open")] == ["U0DAVE"]
+
+
 async def test_the_requester_hears_of_a_rejection_but_not_of_their_own_cancel(harness: Harness) -> None:
     rejected = await request_production(harness, "2.7.0")
     await harness.click(harness.message_of(rejected), "U0BOB", ACTION_REJECT)
