@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from aiohttp import web
@@ -14,6 +13,7 @@ from aiohttp import web
 from bot.config import load_config
 from bot.errors import ConfigError, MissingSecret
 from bot.settings import Settings
+from bot.tasks import until_stopped
 
 log = logging.getLogger("slipway")
 
@@ -160,12 +160,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
         socket_handler = AsyncSocketModeHandler(slipway.bolt, settings.app_token)
         await socket_handler.connect_async()
         log.info("connected to Slack over Socket Mode")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("shutting down")
         left = await slipway.runner.drain(args.drain)

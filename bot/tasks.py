@@ -8,6 +8,7 @@ shutdown.
 from __future__ import annotations
 
 import asyncio
+import signal
 import contextlib
 import logging
 from collections.abc import Coroutine, Iterator
@@ -109,3 +110,17 @@ class BackgroundTasks:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def until_stopped() -> None:
+    """Return when the process is asked to stop (SIGINT or SIGTERM): how
+    ``slipway serve`` and ``slipway sandbox`` wait, before shutting down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -18,12 +18,10 @@ bearer token. The browser never holds either secret.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from bot.fake_slack import FakeSlack, Message, SlackSender
 from bot.sandbox import demo, view
 from bot.sandbox.page import is_loopback, page_app
 from bot.settings import Settings
+from bot.tasks import until_stopped
 from store import Store
 
 log = logging.getLogger(__name__)
@@ -282,12 +281,8 @@ async def serve(host: str, port: int, db_path: Path, state_dir: Path) -> int:
     print(f"Slipway sandbox: {sandbox.url}/", flush=True)
     print(f"  database {db_path}; Slipway itself on {sandbox.slipway_url}, fake Slack on {sandbox.fake.url}. "
           "Ctrl-C stops it.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await sandbox.stop()
     return 0
