@@ -17,6 +17,7 @@ from aiohttp import web
 from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app
 from bot.config import parse_config
 from bot.fake_slack import FakeSlack, Message, SlackSender
+from bot.render import ACTION_APPROVE
 from bot.settings import Settings
 from store import Deploy, Store
 
@@ -152,6 +153,18 @@ class Harness:
         assert self.store is not None
         row = self.store.db.execute("SELECT max(id) FROM deploys").fetchone()
         return self.store.get_deploy(row[0])
+
+    async def ship(self, service: str, version: str, approver: str, requester: str = "U0DAVE") -> Deploy:
+        """A version recorded as succeeded on staging, then requested on
+        production by ``requester`` and approved by ``approver`` for real
+        (the production rung of these tests has no checklist); it must succeed."""
+        self.mark_succeeded(service, "staging", version)
+        await self.command(f"{service} {version} production", user=requester)
+        deploy = self.latest_deploy()
+        await self.click(self.message_of(deploy), approver, ACTION_APPROVE)
+        deploy = self.deploy(deploy.id)
+        assert deploy.status == "succeeded", (deploy.status, deploy.status_reason)
+        return deploy
 
     def mark_succeeded(self, service: str, environment: str, version: str, user: str = "U0DAVE") -> Deploy:
         """Record a deploy that went all the way through the store's own

@@ -107,18 +107,9 @@ async def test_approve_role_defaults_to_the_approvers(harness: Harness) -> None:
     assert harness.deploy(deploy.id).approvers == ["U0SRE1"]
 
 
-async def ship_production(harness: Harness, version: str) -> int:
-    harness.mark_succeeded("api", "staging", version)
-    await harness.command(f"api {version} production", user="U0DAVE")
-    deploy = harness.latest_deploy()
-    await harness.click(harness.message_of(deploy), "U0CAROL", ACTION_APPROVE)
-    assert harness.deploy(deploy.id).status == "succeeded"
-    return deploy.id
-
-
 async def test_rollback_role_where_set_excludes_even_whoever_deployed(harness: Harness) -> None:
-    await ship_production(harness, "2.6.3")
-    current = await ship_production(harness, "2.7.0")
+    await harness.ship("api", "2.6.3", "U0CAROL")
+    current = (await harness.ship("api", "2.7.0", "U0CAROL")).id
     for outsider in ("U0DAVE", "U0CAROL"):  # who deployed it; who approved it
         await harness.click(harness.message_of(current), outsider, ACTION_ROLLBACK)
         assert told(harness, outsider) == ("You may not roll back api on production: that takes the `rollback` "

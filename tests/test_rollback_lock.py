@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bot.fake_slack import Message
-from bot.render import ACTION_APPROVE, ACTION_ROLLBACK
+from bot.render import ACTION_ROLLBACK
 from tests.conftest import ENGINE, PYTHON, Harness
 
 
@@ -47,18 +47,9 @@ def said(body: str) -> str:
         return body
 
 
-async def ship(harness: Harness, version: str) -> int:
-    harness.mark_succeeded("api", "staging", version)
-    await harness.command(f"api {version} production", user="U0DAVE")
-    deploy = harness.latest_deploy()
-    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
-    assert harness.deploy(deploy.id).status == "succeeded"
-    return deploy.id
-
-
 async def test_a_rolled_back_version_stays_off_until_unblocked_and_unlocked(harness: Harness) -> None:
-    await ship(harness, "2.6.3")
-    current = await ship(harness, "2.7.0")
+    await harness.ship("api", "2.6.3", "U0ALICE")
+    current = (await harness.ship("api", "2.7.0", "U0ALICE")).id
     await harness.click(harness.message_of(current), "U0BOB", ACTION_ROLLBACK)
     rollback = harness.latest_deploy()
     assert rollback.rollback_of == current and rollback.status == "succeeded"
@@ -104,8 +95,8 @@ async def test_a_rolled_back_version_stays_off_until_unblocked_and_unlocked(harn
 
 
 async def test_a_lock_already_in_place_is_kept_and_the_version_still_blocked(harness: Harness) -> None:
-    await ship(harness, "2.6.3")
-    current = await ship(harness, "2.7.0")
+    await harness.ship("api", "2.6.3", "U0ALICE")
+    current = (await harness.ship("api", "2.7.0", "U0ALICE")).id
     await harness.command('lock api production "incident INC-9"', user="U0ERIN")
     await harness.click(harness.message_of(current), "U0ALICE", ACTION_ROLLBACK)
     assert [(lock.locked_by, lock.reason) for lock in harness.store.all_locks()] == [("U0ERIN", "incident INC-9")]
@@ -113,8 +104,8 @@ async def test_a_lock_already_in_place_is_kept_and_the_version_still_blocked(har
 
 
 async def test_a_failed_rollback_keeps_the_lock_and_says_so(harness: Harness) -> None:
-    await ship(harness, "2.6.3")
-    current = await ship(harness, "2.7.0")
+    await harness.ship("api", "2.6.3", "U0ALICE")
+    current = (await harness.ship("api", "2.7.0", "U0ALICE")).id
     harness.slipway.config.services["api"].deploy.command.extend(["--exit", "1"])
     await harness.click(harness.message_of(current), "U0ALICE", ACTION_ROLLBACK)
     failed = harness.latest_deploy()
