@@ -8,6 +8,7 @@ person. Refusals of people are recorded in the audit log too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -45,6 +46,8 @@ from store import (
     stamp,
 )
 
+log = logging.getLogger(__name__)
+
 
 class DeployWorkflow:
     """The rules of a deploy's life before it reaches the deploy engine."""
@@ -61,6 +64,8 @@ class DeployWorkflow:
         self.on_checklist_blocked: Callable[[Deploy, str], None] | None = None
         # told of locks whose time ran out, once each, when Slipway notices (to say so in the channel)
         self.on_locks_expired: Callable[[list[Lock]], None] | None = None
+        # told whenever a lock or a version block is placed, lifted or expires (the App Home shows them)
+        self.lock_listeners: list[Callable[[], None]] = []
 
     # -- requests -----------------------------------------------------------------
 
@@ -384,7 +389,16 @@ class DeployWorkflow:
         expired = self.store.expire_locks()
         if expired and self.on_locks_expired is not None:
             self.on_locks_expired(expired)
+        if expired:
+            self._locks_changed()
         return expired
+
+    def _locks_changed(self) -> None:
+        for listener in self.lock_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 — a view's failure must never undo or refuse the lock itself
+                log.exception("lock listener %r failed", listener)
 
     async def lock(self, user: str, command: LockCommand, source: str | None = None) -> Lock:
         """Lock a service on one environment, or on all when none is named;
@@ -411,8 +425,10 @@ class DeployWorkflow:
         if not reason:
             raise UsageError("A lock needs a reason, so nobody is left guessing: "
                              '`/deploy lock <service> [environment] [duration] "reason"`.')
-        return self.store.acquire_lock(service, environment, user, reason, source=source,
+        lock = self.store.acquire_lock(service, environment, user, reason, source=source,
                                        until=until.isoformat(timespec="milliseconds") if until else None)
+        self._locks_changed()
+        return lock
 
     async def unlock(self, user: str, command: UnlockCommand, source: str | None = None) -> list[Lock]:
         """Release locks; say so when there was nothing to release."""
@@ -430,6 +446,7 @@ class DeployWorkflow:
             remaining = self.store.locks_for(service, environment) if environment else []
             hint = " (it is locked on every environment: `/deploy unlock " + service + "`)" if remaining else ""
             raise SlipwayError(f"{service} has no lock{where} to release{hint}.")
+        self._locks_changed()
         return released
 
     def locks(self, service: str | None = None) -> tuple[list[Lock], list[BlockedVersion]]:
@@ -460,7 +477,9 @@ class DeployWorkflow:
                                + (f" Blocked: {others}." if others else ""))
         for block in blocks:
             await self._require_lock_role(user, service, block.environment, "unblock", source)
-        return self.store.unblock_version(service, version.normalised, environment, user, source)
+        lifted = self.store.unblock_version(service, version.normalised, environment, user, source)
+        self._locks_changed()
+        return lifted
 
     async def _require_lock_role(self, user: str, service: str, environment: str, attempted: str,
                                  source: str | None) -> None:

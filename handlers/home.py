@@ -47,6 +47,10 @@ class HomeTabs:
         """A ``DeployMessages`` listener: cheap, never raises, publishes later."""
         self._mark(self._viewers)
 
+    def changed(self) -> None:
+        """Something the tab shows besides deploys changed (a lock, a block)."""
+        self._mark(self._viewers)
+
     def _mark(self, users: set[str]) -> None:
         if not users:
             return
@@ -84,6 +88,7 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     tabs = HomeTabs(slipway.client, lambda: home_view(workflow.config, workflow.store, workflow.clock()),
                     slipway.tasks)
     slipway.messages.listeners.append(tabs.deploy_changed)
+    workflow.lock_listeners.append(tabs.changed)
 
     @app.event("app_home_opened")
     async def on_home_opened(event: dict[str, Any]) -> None:

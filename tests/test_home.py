@@ -59,6 +59,15 @@ async def test_a_deploy_changing_state_republishes_the_tab(harness: Harness) -> 
     assert "awaiting approval" not in text_of(view)
 
 
+async def test_placing_and_lifting_a_lock_republishes_the_tab(harness: Harness) -> None:
+    await open_home(harness, "U0DAVE")
+    await harness.fake.wait_for(lambda fake: fake.home_views.get("U0DAVE"))
+    await harness.command('lock api production "db maintenance"', user="U0ERIN")
+    await harness.fake.wait_for(lambda fake: "db maintenance" in text_of(fake.home_views["U0DAVE"]))
+    await harness.command("unlock api production", user="U0ERIN")
+    await harness.fake.wait_for(lambda fake: "db maintenance" not in text_of(fake.home_views["U0DAVE"]))
+
+
 async def test_a_burst_of_changes_publishes_once_per_person(harness: Harness) -> None:
     assert harness.slipway is not None
     await open_home(harness, "U0DAVE")
