@@ -3,7 +3,6 @@ timestamps (the test clock dates every record), checked exactly."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 import pytest
 
