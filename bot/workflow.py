@@ -249,13 +249,15 @@ class DeployWorkflow:
             )
         self._refuse_if_expired(deploy)
         if reason := self.blocked_reason(deploy):
+            self._refuse(deploy, user, "approve_while_blocked", source)
             raise PolicyViolation(f"#{deploy.id} cannot be approved now: {reason}")
-        await self._refuse_if_not_needed(deploy, user, counts_as)
+        await self._refuse_if_not_needed(deploy, user, counts_as, source)
         try:
             return self.store.record_approval(deploy_id, user, required=self._required_normal(deploy),
                                               counts_as=counts_as, valid_since=self.approvals_valid_since(deploy),
                                               source=source)
         except AlreadyApproved:
+            self._refuse(deploy, user, "approve_again", source)
             remaining = self.required_approvals(deploy) - len(self.fresh_approvals(deploy))
             raise SlipwayError(
                 f"Your approval of #{deploy.id} is already counted; {remaining} more needed."
@@ -294,7 +296,7 @@ class DeployWorkflow:
                              f"held by {await describe_holders(self.directory, approvers)}.")
         raise NotAllowed(f"You may not approve #{deploy.id}: it needs {await self._approvers_text(deploy)}.")
 
-    async def _refuse_if_not_needed(self, deploy: Deploy, user: str, counts_as: str) -> None:
+    async def _refuse_if_not_needed(self, deploy: Deploy, user: str, counts_as: str, source: str | None) -> None:
         """An approval that fills no missing slot (the approvers' part is
         complete, and the giver cannot give the override approval) is refused,
         so the message never shows approvals that wait on nothing they can give."""
@@ -306,6 +308,7 @@ class DeployWorkflow:
         if approval_slots(kinds + [counts_as], required, True) > approval_slots(kinds, required, True):
             return
         holders = await describe_holders(self.directory, role_holders(self._environment(deploy), "override"))
+        self._refuse(deploy, user, "approve_not_needed", source)
         raise PolicyViolation(f"#{deploy.id} has the approvals it needs from approvers; what it still needs is "
                               f"the freeze-override approval, from the `override` role: {holders}.")
 

@@ -254,3 +254,16 @@ async def test_an_approved_deploy_blocked_before_it_starts_is_cancelled_with_the
     assert stopped.status == "cancelled"
     assert stopped.status_reason.startswith("stopped before it started: production is frozen until")
     assert "deploy_started" not in [e.action for e in harness.store.audit_events(approved.id)]
+
+
+async def test_an_approval_refused_because_of_a_lock_or_given_twice_is_audited(harness: Harness) -> None:
+    deploy = await request_production(harness)
+    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
+    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)  # a double click
+    assert "already counted" in last_ephemeral(harness, "U0ALICE")
+    await harness.command('lock api production "incident"', user="U0ERIN")
+    await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
+    assert "cannot be approved now" in last_ephemeral(harness, "U0BOB")
+    refused = [(e.actor, e.detail["attempted"]) for e in harness.store.audit_events(deploy.id) if e.action == "refused"]
+    assert refused == [("U0ALICE", "approve_again"), ("U0BOB", "approve_while_blocked")]
+    assert harness.deploy(deploy.id).approvers == ["U0ALICE"]  # nothing else changed

@@ -242,6 +242,7 @@ async def test_an_override_needs_the_extra_approval_from_the_override_role(harne
     assert overridden.actor == "U0DAVE" and overridden.detail["reason"] == "fix for INC-42"
     assert overridden.detail["freezes"][0]["until"] == "2026-11-30T08:00:00+00:00"
     assert [e.detail.get("counts_as") for e in events if e.action == "approval"] == ["approve", "override"]
+    assert ("U0BOB", "approve_not_needed") in [(e.actor, e.detail["attempted"]) for e in events if e.action == "refused"]
     shown = said(await harness.command(f"show {deploy.id}"))
     assert "• Freeze override: “fix for INC-42”, inside No production deploys over the weekend" in shown
 
