@@ -5,8 +5,8 @@ listener needs is passed in here."""
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,24 +22,24 @@ from slack_sdk.web.async_client import AsyncWebClient
 import handlers
 import handlers.alerts
 import handlers.webhooks
-from handlers.errors import deploy_of_click
-from bot.config import Config
 from bot.alerts.relay import AlertRelay
+from bot.config import Config
 from bot.directory import Directory
 from bot.errors import SlipwayError
 from bot.executors import EngineReports
 from bot.health import Health
 from bot.lifecycle import DeployRunner
 from bot.logs import deploy_context
-from bot.metrics import Metrics, surface_of
-from bot.render import mention, rollback_plan_text
-from bot.rollback import Rollbacks
 from bot.messages import DeployMessages
+from bot.metrics import Metrics, surface_of
 from bot.nudges import Nudges
 from bot.outbox import Outbox
+from bot.render import mention, rollback_plan_text
+from bot.rollback import Rollbacks
 from bot.settings import Settings
 from bot.tasks import BackgroundTasks
 from bot.workflow import DeployWorkflow
+from handlers.errors import deploy_of_click
 from store import Deploy, Store, utc_now
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,14 @@ class Slipway:
         if self.alert_relay is not None and self.store.status_of(deploy_id) == "rolled_back":
             self.tasks.spawn(self._redraw_alerts(deploy_id), name=f"redraw-alerts-{deploy_id}")
 
+    async def oncall_mention(self) -> str | None:
+        """How a page notifies the on-call (``alerts.oncall``), e.g. ``<!subteam^S0ONCALL>``."""
+        oncall = self.config.alerts.oncall if self.config.alerts is not None else None
+        return await self.workflow.directory.mention(oncall) if oncall else None
+
     async def _redraw_alerts(self, deploy_id: int) -> None:
-        assert self.alert_relay is not None and self.config.alerts is not None
-        oncall = self.config.alerts.oncall
-        mention_text = await self.workflow.directory.mention(oncall) if oncall else None
-        if self.alert_relay.redraw_for_deploy(deploy_id, oncall=mention_text):
+        assert self.alert_relay is not None
+        if self.alert_relay.redraw_for_deploy(deploy_id, oncall=await self.oncall_mention()):
             self.outbox.notify()
 
     async def _superseded(self, request: Deploy | None) -> None:

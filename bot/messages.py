@@ -18,7 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import SlipwayError
 from bot.render import deploy_blocks, deploy_fallback_text
-from bot.tasks import BackgroundTasks
+from bot.tasks import BackgroundTasks, tell_listeners
 from bot.workflow import DeployWorkflow
 from store import Deploy
 
@@ -40,11 +40,7 @@ class DeployMessages:
         self._dm_channels: dict[str, str] = {}  # user -> their direct-message channel with the bot
 
     def _changed(self, deploy_id: int) -> None:
-        for listener in self.listeners:
-            try:
-                listener(deploy_id)
-            except Exception:  # noqa: BLE001 — a view's failure must never stop the deploy's own message
-                log.exception("deploy-change listener %r failed for deploy %s", listener, deploy_id)
+        tell_listeners(self.listeners, deploy_id)
 
     def _render(self, deploy: Deploy) -> dict:
         target, note = self._rollback_offer(deploy)

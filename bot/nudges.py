@@ -177,6 +177,8 @@ class Nudges:
         if self.store.status_of(deploy_id) not in NEWS_STATES:
             return
         deploy = self.store.get_deploy(deploy_id)
+        if deploy.notified_status == deploy.status:
+            return  # told already: a later redraw of a finished deploy is no news (the claim below settles races)
         text = self._news(deploy)
         if text is None or not _person(deploy.requested_by):
             return

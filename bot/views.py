@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.config import Config
 from bot.policy import resolve_service
 from bot.render import MAX_BLOCKS, MAX_HEADER_TEXT, MAX_SECTION_TEXT, duration_text, mention, when
 from bot.stats import Figures, dora
-from store import ALL_ENVIRONMENTS, Deploy, Lock, Store
+from store import ALL_ENVIRONMENTS, Deploy, Lock, Store, stamp
 from store.views import deploys_finished_since, deploys_in_flight, live_deploys, recent_deploys
 
 MAX_VIEW_BLOCKS = 100
@@ -296,7 +296,7 @@ def stats_reply(config: Config, store: Store, now: datetime, service: str | None
     if service is not None:
         service = resolve_service(config, service)
     environments = config.environments_of(service) if service else config.environment_names
-    since = (now - timedelta(days=days)).astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    since = stamp(now - timedelta(days=days))
     figures = dora(deploys_finished_since(store, since, service), environments, now, days)
     where = service or "all services"
     return {"text": f"Deploy stats for {where}, last {days} day(s)", "blocks": stats_blocks(figures, service, days)}

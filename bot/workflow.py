@@ -8,7 +8,6 @@ person. Refusals of people are recorded in the audit log too.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -29,6 +28,7 @@ from bot.policy import (
     role_holders,
 )
 from bot.render import duration_text, mention, when
+from bot.tasks import tell_listeners
 from bot.versions import parse_version
 from store import (
     ALL_ENVIRONMENTS,
@@ -45,8 +45,6 @@ from store import (
     approval_slots,
     stamp,
 )
-
-log = logging.getLogger(__name__)
 
 
 class DeployWorkflow:
@@ -397,11 +395,7 @@ class DeployWorkflow:
         return expired
 
     def _locks_changed(self) -> None:
-        for listener in self.lock_listeners:
-            try:
-                listener()
-            except Exception:  # noqa: BLE001 — a view's failure must never undo or refuse the lock itself
-                log.exception("lock listener %r failed", listener)
+        tell_listeners(self.lock_listeners)
 
     async def lock(self, user: str, command: LockCommand, source: str | None = None) -> Lock:
         """Lock a service on one environment, or on all when none is named;
@@ -429,7 +423,7 @@ class DeployWorkflow:
             raise UsageError("A lock needs a reason, so nobody is left guessing: "
                              '`/deploy lock <service> [environment] [duration] "reason"`.')
         lock = self.store.acquire_lock(service, environment, user, reason, source=source,
-                                       until=until.isoformat(timespec="milliseconds") if until else None)
+                                       until=stamp(until) if until else None)
         self._locks_changed()
         return lock
 

@@ -77,8 +77,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
             except MalformedPayload as malformed:
                 return problem(400, f"malformed {source} payload: {malformed}")
             alerts = await fill_baselines(alerts, settings, slipway.store)
-            oncall = await slipway.workflow.directory.mention(settings.oncall) if settings.oncall else None
-            receipt = slipway.alert_relay.receive(group_key, alerts, oncall=oncall)
+            receipt = slipway.alert_relay.receive(group_key, alerts, oncall=await slipway.oncall_mention())
             slipway.outbox.notify()
             count(source, receipt)
             for deploy_id in receipt.page_deploys:

@@ -487,7 +487,7 @@ class Store:
             StateConflict: the deploy is in another state; nothing changed.
         """
         with self.transaction():
-            current = self._status(deploy_id)
+            current = self.status_of(deploy_id)
             if current not in allowed_from:
                 raise StateConflict(deploy_id, current, to)
             now = self._now()
@@ -503,14 +503,12 @@ class Store:
         return self.get_deploy(deploy_id)
 
     def status_of(self, deploy_id: int) -> str:
-        """Only the deploy's state: one indexed read, for listeners called on every change.
+        """Only the deploy's state: one indexed read (state checks inside
+        transactions; listeners called on every change).
 
         Raises:
             DeployNotFound: no deploy has that id.
         """
-        return self._status(deploy_id)
-
-    def _status(self, deploy_id: int) -> str:
         row = self.db.execute("SELECT status FROM deploys WHERE id = ?", [deploy_id]).fetchone()
         if row is None:
             raise DeployNotFound(f"no deploy #{deploy_id}")
@@ -525,7 +523,7 @@ class Store:
             LookupError: the deploy has no item at ``position``.
         """
         with self.transaction():
-            current = self._status(deploy_id)
+            current = self.status_of(deploy_id)
             if current != "awaiting_approval":
                 raise StateConflict(deploy_id, current, "awaiting_approval")
             row = self.db.execute(
@@ -560,7 +558,7 @@ class Store:
         """
         valid_since = valid_since or ""
         with self.transaction():
-            current = self._status(deploy_id)
+            current = self.status_of(deploy_id)
             if current != "awaiting_approval":
                 raise StateConflict(deploy_id, current, "approved")
             given = self.db.execute("SELECT approved_at FROM approvals WHERE deploy_id = ? AND user_id = ?",
@@ -666,7 +664,7 @@ class Store:
         """
         now = self._now()
         with self.transaction():
-            self._status(deploy_id)
+            self.status_of(deploy_id)
             self.db.execute("INSERT INTO engine_reports (deploy_id, at, status, log_url, message) VALUES (?, ?, ?, ?, ?)",
                             [deploy_id, now, status, log_url, message])
             self._audit(deploy_id, None, "engine_report", {"status": status, "log_url": log_url,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from store import Store, StoreError
+from store import Store, StoreError, stamp
 
 POST = "post"
 UPDATE = "update"
@@ -341,4 +341,4 @@ def retry_waits(store: Store) -> dict[str, float]:
 
 
 def _after(store: Store, seconds: float) -> str:
-    return (datetime.fromisoformat(store._now()) + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+    return stamp(datetime.fromisoformat(store._now()) + timedelta(seconds=seconds))

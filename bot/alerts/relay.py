@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from bot.alerts import render
 from bot.alerts.model import Alert
 from bot.alerts.rules import Judgement, judge
 from bot.config import Config
 from bot.render import duration_text
-from store import Deploy, Store, deploy_message_key
+from store import Deploy, Store, deploy_message_key, stamp
 from store import alerts as alert_rows
 from store.alerts import StoredAlert
 from store.outbox import enqueue_post, enqueue_update, has_message
@@ -161,8 +161,7 @@ class AlertRelay:
                 shown = alert_rows.with_message(self.store, key)
                 if not shown or not has_message(self.store, key):
                     continue
-                visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
-                text, blocks = self._render(visible, deploy, oncall)
+                text, blocks = self._render(_visible(shown), deploy, oncall)
                 enqueue_update(self.store, key, text, blocks)
                 queued += 1
         return queued
@@ -177,8 +176,7 @@ class AlertRelay:
         if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
         receipt.relayed += len(changes)
-        visible = [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
-        text, blocks = self._render(visible, deploy, oncall)
+        text, blocks = self._render(_visible(shown), deploy, oncall)
         first = changes[0][0]
         channel, thread_key = self._where(first, deploy)
         for stored, change, _ in changes:
@@ -208,7 +206,7 @@ class AlertRelay:
         the alerts channel, or, in a storm, go into the service's digest thread."""
         if deploy is not None and deploy.channel:
             return deploy.channel, deploy_message_key(deploy.id)
-        since = (self.clock() - STORM_WINDOW).astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        since = stamp(self.clock() - STORM_WINDOW)
         threads = alert_rows.recent_threads(self.store, stored.service, since)
         if threads <= self.settings.storm_threshold:
             return self.settings.channel, None
@@ -252,5 +250,11 @@ def _as_alert(stored: StoredAlert) -> Alert:
                  baseline=stored.baseline, severity=stored.severity, summary=stored.summary)
 
 
+def _visible(shown: list[StoredAlert]) -> list[StoredAlert]:
+    """What a message lists of its alerts: the loud ones and the resolved
+    (all of them, if every one is quiet)."""
+    return [a for a in shown if a.level != "quiet" or a.status == "resolved"] or shown
+
+
 def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds") if moment else None
+    return stamp(moment) if moment else None
