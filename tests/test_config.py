@@ -27,6 +27,10 @@ def test_the_example_config_is_valid() -> None:
     assert production.approvals.usergroup_handles == ["sre"]
     assert len(production.checklist) == 7
     assert config.services["api"].deploy.command == ["./scripts/deploy.sh"]
+    backup = config.services["api"].migrations.backup
+    assert backup.command == ["./scripts/backup.sh"] and (ROOT / "scripts" / "backup.sh").exists()
+    assert production.roles.lock == ["U0ALICE", "@sre"] and production.approvals.remind_every == 2 * 3600
+    assert [f.reason for f in config.freeze] == ["Holiday freeze", "No production deploys over the weekend"]
     assert config.alerts.channel == "C0ALERTS" and [r.metric for r in config.alerts.rules] == [
         "error_rate", "latency_p95"]
 
