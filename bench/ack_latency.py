@@ -27,7 +27,7 @@ The time from sending the HTTP POST to having read the whole HTTP response
   ``Harness.mark_succeeded`` does). After the ack the approval is recorded,
   the message refreshed (``chat.update``) and the deploy run.
 
-"The deploy's run" is Slipway's execution lifecycle (``bot/lifecycle.py``),
+"The deploy's run" is Slipway's execution lifecycle (``bot/deploys/runner.py``),
 which depends on the services' engine, chosen with ``--engine``:
 
 * ``true`` (default, the happy path): ``deploy.command: [true]``, one cheap
@@ -47,7 +47,7 @@ The comparison is a *bare* ``AsyncApp`` with the same signing secret and
 token, talking to the same fake Slack (for ``auth.test``), served the same
 way (aiohttp on 127.0.0.1, port 0), whose ``/deploy`` and ``deploy_approve``
 listeners do nothing but ``await ack()``. It is served by bolt's own aiohttp
-server (``AsyncApp.web_app``); Slipway by ``bot.app.create_web_app``.
+server (``AsyncApp.web_app``); Slipway by ``bot.runtime.composition.create_web_app``.
 
 Fairness
 --------
@@ -107,15 +107,20 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from benchlib import percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from benchlib import percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
-from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app  # noqa: E402
 from bot.config import parse_config  # noqa: E402
-from bot.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
-from bot.render import ACTION_APPROVE  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.runtime.composition import (  # noqa: E402
+    SLACK_EVENTS_PATH,
+    Slipway,
+    create_slipway,
+    create_web_app,
+)
+from bot.runtime.settings import Settings  # noqa: E402
+from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
+from bot.slack.blocks import ACTION_APPROVE  # noqa: E402
 from store import Store  # noqa: E402
 
 SIGNING_SECRET = "bench-signing-secret"

@@ -12,7 +12,7 @@ first on ``sys.path``), not from wherever the editable install points.
 
 What runs
 ---------
-One process, one event loop: a fake Slack (``bot.fake_slack.FakeSlack``,
+One process, one event loop: a fake Slack (``bot.sandbox.fake_slack.FakeSlack``,
 port 0, every Web API call time-stamped on arrival), a real SQLite file in a
 temporary directory, and Slipway's own aiohttp server (``create_web_app``,
 port 0) with an ``alerts:`` block (channel ``C0ALERTS``, default rules:
@@ -124,12 +124,17 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from benchlib import checkout, percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
-from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app
+
 from bot.config import parse_config
-from bot.fake_slack import Call, FakeSlack, SlackSender
-from bot.settings import Settings
+from bot.runtime.composition import (
+    SLACK_EVENTS_PATH,
+    Slipway,
+    create_slipway,
+    create_web_app,
+)
+from bot.runtime.settings import Settings
+from bot.sandbox.fake_slack import Call, FakeSlack, SlackSender
 from store import Store
 from store import outbox as queue
 

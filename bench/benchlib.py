@@ -53,10 +53,10 @@ def versions() -> dict[str, Any]:
     import slack_bolt.version
     import slack_sdk.version
 
-    import bot.app
+    import bot.runtime.composition
 
     return {
-        "slipway_source": str(Path(bot.app.__file__).resolve().parents[1]),
+        "slipway_source": str(Path(bot.runtime.composition.__file__).resolve().parents[1]),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "slack_bolt": slack_bolt.version.__version__,

@@ -48,7 +48,7 @@ Three figures, each a sequence of single measurements, one at a time:
 Each is reported as n, median, p90, p99 and max, and the two Slipway figures
 also against the baseline: the difference (what Slipway adds on top of
 spawning the program) and the ratio. Two more columns split the Slipway
-figures at ``DeployRunner.on_executor_start`` (``bot/lifecycle.py``), the
+figures at ``DeployRunner.on_executor_start`` (``bot/deploys/runner.py``), the
 probe the runner calls just before ``executor.run``: ``click->runner`` is
 Slipway's own path up to handing the deploy to the engine, ``runner->start``
 is the engine starting from there (comparable with the baseline, but with
@@ -114,15 +114,20 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from benchlib import REPO_ROOT, checkout, percentile, versions  # noqa: E402  (first: puts this checkout on sys.path)
-from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app  # noqa: E402
+
 from bot.config import parse_config  # noqa: E402
 from bot.executors.base import Job  # noqa: E402
 from bot.executors.process import run_process  # noqa: E402
-from bot.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
-from bot.render import ACTION_APPROVE, ACTION_ROLLBACK  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.runtime.composition import (  # noqa: E402
+    SLACK_EVENTS_PATH,
+    Slipway,
+    create_slipway,
+    create_web_app,
+)
+from bot.runtime.settings import Settings  # noqa: E402
+from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender  # noqa: E402
+from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK  # noqa: E402
 from store import Store  # noqa: E402
 
 SIGNING_SECRET = "bench-signing-secret"
@@ -501,13 +506,13 @@ class Bench:
 
 
 def environment() -> dict[str, Any]:
-    import bot.app
     import bot.executors.process
+    import bot.runtime.composition
     import handlers
     import store
 
     sources = {name: str(Path(module.__file__).resolve().parents[depth])
-               for name, module, depth in (("bot", bot.app, 1), ("bot.executors", bot.executors.process, 2),
+               for name, module, depth in (("bot", bot.runtime.composition, 1), ("bot.executors", bot.executors.process, 2),
                                            ("handlers", handlers, 1), ("store", store, 1))}
     return {**versions(), "checkout": checkout(), "module_sources": sources}
 

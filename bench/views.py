@@ -23,16 +23,15 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import benchlib  # noqa: F401 — must come first: this checkout, not the installed copy
+from aiohttp import web
 from benchlib import checkout, percentile, versions
 
-import aiohttp
-from aiohttp import web
-
-from bot.app import SLACK_EVENTS_PATH, create_slipway, create_web_app
 from bot.config import parse_config
-from bot.fake_slack import FakeSlack, SlackSender
-from bot.settings import Settings
+from bot.runtime.composition import SLACK_EVENTS_PATH, create_slipway, create_web_app
+from bot.runtime.settings import Settings
+from bot.sandbox.fake_slack import FakeSlack, SlackSender
 from store import Store
 
 SIGNING_SECRET = "bench-signing-secret"

@@ -7,7 +7,7 @@ parser knows it, the line it is on::
     environments[1].approvals.required (line 9): must be at least 1
 
 Secrets never live here: tokens come from the environment (see
-``bot.settings``).
+``bot.runtime.settings``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,8 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+from bot.deploys.freezes import (
+    dates_window,
+    parse_week_time,
+    week_time_text,
+    weekly_window,
+    zone_named,
+)
 from bot.errors import ConfigError
-from bot.freezes import dates_window, parse_week_time, week_time_text, weekly_window, zone_named
 
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 USERGROUP_HANDLE = re.compile(r"^@[a-z0-9][a-z0-9._-]*$")
@@ -109,7 +115,7 @@ ROLE_NAMES = ("request", "approve", "rollback", "lock", "override")
 
 class Roles(_Model):
     """Who may do what on an environment: user ids and usergroup handles.
-    A role left out keeps its default (``bot.policy.role_holders``)."""
+    A role left out keeps its default (``bot.deploys.policy.role_holders``)."""
 
     request: list[str] | None = None  # default: anyone
     approve: list[str] | None = None  # default: approvals.approvers

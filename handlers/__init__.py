@@ -10,7 +10,7 @@ from slack_bolt.async_app import AsyncApp
 from handlers import actions, commands, errors, home
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 
 def register(app: AsyncApp, slipway: "Slipway") -> None:

@@ -14,12 +14,18 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import SlipwayError
-from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT, ACTION_ROLLBACK
+from bot.slack.blocks import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_CHECKLIST,
+    ACTION_REJECT,
+    ACTION_ROLLBACK,
+)
 from handlers.errors import after_ack
 from store import Deploy
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 Decide = Callable[[int, str, str], Awaitable[Deploy]]
 

@@ -24,7 +24,7 @@ from bot.alerts.relay import Receipt
 from handlers.http import problem, read_bounded
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 log = logging.getLogger(__name__)
 MAX_ALERT_BYTES = 1024 * 1024

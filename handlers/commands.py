@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.commands import (
+from bot.config import Config
+from bot.deploys.command_text import (
     HELP_TEXT,
     Help,
     HistoryCommand,
@@ -30,11 +31,10 @@ from bot.commands import (
     UnlockCommand,
     parse_command,
 )
-from bot.config import Config
+from bot.deploys.policy import resolve_environment, resolve_service
 from bot.errors import SlipwayError
-from bot.logs import deploy_context
-from bot.policy import resolve_environment, resolve_service
-from bot.render import (
+from bot.runtime.logs import deploy_context
+from bot.slack.blocks import (
     history_text,
     lock_list_text,
     locks_text,
@@ -44,12 +44,12 @@ from bot.render import (
     rollback_offer_blocks,
     unblocked_text,
 )
-from bot.views import stats_reply, status_reply
+from bot.slack.status import stats_reply, status_reply
 from handlers.errors import after_ack
 from store import Deploy, Store
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 COMMAND = "/deploy"
 

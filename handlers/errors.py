@@ -18,7 +18,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.tasks import BackgroundTasks
+from bot.runtime.tasks import BackgroundTasks
 
 log = logging.getLogger("slipway.errors")
 

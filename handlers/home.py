@@ -19,11 +19,11 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.tasks import BackgroundTasks
-from bot.views import home_view
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.status import home_view
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 log = logging.getLogger(__name__)
 

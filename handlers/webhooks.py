@@ -16,12 +16,12 @@ from aiohttp import web
 
 from bot.executors import signing
 from bot.executors.webhook import REPORT_STATUSES
-from bot.logs import deploy_context
+from bot.runtime.logs import deploy_context
 from handlers.http import problem, read_bounded
 from store import DeployNotFound
 
 if TYPE_CHECKING:
-    from bot.app import Slipway
+    from bot.runtime.composition import Slipway
 
 log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 64 * 1024

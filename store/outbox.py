@@ -2,7 +2,7 @@
 
 Callers write here (usually in the same transaction that records what the
 message is about, so the two cannot disagree after a crash) and
-:class:`bot.outbox.Outbox` delivers. Every message has a logical key; where
+:class:`bot.slack.outbox.Outbox` delivers. Every message has a logical key; where
 it ended up in Slack is kept in ``slack_messages`` under that key, so a
 reply can name its parent and an edit its message before either was sent.
 
@@ -139,14 +139,6 @@ def enqueue_update(store: Store, key: str, text: str, blocks: list[dict[str, Any
             [key, UPDATE, channel, text, _blocks_json(blocks), PENDING, store._now()],
         )
         return cursor.lastrowid
-
-
-def remember_message(store: Store, key: str, channel: str, ts: str) -> None:
-    """Record a message posted outside the outbox under ``key``, so queued
-    replies and edits can find it."""
-    with store.transaction():
-        store.db.execute("INSERT OR REPLACE INTO slack_messages (key, channel, ts) VALUES (?, ?, ?)",
-                         [key, channel, ts])
 
 
 def has_message(store: Store, key: str) -> bool:

@@ -119,7 +119,7 @@ def _m3_alerts_and_outbox(db: sqlite_utils.Database) -> None:
     )
     # The durable outbox: every Slack message an alert causes is written here
     # in the same transaction as the alert, then delivered (paced per channel,
-    # retried, resumed after a restart) by bot/outbox.py.
+    # retried, resumed after a restart) by bot/slack/outbox.py.
     db["outbox"].create(
         {"id": int, "message_key": str, "op": str, "channel": str, "thread_key": str, "text": str,
          "blocks": str, "state": str, "attempts": int, "next_attempt_at": str, "created_at": str,

@@ -14,11 +14,16 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app
 from bot.config import parse_config
-from bot.fake_slack import FakeSlack, Message, SlackSender
-from bot.render import ACTION_APPROVE
-from bot.settings import Settings
+from bot.runtime.composition import (
+    SLACK_EVENTS_PATH,
+    Slipway,
+    create_slipway,
+    create_web_app,
+)
+from bot.runtime.settings import Settings
+from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender
+from bot.slack.blocks import ACTION_APPROVE
 from store import Deploy, Store
 
 SIGNING_SECRET = "test-signing-secret"

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bot.fake_slack import FakeSlack
+from bot.sandbox.fake_slack import FakeSlack
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ class SlipwayProcess:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
         secrets = {"SLACK_APP_TOKEN": "xapp-test"} if self.socket_mode else {"SLACK_SIGNING_SECRET": SIGNING_SECRET}
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "serve", "--config", str(self.config), "--db", str(self.db),
+            sys.executable, "-m", "bot.runtime.cli", "serve", "--config", str(self.config), "--db", str(self.db),
             "--host", "127.0.0.1", "--port", "0", cwd=ROOT, stderr=asyncio.subprocess.PIPE,
             env={**clean, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_API_URL": self.fake.api_url, **secrets})
         assert self.process.stderr is not None

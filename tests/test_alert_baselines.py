@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.fake_server import FakeServer
+from bot.sandbox.fake_server import FakeServer
 from tests.conftest import ENGINE, PYTHON, Harness
 from tests.test_alerts import am_alert, am_payload, finished, posts, send, ship, text_of
 

@@ -25,7 +25,13 @@ import pytest
 
 from bot.alerts.auth import bearer_ok, grafana_signature_problem
 from bot.alerts.model import Alert, MalformedPayload
-from bot.alerts.parse import MAX_ALERTS, MAX_STRING, parse_alertmanager, parse_generic, parse_grafana
+from bot.alerts.parse import (
+    MAX_ALERTS,
+    MAX_STRING,
+    parse_alertmanager,
+    parse_generic,
+    parse_grafana,
+)
 from bot.config import AlertLabels
 
 PAYLOADS = Path(__file__).parent / "payloads"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.render import ACTION_APPROVE, ACTION_ROLLBACK
+from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
 from tests.alertmanager import RealAlertmanager, ensure_installed
 from tests.conftest import ENGINE, PYTHON, Harness
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.render import ACTION_APPROVE, ACTION_ROLLBACK
+from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
 from tests.conftest import ENGINE, PYTHON, Harness
 
 AM_TOKEN = "am-token"

@@ -7,7 +7,12 @@ import asyncio
 
 import pytest
 
-from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT
+from bot.slack.blocks import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_CHECKLIST,
+    ACTION_REJECT,
+)
 from store import Deploy
 from tests.conftest import CHANNEL, CONFIG, Harness
 
@@ -182,8 +187,8 @@ async def test_a_retried_click_after_approval_changes_nothing(harness: Harness) 
 
 def _with_buttons(harness: Harness, deploy: Deploy):
     """The message as it looked while it still had buttons (a stale client)."""
-    from bot.fake_slack import Message
-    from bot.render import deploy_blocks
+    from bot.sandbox.fake_slack import Message
+    from bot.slack.blocks import deploy_blocks
 
     pending = Deploy(**{**deploy.__dict__, "status": "awaiting_approval"})
     return Message(deploy.channel, deploy.message_ts, "", deploy_blocks(pending, required_approvals=2))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bot.fake_slack import FakeSlack, SlackSender
+from bot.sandbox.fake_slack import FakeSlack, SlackSender
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
 from tests.processes import SlipwayProcess
 
@@ -19,7 +19,7 @@ EXAMPLE = ROOT / "slipway.example.yml"
 
 def slipway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bot.runtime.cli", *args], capture_output=True, text=True,
                           env={**clean, **(env or {})}, timeout=60, cwd=ROOT)
 
 

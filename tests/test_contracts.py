@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.commands import HELP_TEXT, SUBCOMMANDS
-from bot.fake_slack import Message
-from bot.render import ACTION_IDS
+from bot.deploys.command_text import HELP_TEXT, SUBCOMMANDS
+from bot.sandbox.fake_slack import Message
+from bot.slack.blocks import ACTION_IDS
 from handlers.commands import COMMAND
 from tests.conftest import CHANNEL, Harness
 

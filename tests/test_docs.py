@@ -10,9 +10,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from bot.cli import build_parser
-from bot.commands import SUBCOMMANDS
 from bot.config import Config
+from bot.deploys.command_text import SUBCOMMANDS
+from bot.runtime.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from bot.config import DeployExecutor
+from bot.executors import process
 from bot.executors.base import Job, NotResumable
 from bot.executors.command import CommandExecutor
-from bot.executors import process
 from bot.executors.process import format_duration, run_process
 
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -10,11 +10,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from fake_github import FakeGitHub, Workflow
 
 from bot.config import DeployExecutor
 from bot.executors.base import Job
-from bot.executors.github_actions import GitHubActionsExecutor, format_elapsed, workflow_inputs
-from bot.fake_github import FakeGitHub, Workflow
+from bot.executors.github_actions import (
+    GitHubActionsExecutor,
+    format_elapsed,
+    workflow_inputs,
+)
 
 TOKEN = "ghp_test"
 RUN_NAME = "Deploy ${{ inputs.version }} to ${{ inputs.environment }} (slipway #${{ inputs.deploy_id }})"

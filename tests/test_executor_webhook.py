@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from bot.executors import signing
-from bot.fake_server import FakeServer
+from bot.sandbox.fake_server import FakeServer
 from tests.conftest import Harness
 
 SECRET = "hook-secret"

@@ -12,7 +12,7 @@ import pytest
 
 from bot.config import Freeze, parse_config
 from bot.errors import ConfigError
-from bot.render import ACTION_APPROVE, ACTION_CANCEL
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CANCEL
 from store import Store, approval_slots
 from tests.conftest import ENGINE, PYTHON, Harness
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from fake_github import FakeGitHub
 
-from bot.fake_github import FakeGitHub
 from tests.conftest import Harness
 
 TOKEN = "ghp_test"

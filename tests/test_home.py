@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
-from bot.fake_slack import FakeSlack, block_kit_problem
+from bot.sandbox.fake_slack import FakeSlack, block_kit_problem
 from tests.conftest import Harness
 
 

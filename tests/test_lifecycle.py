@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.fake_server import FakeServer
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
-from bot.report import as_slack_mrkdwn
+from bot.sandbox.fake_server import FakeServer
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.ship_report import as_slack_mrkdwn
 from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +163,7 @@ async def test_production_is_verified_and_gets_a_ship_report(harness: Harness, h
 
     (tmp_path / "slipway.yml").write_text(harness.config_source)
     printed = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "report", str(deploy.id), "--db", str(harness.db_path),
+        [sys.executable, "-m", "bot.runtime.cli", "report", str(deploy.id), "--db", str(harness.db_path),
          "--config", str(tmp_path / "slipway.yml")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.startswith("# Ship report: api 2.7.0 → production")

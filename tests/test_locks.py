@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from store import Store
 from tests.conftest import CHANNEL, Harness
 

@@ -14,9 +14,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.fake_slack import FakeSlack, SlackSender
-from bot.logs import ContextFilter, JsonFormatter, configure_logging, deploy_context, log_context
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.runtime.logs import (
+    ContextFilter,
+    JsonFormatter,
+    configure_logging,
+    deploy_context,
+    log_context,
+)
+from bot.sandbox.fake_slack import FakeSlack, SlackSender
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from tests.conftest import BOT_TOKEN, ENGINE, PYTHON, SIGNING_SECRET, Harness
 from tests.processes import SlipwayProcess
 
@@ -116,7 +122,7 @@ async def test_a_clicks_background_work_and_the_deploy_run_carry_the_deploy_id(
     assert any("chat.update" in line["message"] for line in slack_calls)
     assert any("chat.postMessage" in line["message"] for line in slack_calls)
     assert [line for line in slack_calls if line.get("deploy_id") != deploy.id] == []
-    [engine] = [line for line in lines if line["logger"] == "bot.lifecycle" and "engine" in line]
+    [engine] = [line for line in lines if line["logger"] == "bot.deploys.runner" and "engine" in line]
     assert engine["deploy_id"] == deploy.id and engine["outcome"] == "succeeded"
     assert engine["message"].startswith(f"deploy {deploy.id}: command engine succeeded after ")
 
@@ -157,7 +163,7 @@ async def test_slipway_serve_writes_json_lines_naming_the_deploy(tmp_path: Path,
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
     assert any(line["message"] == "shutting down" for line in lines)
     ours = [line for line in lines if line.get("deploy_id") == 1]
-    assert any(line["logger"] == "bot.lifecycle" and line["outcome"] == "succeeded" for line in ours)
+    assert any(line["logger"] == "bot.deploys.runner" and line["outcome"] == "succeeded" for line in ours)
     thread_posts = [line for line in lines if line["message"].startswith("Sending a request")
                     and "chat.postMessage" in line["message"] and "thread_ts" in line["message"]]
     assert thread_posts and all(line.get("deploy_id") == 1 for line in thread_posts)

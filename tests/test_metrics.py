@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from tests.conftest import ENGINE, PYTHON, Harness
 from tests.test_alerts import ALERTS, AM_TOKEN, am_alert, am_payload, send
 

@@ -12,7 +12,7 @@ import pytest
 
 from bot.config import DEFAULT_MIGRATION_CHECKLIST, parse_config
 from bot.errors import ConfigError
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from store import Deploy
 from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
 

@@ -17,10 +17,10 @@ import pytest
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import create_slack_client
-from bot.fake_slack import FakeSlack
-from bot.outbox import CHANNEL_ERRORS_AFTER, Outbox
-from bot.settings import Settings
+from bot.runtime.composition import create_slack_client
+from bot.runtime.settings import Settings
+from bot.sandbox.fake_slack import FakeSlack
+from bot.slack.outbox import CHANNEL_ERRORS_AFTER, Outbox
 from store import Store
 from store import outbox as queue
 from tests.conftest import BOT_TOKEN
@@ -371,7 +371,7 @@ async def test_a_permanent_failure_is_recorded_and_does_not_hold_up_other_channe
 
     outbox = make_outbox(store)
     outbox.start()
-    with caplog.at_level(logging.ERROR, logger="bot.outbox"):
+    with caplog.at_level(logging.ERROR, logger="bot.slack.outbox"):
         await outbox.drain()
 
     attempts = [c for c in fake_slack.calls if c.args.get("channel") == "C0GONE"]

@@ -3,7 +3,7 @@ nothing is lost, and the deploy's record is unaffected."""
 
 from __future__ import annotations
 
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from tests.conftest import Harness
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.fake_slack import FakeSlack, SlackSender
-from bot.render import ACTION_APPROVE
 from bot.executors.command import process_start
+from bot.sandbox.fake_slack import FakeSlack, SlackSender
+from bot.slack.blocks import ACTION_APPROVE
 from store import Store
 from tests.conftest import ENGINE, PYTHON, SIGNING_SECRET
 from tests.processes import SlipwayProcess
-
 
 
 @pytest.fixture

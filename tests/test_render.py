@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from bot.config import MAX_CHECKLIST_ITEMS, MAX_CHECKLIST_TEXT
-from bot.render import ACTION_IDS, MAX_BLOCKS, MAX_HEADER_TEXT, MAX_SECTION_TEXT, deploy_blocks, version_change
+from bot.slack.blocks import (
+    ACTION_IDS,
+    MAX_BLOCKS,
+    MAX_HEADER_TEXT,
+    MAX_SECTION_TEXT,
+    deploy_blocks,
+    version_change,
+)
 from store import Approval, ChecklistItem, Deploy
 
 
@@ -80,7 +87,7 @@ def test_a_decided_deploy_has_no_buttons_and_a_read_only_checklist(status: str) 
 
 def test_the_fake_slack_refuses_what_slack_refuses() -> None:
     """Every message the scenario tests send passes through this check."""
-    from bot.fake_slack import block_kit_problem
+    from bot.sandbox.fake_slack import block_kit_problem
 
     assert block_kit_problem([{"type": "divider"}] * 51) == "51 blocks (at most 50)"
     too_long = {"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}
@@ -90,9 +97,9 @@ def test_the_fake_slack_refuses_what_slack_refuses() -> None:
 
 
 def test_the_biggest_messages_pass_the_fake_slacks_check() -> None:
-    from bot.fake_slack import block_kit_problem
-    from bot.render import rollback_offer_blocks
-    from bot.versions import MAX_VERSION_LENGTH
+    from bot.deploys.versions import MAX_VERSION_LENGTH
+    from bot.sandbox.fake_slack import block_kit_problem
+    from bot.slack.blocks import rollback_offer_blocks
 
     long_version = "1.2.3-" + "a" * (MAX_VERSION_LENGTH - 6)
     checklist = tuple(ChecklistItem(i, "x" * MAX_CHECKLIST_TEXT, None, None) for i in range(MAX_CHECKLIST_ITEMS))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.render import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from tests.conftest import Harness
 
 

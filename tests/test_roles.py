@@ -11,7 +11,12 @@ import pytest
 
 from bot.config import parse_config
 from bot.errors import ConfigError
-from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_REJECT, ACTION_ROLLBACK
+from bot.slack.blocks import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_REJECT,
+    ACTION_ROLLBACK,
+)
 from tests.conftest import ENGINE, PYTHON, Harness
 
 SRE = "<!subteam^SSRE|@sre>"  # how the fake Slack's @sre is mentioned

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.fake_slack import Message
-from bot.render import ACTION_APPROVE, ACTION_ROLLBACK
+from bot.sandbox.fake_slack import Message
+from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
 from tests.conftest import CHANNEL, ENGINE, PYTHON, Harness, engine_calls
 
 

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bot.fake_slack import Message
-from bot.render import ACTION_ROLLBACK
+from bot.sandbox.fake_slack import Message
+from bot.slack.blocks import ACTION_ROLLBACK
 from tests.conftest import ENGINE, PYTHON, Harness
 
 

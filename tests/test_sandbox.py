@@ -19,9 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.cli import check_config
-from bot.sandbox import Sandbox
-from bot.sandbox import demo
+from bot.runtime.cli import check_config
+from bot.sandbox import Sandbox, demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DANA, ALICE, BOB = "U0DANA", "U0ALICE", "U0BOB"
@@ -310,7 +309,7 @@ class SandboxProcess:
 
     async def start(self) -> str:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "sandbox", *self.args, cwd=ROOT,
+            sys.executable, "-m", "bot.runtime.cli", "sandbox", *self.args, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert self.process.stdout is not None
         async with asyncio.timeout(30):
@@ -344,7 +343,7 @@ async def test_slipway_sandbox_prints_its_url_and_answers_healthz(tmp_path: Path
 
 async def test_slipway_sandbox_refuses_a_public_address() -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "sandbox", "--host", "0.0.0.0", "--port", "0", cwd=ROOT,
+        sys.executable, "-m", "bot.runtime.cli", "sandbox", "--host", "0.0.0.0", "--port", "0", cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ})
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2 and out == b""
@@ -357,7 +356,7 @@ async def test_slipway_sandbox_says_so_when_its_port_is_taken() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "sandbox", "--port", str(port), cwd=ROOT,
+            sys.executable, "-m", "bot.runtime.cli", "sandbox", "--port", str(port), cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2, (out, err)

@@ -13,8 +13,13 @@ import pytest
 
 from bot.config import parse_config
 from bot.errors import ConfigError
-from bot.fake_slack import dm_channel
-from bot.render import ACTION_APPROVE, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_REJECT
+from bot.sandbox.fake_slack import dm_channel
+from bot.slack.blocks import (
+    ACTION_APPROVE,
+    ACTION_CANCEL,
+    ACTION_CHECKLIST,
+    ACTION_REJECT,
+)
 from store import Deploy, stamp
 from tests.conftest import ENGINE, PYTHON, Clock, Harness, engine_calls
 

@@ -4,12 +4,13 @@ timestamps (the test clock dates every record), checked exactly."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+
 import pytest
 
-from bot.fake_slack import block_kit_problem
-from bot.stats import dora, percentile_90
+from bot.deploys.stats import dora, percentile_90
+from bot.sandbox.fake_slack import block_kit_problem
 from store import Deploy
-from store.views import DeployTimes
+from store.read_models import DeployTimes
 from tests.conftest import Clock, Harness
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -35,7 +36,7 @@ def record(harness: Harness, clock: Clock, service: str, environment: str, versi
 
 def roll_back(harness: Harness, clock: Clock, undone: Deploy, version: str, *, requested: datetime,
               finished: datetime) -> Deploy:
-    """A rollback deploy of ``undone`` that succeeds, marking ``undone`` rolled back (as bot/lifecycle.py does)."""
+    """A rollback deploy of ``undone`` that succeeds, marking ``undone`` rolled back (as bot/deploys/runner.py does)."""
     assert harness.store is not None
     rollback = record(harness, clock, undone.service, undone.environment, version, requested=requested,
                       finished=finished, rollback_of=undone.id)

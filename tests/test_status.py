@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.fake_slack import block_kit_problem
+from bot.sandbox.fake_slack import block_kit_problem
 from tests.conftest import PYTHON, Harness
 
 

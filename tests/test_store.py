@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from store.schema import MIGRATIONS
 from store import (
     AlreadyApproved,
     ChecklistIncomplete,
@@ -19,6 +18,7 @@ from store import (
     StateConflict,
     Store,
 )
+from store.schema import MIGRATIONS
 
 
 @pytest.fixture

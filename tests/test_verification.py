@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from bot.config import HealthCheck, SmokeTest, Verification
+from bot.deploys.verification import CheckResult, VerificationResult, verify
 from bot.executors.base import Job
-from bot.verification import CheckResult, VerificationResult, verify
 
 RECORD = str(Path(__file__).parent / "scripts" / "record.py")
 FAST = dict(interval=0.05, deadline=0.3, request_timeout=1)  # real, short waits

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-SOURCES = ("alertmanager", "grafana", "generic")
-
 
 @dataclass(frozen=True)
 class Alert:

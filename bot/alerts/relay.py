@@ -20,7 +20,7 @@ from bot.alerts import render
 from bot.alerts.model import Alert
 from bot.alerts.rules import Judgement, judge
 from bot.config import Config
-from bot.render import duration_text
+from bot.slack.blocks import duration_text
 from store import Deploy, Store, deploy_message_key, stamp
 from store import alerts as alert_rows
 from store.alerts import StoredAlert

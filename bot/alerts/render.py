@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.render import MAX_SECTION_TEXT, rollback_button
+from bot.slack.blocks import MAX_SECTION_TEXT, rollback_button
 from store import Deploy
 from store.alerts import StoredAlert
 

@@ -1,7 +1,7 @@
 """``slipway sandbox``: try Slipway in a browser, without a Slack workspace.
 
 Slipway runs with its real code against the fake Slack the test-suite uses
-(bot/fake_slack.py); a local page shows the deploy channel and lets you type
+(bot/sandbox/fake_slack.py); a local page shows the deploy channel and lets you type
 ``/deploy``, click, approve as someone else and simulate a monitor's alert.
 See server.py for how the pieces fit.
 """

@@ -12,8 +12,8 @@ from string import Template
 from typing import Any
 
 from bot.config import Config, parse_config
-from bot.fake_slack import usergroup_id
 from bot.sandbox.demo_deploy import record_version
+from bot.sandbox.fake_slack import usergroup_id
 from store import Store
 
 SERVICE = "demo"

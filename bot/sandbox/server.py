@@ -3,7 +3,7 @@ plays Slack's client.
 
 Three aiohttp servers in one process, all on loopback:
 
-* :class:`~bot.fake_slack.FakeSlack`, the Web API Slipway talks to (the one
+* :class:`~bot.sandbox.fake_slack.FakeSlack`, the Web API Slipway talks to (the one
   the test-suite uses), on a free port;
 * Slipway itself (``create_slipway`` + ``create_web_app``, as ``slipway
   serve`` builds it), on a free port, with a signing secret and an alert
@@ -12,7 +12,7 @@ Three aiohttp servers in one process, all on loopback:
 
 Whatever the person at the page does reaches Slipway as Slack (or a
 monitor) would send it: a slash command or a click signed by
-:class:`~bot.fake_slack.SlackSender`, an alert as a real webhook with its
+:class:`~bot.sandbox.fake_slack.SlackSender`, an alert as a real webhook with its
 bearer token. The browser never holds either secret.
 """
 
@@ -31,14 +31,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.app import SLACK_EVENTS_PATH, Slipway, create_slipway, create_web_app
 from bot.config import Config
 from bot.errors import SlipwayError
-from bot.fake_slack import FakeSlack, Message, SlackSender
+from bot.runtime.composition import (
+    SLACK_EVENTS_PATH,
+    Slipway,
+    create_slipway,
+    create_web_app,
+)
+from bot.runtime.settings import Settings
+from bot.runtime.tasks import until_stopped
 from bot.sandbox import demo, view
+from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender
 from bot.sandbox.page import is_loopback, page_app
-from bot.settings import Settings
-from bot.tasks import until_stopped
 from store import Store
 
 log = logging.getLogger(__name__)

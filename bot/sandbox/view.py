@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bot.fake_slack import Message, dm_channel
 from bot.sandbox import demo
 from bot.sandbox.demo_deploy import deployed_version
+from bot.sandbox.fake_slack import Message, dm_channel
 
 if TYPE_CHECKING:
     from bot.sandbox.server import Sandbox

@@ -28,9 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from store.views import DeployTimes
+from store.read_models import DeployTimes
 
-MIN_DAYS, MAX_DAYS, DEFAULT_DAYS = 1, 365, 30
 FAILED_STATES = ("failed", "rolled_back")
 
 

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.deploys.workflow import DeployWorkflow
 from bot.errors import SlipwayError
-from bot.render import deploy_blocks, deploy_fallback_text
-from bot.tasks import BackgroundTasks, tell_listeners
-from bot.workflow import DeployWorkflow
+from bot.runtime.tasks import BackgroundTasks, tell_listeners
+from bot.slack.blocks import deploy_blocks, deploy_fallback_text
 from store import Deploy
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import semver
 
 from bot.errors import InvalidVersion
 
-
 # Long enough for any real tag (2.7.0-rc.1+build.20261123.abcdef0), short
 # enough that a version always fits Block Kit's limits wherever it is shown.
 MAX_VERSION_LENGTH = 64
@@ -49,11 +48,6 @@ def parse_version(text: str) -> Version:
         ) from None
 
 
-def display_like(normalised: str, prefixed: bool) -> str:
-    """Show a stored version in the style the person typed it."""
-    return ("v" if prefixed else "") + normalised
-
-
 def bump_kind(live: str | None, new: str) -> str:
     """How ``new`` moves from ``live``: major, minor, patch, prerelease,
     build, initial (nothing live) or downgrade/same."""
@@ -72,8 +66,3 @@ def bump_kind(live: str | None, new: str) -> str:
     if new_v.patch != old_v.patch:
         return "patch"
     return "prerelease"
-
-
-def compare(left: str, right: str) -> int:
-    """-1, 0 or 1 as ``left`` sorts before, with or after ``right``."""
-    return semver.Version.parse(left).compare(right)

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.fake_server import FakeServer
+from bot.sandbox.fake_server import FakeServer
 
 DOCS = "https://docs.github.com/rest/actions"
 DEFAULT_STATUSES = ("queued", "in_progress", "completed")

@@ -19,10 +19,15 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from slack_bolt.request.payload_utils import is_block_actions, is_event, is_slash_command, is_view_submission
+from slack_bolt.request.payload_utils import (
+    is_block_actions,
+    is_event,
+    is_slash_command,
+    is_view_submission,
+)
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from bot.config import Config
-from bot.render import duration_text
+from bot.slack.blocks import duration_text
 from store import Deploy, Store
 
 

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bot.config import DEFAULT_REMIND_EVERY, USER_ID, Config
-from bot.directory import Directory
-from bot.messages import DeployMessages
-from bot.policy import role_holders
-from bot.render import duration_text, expired_locks_text, mention, when
-from bot.tasks import BackgroundTasks
-from bot.workflow import DeployWorkflow
+from bot.deploys.policy import role_holders
+from bot.deploys.workflow import DeployWorkflow
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.blocks import duration_text, expired_locks_text, mention, when
+from bot.slack.deploy_messages import DeployMessages
+from bot.slack.directory import Directory
 from store import Deploy, Lock, StateConflict, Store, stamp
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.config import Config
-from bot.directory import Directory
+from bot.deploys.policy import (
+    RoleHolders,
+    require_role,
+    resolve_environment,
+    resolve_service,
+    role_holders,
+)
 from bot.errors import PolicyViolation, SlipwayError
-from bot.policy import RoleHolders, holds_role, require_role, resolve_environment, resolve_service, role_holders
-from bot.render import mention, rollback_plan_text
+from bot.slack.blocks import mention, rollback_plan_text
+from bot.slack.directory import Directory
 from store import Deploy, DeployInFlight, DuplicateRequest, StateConflict, Store
 
 ROLLBACK_FROM = ("succeeded", "failed")
@@ -102,11 +108,6 @@ class Rollbacks:
         if not recent:
             raise PolicyViolation(f"{service} has no finished deploy on {env.name} to roll back.")
         return self.plan(recent[0].id)
-
-    async def may_roll_back(self, user: str, current: Deploy) -> bool:
-        """The environment's ``roles.rollback`` if set; else its approvers plus
-        whoever deployed (on an environment without approvers: whoever deployed)."""
-        return await holds_role(self.directory, self._holders(current), user)
 
     async def require_may_roll_back(self, user: str, current: Deploy, source: str | None = None) -> None:
         """Raises NotAllowed (audited) unless ``user`` may roll ``current`` back."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import USER_ID
-from bot.versions import bump_kind
+from bot.deploys.versions import bump_kind
 from store import Deploy
 
 # Every interactive element Slipway renders; handlers register one listener

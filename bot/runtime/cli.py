@@ -12,8 +12,8 @@ from aiohttp import web
 
 from bot.config import load_config
 from bot.errors import ConfigError, MissingSecret
-from bot.settings import Settings
-from bot.tasks import until_stopped
+from bot.runtime.settings import Settings
+from bot.runtime.tasks import until_stopped
 
 log = logging.getLogger("slipway")
 
@@ -78,7 +78,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
         print(f"slipway: the sandbox listens on loopback only (127.0.0.1, ::1 or localhost), not {args.host!r}: "
               "it has no authentication and acts for made-up people", file=sys.stderr)
         return 2
-    from bot.logs import configure_logging
+    from bot.runtime.logs import configure_logging
 
     configure_logging("WARNING", "text")  # a person at a terminal; the page shows what happens
     with tempfile.TemporaryDirectory(prefix="slipway-sandbox-") as scratch:
@@ -88,7 +88,7 @@ def run_sandbox(args: argparse.Namespace) -> int:
 
 
 def print_report(args: argparse.Namespace) -> int:
-    from bot.report import ship_report
+    from bot.slack.ship_report import ship_report
     from store import DeployNotFound, Store
 
     try:
@@ -123,7 +123,7 @@ def check_config(path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from bot.logs import configure_logging
+    from bot.runtime.logs import configure_logging
     configure_logging(args.log_level, args.log_format)
     try:
         settings = Settings.from_env(socket_mode=True if args.socket_mode else None)
@@ -140,7 +140,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
-    from bot.app import create_slipway, create_web_app
+    from bot.runtime.composition import create_slipway, create_web_app
     from store import Store
 
     store = Store.open(args.db)

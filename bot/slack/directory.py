@@ -94,7 +94,3 @@ class Directory:
             linked = await self.mention(entry)
             shown.append(f"{linked[:-1]}|{entry}>" if linked.startswith("<!subteam^") else linked)
         return ", ".join(shown)
-
-    def describe(self, entries: list[str]) -> str:
-        """Approvers as Slack shows them: ``<@U0ALICE>, @sre``."""
-        return ", ".join(e if e.startswith("@") else f"<@{e}>" for e in entries)

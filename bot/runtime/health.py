@@ -19,7 +19,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.metrics import impatient
+from bot.runtime.metrics import impatient
 from store import Store
 
 OK = "ok"

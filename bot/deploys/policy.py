@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import Config, Environment, FreezeWindow
-from bot.directory import Directory
+from bot.deploys.versions import Version, bump_kind, parse_version
 from bot.errors import NotAllowed, PolicyViolation, UnknownEnvironment, UnknownService
-from bot.render import mention, when
-from bot.versions import Version, bump_kind, parse_version
+from bot.slack.blocks import mention, when
+from bot.slack.directory import Directory
 from store import Deploy, Lock, Store
 
 

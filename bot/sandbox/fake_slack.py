@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from bot.fake_server import FakeServer
+from bot.sandbox.fake_server import FakeServer
 
 BOT_USER_ID = "USLIPWAY"
 TEAM_ID = "T0SLIPWAY"

@@ -24,21 +24,21 @@ import handlers.alerts
 import handlers.webhooks
 from bot.alerts.relay import AlertRelay
 from bot.config import Config
-from bot.directory import Directory
+from bot.deploys.nudges import Nudges
+from bot.deploys.rollbacks import Rollbacks
+from bot.deploys.runner import DeployRunner
+from bot.deploys.workflow import DeployWorkflow
 from bot.errors import SlipwayError
 from bot.executors import EngineReports
-from bot.health import Health
-from bot.lifecycle import DeployRunner
-from bot.logs import deploy_context
-from bot.messages import DeployMessages
-from bot.metrics import Metrics, surface_of
-from bot.nudges import Nudges
-from bot.outbox import Outbox
-from bot.render import mention, rollback_plan_text
-from bot.rollback import Rollbacks
-from bot.settings import Settings
-from bot.tasks import BackgroundTasks
-from bot.workflow import DeployWorkflow
+from bot.runtime.health import Health
+from bot.runtime.logs import deploy_context
+from bot.runtime.metrics import Metrics, surface_of
+from bot.runtime.settings import Settings
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.blocks import mention, rollback_plan_text
+from bot.slack.deploy_messages import DeployMessages
+from bot.slack.directory import Directory
+from bot.slack.outbox import Outbox
 from handlers.errors import deploy_of_click
 from store import Deploy, Store, utc_now
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 SLACK_EVENTS_PATH = "/slack/events"
 AUTO_ROLLBACK_ACTOR = "slipway"  # who the audit log says started an automatic rollback
-SLIPWAY_KEY = web.AppKey("slipway", "Slipway")
 
 
 @dataclass
@@ -201,7 +200,6 @@ def create_web_app(slipway: Slipway) -> web.Application:
     """The one aiohttp server: Slack's events endpoint, webhooks, the health
     check and the metrics."""
     app = web.Application(client_max_size=1024 * 1024)
-    app[SLIPWAY_KEY] = slipway
     metrics = slipway.metrics
 
     async def slack_events(request: web.Request) -> web.Response:

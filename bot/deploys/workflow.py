@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from bot.commands import LockCommand, UnblockCommand, UnlockCommand
-from bot.config import DEFAULT_APPROVAL_VALID_FOR, DEFAULT_EXPIRE_AFTER, DURATION, Config, Environment, parse_duration
-from bot.directory import Directory
-from bot.errors import InvalidTransition, NotAllowed, PolicyViolation, SlipwayError, UsageError
-from bot.policy import (
+from bot.config import (
+    DEFAULT_APPROVAL_VALID_FOR,
+    DEFAULT_EXPIRE_AFTER,
+    DURATION,
+    Config,
+    Environment,
+    parse_duration,
+)
+from bot.deploys.command_text import LockCommand, UnblockCommand, UnlockCommand
+from bot.deploys.policy import (
     RoleHolders,
     check_request,
     check_still_allowed,
@@ -27,9 +32,17 @@ from bot.policy import (
     resolve_service,
     role_holders,
 )
-from bot.render import duration_text, mention, when
-from bot.tasks import tell_listeners
-from bot.versions import parse_version
+from bot.deploys.versions import parse_version
+from bot.errors import (
+    InvalidTransition,
+    NotAllowed,
+    PolicyViolation,
+    SlipwayError,
+    UsageError,
+)
+from bot.runtime.tasks import tell_listeners
+from bot.slack.blocks import duration_text, mention, when
+from bot.slack.directory import Directory
 from store import (
     ALL_ENVIRONMENTS,
     AlreadyApproved,

@@ -20,10 +20,17 @@ from bot.config import Backup, Config, DeployExecutor
 from bot.errors import SlipwayError
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
 from bot.executors.process import run_process
-from bot.messages import DeployMessages
-from bot.render import MAX_LOG_TAIL, duration_text, engine_log_text, failure_text, success_text, verification_text
-from bot.report import as_slack_mrkdwn, ship_report
-from bot.tasks import BackgroundTasks
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.blocks import (
+    MAX_LOG_TAIL,
+    duration_text,
+    engine_log_text,
+    failure_text,
+    success_text,
+    verification_text,
+)
+from bot.slack.deploy_messages import DeployMessages
+from bot.slack.ship_report import as_slack_mrkdwn, ship_report
 from store import Deploy, StateConflict, Store
 
 log = logging.getLogger(__name__)
@@ -80,7 +87,7 @@ class DeployRunner:
         return spec is not None and spec.command is not None
 
     async def _guarded(self, deploy_id: int, resume: bool) -> None:
-        from bot.logs import deploy_context
+        from bot.runtime.logs import deploy_context
 
         # every line logged by this deploy's work (and the tasks it starts) names it
         with deploy_context(deploy_id):
@@ -265,7 +272,7 @@ class DeployRunner:
                      extra={"engine": spec.kind, "outcome": outcome, "seconds": round(seconds, 3), "resumed": resume})
 
     async def _verify(self, deploy: Deploy, job: Job) -> None:
-        from bot.verification import verify
+        from bot.deploys.verification import verify
 
         checks = self.config.services[deploy.service].verify.get(deploy.environment)
         result = await verify(checks, job)

@@ -2,7 +2,7 @@
 and the DORA figures (`/deploy stats`), gathered from the store and
 rendered as Block Kit.
 
-Gathering is a few set-based queries (store/views.py); rendering is pure
+Gathering is a few set-based queries (store/read_models.py); rendering is pure
 and keeps to Block Kit's limits (50 blocks a message, 100 a view, 10
 fields a section, 2000 characters a field, 3000 a section), saying what
 it left out rather than letting Slack refuse the whole reply.
@@ -16,11 +16,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.config import Config
-from bot.policy import resolve_service
-from bot.render import MAX_BLOCKS, MAX_HEADER_TEXT, MAX_SECTION_TEXT, duration_text, mention, when
-from bot.stats import Figures, dora
+from bot.deploys.policy import resolve_service
+from bot.deploys.stats import Figures, dora
+from bot.slack.blocks import (
+    MAX_BLOCKS,
+    MAX_HEADER_TEXT,
+    MAX_SECTION_TEXT,
+    duration_text,
+    mention,
+    when,
+)
 from store import ALL_ENVIRONMENTS, Deploy, Lock, Store, stamp
-from store.views import deploys_finished_since, deploys_in_flight, live_deploys, recent_deploys
+from store.read_models import (
+    deploys_finished_since,
+    deploys_in_flight,
+    live_deploys,
+    recent_deploys,
+)
 
 MAX_VIEW_BLOCKS = 100
 MAX_FIELDS = 10

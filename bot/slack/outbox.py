@@ -39,7 +39,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.metrics import Metrics
+from bot.runtime.metrics import Metrics
 from store import Store
 from store import outbox as queue
 from store.outbox import POST, Delivery, OutboxItem

@@ -1,0 +1,1 @@
+"""Running Slipway: composition, the CLI, settings, logs, metrics, health and background tasks."""

@@ -1,0 +1,1 @@
+"""Slack presentation and delivery: Block Kit, the deploy message, status and App Home, the outbox."""
