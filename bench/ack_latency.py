@@ -317,12 +317,12 @@ class Bench:
         as ``Harness.mark_succeeded`` does in tests/conftest.py."""
         assert self.store is not None
         for i in range(self.services):
-            deploy = self.store.create_deploy(
+            deploy = self.store.deploys.create(
                 service=f"svc{i}", environment="staging", version=SEED_VERSION, version_prefixed=False,
                 requested_by=REQUESTER, previous_version=None, checklist=[], needs_approval=False)
             for state in ("deploying", "verifying", "succeeded"):
-                deploy = self.store.transition(deploy.id, allowed_from=(deploy.status,), to=state,
-                                               actor=None, action=state)
+                deploy = self.store.deploys.transition(deploy.id, allowed_from=(deploy.status,), to=state,
+                                                       actor=None, action=state)
 
     async def warm_up(self, concurrency: int) -> None:
         """Unmeasured: fill both keep-alive pools, cache auth.test, warm code paths."""
@@ -361,7 +361,7 @@ class Bench:
             "AND channel IS NOT NULL ORDER BY id").fetchall()
         messages = []
         for (deploy_id,) in rows:
-            deploy = self.store.get_deploy(deploy_id)
+            deploy = self.store.deploys.get(deploy_id)
             messages.append((deploy_id, self.fake.messages[(deploy.channel, deploy.message_ts)]))
         return messages
 
@@ -442,7 +442,7 @@ class Bench:
                       for name in APPS}
             samples = await self.cell("approve", concurrency, bodies)
             self.record("approve", concurrency, samples)
-            approved = sum(1 for deploy_id, _ in chunk if APPROVER in self.store.get_deploy(deploy_id).approvers)
+            approved = sum(1 for deploy_id, _ in chunk if APPROVER in self.store.deploys.get(deploy_id).approvers)
             if approved != len(chunk):
                 self.notes.append(f"approve c={concurrency}: only {approved} of {len(chunk)} clicks approved "
                                   "their deploy")

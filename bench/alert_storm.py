@@ -136,7 +136,6 @@ from bot.runtime.composition import (
 from bot.runtime.settings import Settings
 from bot.sandbox.fake_slack import Call, FakeSlack, SlackSender
 from store import Store
-from store import outbox as queue
 
 SIGNING_SECRET = "bench-signing-secret"
 BOT_TOKEN = "xoxb-bench-token"
@@ -586,10 +585,10 @@ class Bench:
                     "received_reported": sum(a.received for a in ok),
                     "errors": len(got) - len(ok), "wall_s": round(wall, 3),
                     "alerts_per_s": round(notifications / wall, 1) if wall else None, **lat,
-                    "outbox_pending_after": queue.pending_count(self.store),
+                    "outbox_pending_after": self.store.outbox.pending_count(),
                 })
                 print(f"wave {wave}: {len(posts)} POSTs, {notifications} alerts in {wall:.2f}s "
-                      f"(p99 {lat['p99_ms']} ms), outbox pending {queue.pending_count(self.store)}",
+                      f"(p99 {lat['p99_ms']} ms), outbox pending {self.store.outbox.pending_count()}",
                       file=sys.stderr, flush=True)
             if profiler:
                 profiler.disable()
@@ -617,7 +616,7 @@ class Bench:
 
         # The drain: everything the storm queued, delivered at the outbox's pace.
         drain_t0 = time.monotonic()
-        pending_at_start = queue.pending_count(self.store)
+        pending_at_start = self.store.outbox.pending_count()
         progress = asyncio.create_task(self._progress(drain_t0))
         timed_out = False
         try:
@@ -630,7 +629,7 @@ class Bench:
         await self.slipway.tasks.wait_idle()
         drain_t1 = time.monotonic()
         res.drain = {"pending_at_start": pending_at_start, "seconds": round(drain_t1 - drain_t0, 2),
-                     "timed_out": timed_out, "pending_at_end": queue.pending_count(self.store),
+                     "timed_out": timed_out, "pending_at_end": self.store.outbox.pending_count(),
                      "storm_to_drained_s": round(drain_t1 - storm_t0, 2)}
 
         if tracemalloc.is_tracing():
@@ -653,7 +652,7 @@ class Bench:
         assert self.store is not None
         while True:
             await asyncio.sleep(15)
-            print(f"  draining: {queue.pending_count(self.store)} pending after {time.monotonic() - t0:.0f}s",
+            print(f"  draining: {self.store.outbox.pending_count()} pending after {time.monotonic() - t0:.0f}s",
                   file=sys.stderr, flush=True)
 
     def _channels(self, stamps: list[Stamp], drain_t0: float, drain_t1: float,

@@ -48,7 +48,7 @@ Three figures, each a sequence of single measurements, one at a time:
 Each is reported as n, median, p90, p99 and max, and the two Slipway figures
 also against the baseline: the difference (what Slipway adds on top of
 spawning the program) and the ratio. Two more columns split the Slipway
-figures at ``DeployRunner.on_executor_start`` (``bot/deploys/runner.py``), the
+figures at the runner's ``ExecutorStarted`` event (``bot/deploys/runner.py``), the
 probe the runner calls just before ``executor.run``: ``click->runner`` is
 Slipway's own path up to handing the deploy to the engine, ``runner->start``
 is the engine starting from there (comparable with the baseline, but with
@@ -307,9 +307,17 @@ class Bench:
             raise SystemExit(f"the probe's argv did not survive the config: {config.services['svc0'].deploy.command}")
         self.slipway = create_slipway(config, self.store, settings)
         runner = self.slipway.runner
-        self.has_runner_probe = hasattr(runner, "on_executor_start")
-        if self.has_runner_probe:
-            runner.on_executor_start = lambda deploy_id: self.runner_calls.__setitem__(deploy_id, time.monotonic())
+
+        def probe(deploy_id: int) -> None:
+            self.runner_calls[deploy_id] = time.monotonic()
+
+        events = getattr(self.slipway, "events", None)
+        self.has_runner_probe = events is not None or hasattr(runner, "on_executor_start")
+        if events is not None:  # this checkout: the runner publishes ExecutorStarted on the event bus
+            from bot.events import ExecutorStarted
+            events.subscribe(ExecutorStarted, lambda event: probe(event.deploy_id))
+        elif self.has_runner_probe:  # older checkouts: a probe attribute on the runner
+            runner.on_executor_start = probe
         self.runner = web.AppRunner(create_web_app(self.slipway))
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
@@ -355,12 +363,12 @@ class Bench:
         store's own transitions (as ``Harness.mark_succeeded`` does)."""
         assert self.store is not None
         for i in range(self.services):
-            deploy = self.store.create_deploy(
+            deploy = self.store.deploys.create(
                 service=f"svc{i}", environment=ENVIRONMENT, version=LIVE_VERSION, version_prefixed=False,
                 requested_by=REQUESTER, previous_version=None, checklist=[], needs_approval=False)
             for state in ("deploying", "verifying", "succeeded"):
-                deploy = self.store.transition(deploy.id, allowed_from=(deploy.status,), to=state,
-                                               actor=None, action=state)
+                deploy = self.store.deploys.transition(deploy.id, allowed_from=(deploy.status,), to=state,
+                                                       actor=None, action=state)
 
     async def request_all(self) -> dict[str, int]:
         """NEW_VERSION requested on production for every service, over HTTP
@@ -385,7 +393,7 @@ class Bench:
 
     def message(self, deploy_id: int) -> Message:
         assert self.store is not None and self.fake is not None
-        deploy = self.store.get_deploy(deploy_id)
+        deploy = self.store.deploys.get(deploy_id)
         assert deploy.channel and deploy.message_ts
         return self.fake.messages[(deploy.channel, deploy.message_ts)]
 
@@ -416,7 +424,7 @@ class Bench:
             self.notes.append(f"{kind} {service} #{deploy_id}: no engine start recorded "
                               f"(HTTP {status} {text[:100]!r}, deploy {started_id})")
             return None
-        final = self.store.get_deploy(started_id).status
+        final = self.store.deploys.get(started_id).status
         if final != "succeeded":
             self.notes.append(f"{kind} {service}: deploy #{started_id} ended {final}")
         calls = [method for at, method in self.fake.arrivals[calls_from:] if sent <= at <= started]

@@ -36,6 +36,7 @@ from bot.deploys.freezes import (
     weekly_window,
     zone_named,
 )
+from bot.durations import parse_duration
 from bot.errors import ConfigError
 
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
@@ -249,23 +250,6 @@ class Freeze(_Model):
 
     def covers(self, environment: str, moment: datetime) -> bool:
         return self.window_at(environment, moment) is not None
-
-
-DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``"10m"``, ``"1h30m"``, ``"45s"``, ``"2.5s"``, ``"1d"`` or a bare number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := DURATION.match(value.strip())) and value.strip():
-        days, hours, minutes, secs = match.groups()
-        seconds = int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
-    else:
-        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 10m or 1h30m")
-    if seconds <= 0:
-        raise ValueError("a duration must be longer than zero")
-    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -1,8 +1,10 @@
 """Clicks on the deploy message: checklist ticks, Approve, Reject, Cancel,
 Rollback.
 
-Every click is acked first; the decision is the workflow's; a refusal is
-told to the clicker alone, and any change refreshes the message in place.
+Every click is acked first; the decision is the workflow's (or, for
+Rollback, the rollbacks'); a refusal is told to the clicker alone. What a
+change sets off (the message redrawn, the deploy started) follows from the
+events the decision publishes (``bot.runtime.composition.subscribe``).
 """
 
 from __future__ import annotations
@@ -38,13 +40,9 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         user = body["user"]["id"]
         source = f"slack:{action['action_id']}:{action.get('action_ts', '')}"
         try:
-            deploy = await decide(deploy_id, user, source)
+            await decide(deploy_id, user, source)  # the message is redrawn, and a final approval starts the deploy
         except SlipwayError as refusal:
             await messages.tell(body["channel"]["id"], user, refusal.message, respond)
-            return
-        messages.refresh(deploy.id)
-        if deploy.status == "approved":
-            slipway.runner.start(deploy.id)
 
     def later(client: AsyncWebClient, body: dict[str, Any], work: Awaitable[None]) -> None:
         after_ack(slipway.tasks, client, work, channel=body["channel"]["id"], user=body["user"]["id"],
@@ -83,7 +81,7 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             user, channel = body["user"]["id"], body["channel"]["id"]
             source = f"slack:{ACTION_ROLLBACK}:{action.get('action_ts', '')}"
             try:
-                await slipway.start_rollback(int(deploy_id), target, user, source)
+                await slipway.rollbacks.start(int(deploy_id), target, user, source)
             except SlipwayError as refusal:
                 await messages.tell(channel, user, refusal.message, respond)
 

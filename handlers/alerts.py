@@ -2,8 +2,9 @@
 monitors' alerts in.
 
 Each door authenticates (a bearer token; for Grafana, an HMAC signature of
-the body), parses, and records the alerts with the Slack messages they call
-for in one transaction, then answers at once: the Slack work is the
+the body), parses, and hands the alerts to the relay (``AlertRelay.ingest``),
+which records them with the Slack messages they call for in one
+transaction; the door then answers at once: the Slack work is the
 outbox's, so a monitor never times out and retries needlessly. A bad request
 gets a 4xx that says why, and nothing is half-stored.
 """
@@ -17,10 +18,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.alerts.auth import bearer_ok, grafana_signature_problem
-from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import MalformedPayload
 from bot.alerts.parse import parse_alertmanager, parse_generic, parse_grafana
-from bot.alerts.relay import Receipt
 from handlers.http import problem, read_bounded
 
 if TYPE_CHECKING:
@@ -51,15 +50,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         return grafana_signature_problem(request.headers, body, secret, header=settings.grafana_signature_header,
                                          timestamp_header=settings.grafana_timestamp_header)
 
-    metrics = slipway.metrics
-
-    def count(source: str, receipt: Receipt) -> None:
-        metrics.alerts_received.labels(source).inc(receipt.received)
-        metrics.alerts_relayed.labels(source).inc(receipt.relayed)
-        if receipt.duplicates:
-            metrics.alerts_deduplicated.labels(source, "repeat").inc(receipt.duplicates - receipt.stale)
-            metrics.alerts_deduplicated.labels(source, "stale").inc(receipt.stale)
-
+    metrics, relay = slipway.metrics, slipway.alert_relay
     def door(source: str, authenticate, parse) -> Callable[[web.Request], object]:
         async def receive(request: web.Request) -> web.Response:
             body = await read_bounded(request, MAX_ALERT_BYTES)
@@ -76,12 +67,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
                 group_key, alerts = parse(body, settings.labels)
             except MalformedPayload as malformed:
                 return problem(400, f"malformed {source} payload: {malformed}")
-            alerts = await fill_baselines(alerts, settings, slipway.store)
-            receipt = slipway.alert_relay.receive(group_key, alerts, oncall=await slipway.oncall_mention())
-            slipway.outbox.notify()
-            count(source, receipt)
-            for deploy_id in receipt.page_deploys:
-                slipway.tasks.spawn(slipway.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")
+            receipt = await relay.ingest(source, group_key, alerts)
             return web.json_response({"ok": True, "received": receipt.received, "duplicates": receipt.duplicates})
         return metrics.count_webhook(source, receive)
 

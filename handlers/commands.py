@@ -8,14 +8,11 @@ history and answer through the response URL.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Config
 from bot.deploys.command_text import (
     HELP_TEXT,
     Help,
@@ -31,22 +28,21 @@ from bot.deploys.command_text import (
     UnlockCommand,
     parse_command,
 )
-from bot.deploys.policy import resolve_environment, resolve_service
+from bot.deploys.policy import resolve_service
 from bot.errors import SlipwayError
 from bot.runtime.logs import deploy_context
-from bot.slack.blocks import (
+from bot.slack.blocks import rollback_offer_blocks
+from bot.slack.mrkdwn import (
     history_text,
     lock_list_text,
     locks_text,
     override_unused_text,
     record_text,
     request_accepted_text,
-    rollback_offer_blocks,
     unblocked_text,
 )
-from bot.slack.status import stats_reply, status_reply
 from handlers.errors import after_ack
-from store import Deploy, Store
+from store import Deploy
 
 if TYPE_CHECKING:
     from bot.runtime.composition import Slipway
@@ -60,22 +56,15 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         with deploy_context(deploy.id):  # every log line of the announcement (and the run it starts) names it
             try:
-                deploy = await slipway.messages.announce(deploy)
+                await slipway.messages.announce(deploy)  # one that needs no approval starts once it is posted
             except SlipwayError as failure:
                 await respond(text=failure.message, response_type="ephemeral", replace_original=False)
-                return
-            if deploy.status == "approved":
-                slipway.runner.start(deploy.id)
 
     async def send_stats(parsed: StatsCommand, respond: AsyncRespond) -> None:
         """The figures read a year of history: computed in a thread, on a
         connection of its own, so acks keep flowing meanwhile; the answer
         goes through the command's response URL."""
-        now, path = workflow.clock(), workflow.store.path
-        if path is None:
-            answer = stats_reply(workflow.config, workflow.store, now, parsed.service, parsed.days)
-        else:
-            answer = await asyncio.to_thread(stats_in_own_connection, path, workflow.config, now, parsed)
+        answer = await slipway.status_replies.stats(parsed.service, parsed.days)
         await respond(**answer, response_type="ephemeral", replace_original=False)
 
     async def reply(parsed: Any, user: str, source: str, command: dict[str, Any]) -> dict[str, Any]:
@@ -92,20 +81,15 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             return {"text": lock_list_text(*workflow.locks(parsed.service))}
         if isinstance(parsed, UnblockCommand):
             lifted = await workflow.unblock(user, parsed, source)
-            locked = {(lock.service, lock.environment): lock for block in lifted
-                      for lock in workflow.store.locks_for(block.service, block.environment)}
-            return {"response_type": "in_channel", "text": unblocked_text(lifted, user, list(locked.values()))}
+            return {"response_type": "in_channel", "text": unblocked_text(lifted, user, workflow.locks_holding(lifted))}
         if isinstance(parsed, ShowCommand):
             return {"text": record_text(workflow.get(parsed.deploy_id))}
         if isinstance(parsed, HistoryCommand):
-            service = resolve_service(workflow.config, parsed.service)
-            env = resolve_environment(workflow.config, service, parsed.environment).name if parsed.environment else None
-            return {"text": history_text(service, env, workflow.store.history(service, env))}
+            return {"text": history_text(*workflow.history(parsed.service, parsed.environment))}
         if isinstance(parsed, StatusCommand):
-            return status_reply(workflow.config, workflow.store, workflow.clock(), parsed.service)
+            return slipway.status_replies.status(parsed.service)
         if isinstance(parsed, RollbackCommand):
-            plan = slipway.rollbacks.plan_for(parsed.service, parsed.environment)
-            await slipway.rollbacks.require_may_roll_back(user, plan.current, source)
+            plan = await slipway.rollbacks.offer_for(user, parsed.service, parsed.environment, source)
             return {"text": f"Confirm: {plan.text}", "blocks": rollback_offer_blocks(plan.current, plan.target.version)}
         raise AssertionError(f"unhandled command {parsed!r}")
 
@@ -118,7 +102,7 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             parsed = parse_command(command.get("text", ""))
             if isinstance(parsed, StatsCommand):
                 if parsed.service is not None:
-                    resolve_service(workflow.config, parsed.service)  # a typo is refused in the ack itself
+                    resolve_service(slipway.config, parsed.service)  # a typo is refused in the ack itself
                 await ack(text=f":hourglass_flowing_sand: Working out the deploy stats for "
                                f"{parsed.service or 'all services'} over the last {parsed.days} day(s)…")
                 after_ack(slipway.tasks, client, send_stats(parsed, respond), channel=command.get("channel_id"),
@@ -136,15 +120,8 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             await ack(text=refusal.message)
             return
         unused = override_unused_text(deploy) if parsed.override and not deploy.override_reason else ""
-        await ack(text=request_accepted_text(deploy, workflow.config.channel) + unused)
+        await ack(text=request_accepted_text(deploy, slipway.config.channel) + unused)
         if new:
             after_ack(slipway.tasks, client, announce_and_run(deploy, respond), channel=command.get("channel_id"),
                       user=user, name=f"announce-deploy-{deploy.id}")
 
-
-def stats_in_own_connection(path: str, config: Config, now: datetime, parsed: StatsCommand) -> dict[str, Any]:
-    reader = Store.open(path)
-    try:
-        return stats_reply(config, reader, now, parsed.service, parsed.days)
-    finally:
-        reader.close()

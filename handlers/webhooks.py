@@ -18,7 +18,7 @@ from bot.executors import signing
 from bot.executors.webhook import REPORT_STATUSES
 from bot.runtime.logs import deploy_context
 from handlers.http import problem, read_bounded
-from store import DeployNotFound
+from store import DeployNotFound, DeployStatus
 
 if TYPE_CHECKING:
     from bot.runtime.composition import Slipway
@@ -40,7 +40,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         if body is None:
             return problem(413, f"report larger than {MAX_REPORT_BYTES} bytes")
         try:
-            deploy = slipway.store.get_deploy(deploy_id)
+            deploy = slipway.store.deploys.get(deploy_id)
         except DeployNotFound:
             return problem(404, "no such deploy")
         spec = slipway.runner.engine_of(deploy)
@@ -68,7 +68,7 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         except (ValueError, KeyError, TypeError) as exc:
             reason = "missing field status" if isinstance(exc, KeyError) else str(exc)
             return problem(400, f"malformed report: {reason}")
-        if deploy.status != "deploying":
+        if deploy.status != DeployStatus.DEPLOYING:
             return problem(409, f"deploy {deploy.id} is {deploy.status}, not waiting for its engine")
         slipway.reports.record(deploy.id, status, log_url, (message or "")[:2000] or None,
                                source=f"http:{request.remote}")

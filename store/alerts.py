@@ -4,83 +4,22 @@ duplicates of the same alert land on the same row and are recognised."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from store import Store
+from store.database import Database
+from store.records import StoredAlert
 
 CHANGES = ("new", "duplicate", "changed", "resolved", "louder", "quieter")
-
-
-@dataclass(frozen=True)
-class StoredAlert:
-    id: int
-    source: str
-    fingerprint: str
-    status: str
-    name: str
-    service: str | None
-    environment: str | None
-    metric: str | None
-    value: float | None
-    baseline: float | None
-    severity: str | None
-    level: str
-    starts_at: str | None
-    deploy_id: int | None
-    message_key: str | None
-    summary: str
-    url: str | None
-    received_at: str
 
 
 def _row(row: dict[str, Any]) -> StoredAlert:
     return StoredAlert(**{k: row[k] for k in StoredAlert.__dataclass_fields__})
 
 
-def find(store: Store, source: str, fingerprint: str, starts_at: str | None) -> StoredAlert | None:
-    rows = list(store.db.query("SELECT * FROM alerts WHERE source = ? AND fingerprint = ? AND starts_at IS ?",
-                               [source, fingerprint, starts_at]))
-    return _row(rows[0]) if rows else None
-
-
-def latest_firing(store: Store, source: str, fingerprint: str) -> StoredAlert | None:
-    rows = list(store.db.query("SELECT * FROM alerts WHERE source = ? AND fingerprint = ? AND status = 'firing' "
-                               "ORDER BY id DESC LIMIT 1", [source, fingerprint]))
-    return _row(rows[0]) if rows else None
-
-
-def upsert(store: Store, fields: dict[str, Any], payload: dict[str, Any]) -> tuple[StoredAlert, str]:
-    """Record an alert occurrence (inside the caller's transaction) and say
-    how it changed: new, duplicate (same status and level, or a stale firing
-    of an occurrence that already resolved: nothing to tell), resolved,
-    louder or quieter."""
-    now = store._now()
-    existing = find(store, fields["source"], fields["fingerprint"], fields["starts_at"])
-    if existing is None:
-        columns = {**fields, "received_at": now, "updated_at": now, "payload": json.dumps(payload, default=str)}
-        cursor = store.db.execute(
-            f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-            list(columns.values()))
-        alert_id, change = cursor.lastrowid, "new"
-    else:
-        alert_id = existing.id
-        change = _change(existing, fields)
-        if change == "duplicate":
-            return existing, change
-        keep = ("deploy_id", "message_key")  # an alert stays where it was first posted
-        updates = {k: v for k, v in fields.items() if k not in keep}
-        store.db.execute(
-            f"UPDATE alerts SET {', '.join(f'{k} = ?' for k in updates)}, updated_at = ?, payload = ? WHERE id = ?",
-            [*updates.values(), now, json.dumps(payload, default=str), alert_id])
-    store.db.execute("INSERT INTO alert_events (alert_id, at, status, level, value) VALUES (?, ?, ?, ?, ?)",
-                     [alert_id, now, fields["status"], fields["level"], fields.get("value")])
-    return get(store, alert_id), change
-
-
-def _change(existing: StoredAlert, fields: dict[str, Any]) -> str:
-    from bot.alerts.rules import LEVELS
-
+def _change_between(existing: StoredAlert, fields: dict[str, Any], levels: Sequence[str]) -> str:
+    """How an alert occurrence changed (one of :data:`CHANGES` but ``new``),
+    judged with ``levels`` (loudest first)."""
     if fields["status"] != existing.status:
         if fields["status"] == "firing":
             # The same occurrence (same start) cannot fire again once it ended: a
@@ -91,45 +30,90 @@ def _change(existing: StoredAlert, fields: dict[str, Any]) -> str:
     if fields["level"] == existing.level:
         # same state; a new value still changes what the message shows
         return "changed" if fields.get("value") != existing.value else "duplicate"
-    return "louder" if LEVELS.index(fields["level"]) < LEVELS.index(existing.level) else "quieter"
+    return "louder" if levels.index(fields["level"]) < levels.index(existing.level) else "quieter"
 
 
-def get(store: Store, alert_id: int) -> StoredAlert:
-    return _row(next(store.db.query("SELECT * FROM alerts WHERE id = ?", [alert_id])))
+class Alerts:
+    """The alert occurrences monitors sent, and which message shows each."""
 
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._db = database.db
 
-def with_message(store: Store, message_key: str) -> list[StoredAlert]:
-    """Every alert shown by one Slack message, oldest first."""
-    return [_row(r) for r in store.db.query("SELECT * FROM alerts WHERE message_key = ? ORDER BY id", [message_key])]
+    def find(self, source: str, fingerprint: str, starts_at: str | None) -> StoredAlert | None:
+        """The occurrence of that alert that started at ``starts_at``, if recorded."""
+        rows = list(self._db.query("SELECT * FROM alerts WHERE source = ? AND fingerprint = ? AND starts_at IS ?",
+                                   [source, fingerprint, starts_at]))
+        return _row(rows[0]) if rows else None
 
+    def latest_firing(self, source: str, fingerprint: str) -> StoredAlert | None:
+        """The newest occurrence of that alert that still fires, if any."""
+        rows = list(self._db.query("SELECT * FROM alerts WHERE source = ? AND fingerprint = ? AND status = 'firing' "
+                                   "ORDER BY id DESC LIMIT 1", [source, fingerprint]))
+        return _row(rows[0]) if rows else None
 
-def latest_episode(store: Store, base: str) -> tuple[str, bool] | None:
-    """The newest message key ``{base}-N`` and whether any of its alerts
-    still fires."""
-    row = store.db.execute(
-        "SELECT message_key FROM alerts WHERE message_key LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 1",
-        [base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"]).fetchone()
-    if row is None:
-        return None
-    firing = store.db.execute("SELECT 1 FROM alerts WHERE message_key = ? AND status = 'firing' LIMIT 1",
-                              [row[0]]).fetchone()
-    return row[0], firing is not None
+    def upsert(self, fields: dict[str, Any], payload: dict[str, Any], *,
+               levels: Sequence[str]) -> tuple[StoredAlert, str]:
+        """Record an alert occurrence (inside the caller's transaction, or one
+        of its own) and say how it changed: new, duplicate (same status and
+        level, or a stale firing of an occurrence that already resolved:
+        nothing to tell), changed, resolved, louder or quieter. ``levels``
+        ranks the alert levels, loudest first (the rules' business, not the
+        store's)."""
+        with self._database.transaction():
+            now = self._database.now()
+            existing = self.find(fields["source"], fields["fingerprint"], fields["starts_at"])
+            if existing is None:
+                columns = {**fields, "received_at": now, "updated_at": now,
+                           "payload": json.dumps(payload, default=str)}
+                cursor = self._db.execute(
+                    f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    list(columns.values()))
+                alert_id, change = cursor.lastrowid, "new"
+            else:
+                alert_id = existing.id
+                change = _change_between(existing, fields, levels)
+                if change == "duplicate":
+                    return existing, change
+                keep = ("deploy_id", "message_key")  # an alert stays where it was first posted
+                updates = {k: v for k, v in fields.items() if k not in keep}
+                self._db.execute(
+                    f"UPDATE alerts SET {', '.join(f'{k} = ?' for k in updates)}, updated_at = ?, payload = ? "
+                    "WHERE id = ?",
+                    [*updates.values(), now, json.dumps(payload, default=str), alert_id])
+            self._db.execute("INSERT INTO alert_events (alert_id, at, status, level, value) VALUES (?, ?, ?, ?, ?)",
+                             [alert_id, now, fields["status"], fields["level"], fields.get("value")])
+        return self.get(alert_id), change
 
+    def get(self, alert_id: int) -> StoredAlert:
+        """The alert occurrence with that id (LookupError when there is none)."""
+        return _row(self._database.row_by_id("alerts", alert_id, LookupError(f"no alert {alert_id}")))
 
-def message_keys_of_deploy(store: Store, deploy_id: int) -> list[str]:
-    """The messages of the alerts tied to deploy ``deploy_id``."""
-    return [row[0] for row in store.db.execute(
-        "SELECT DISTINCT message_key FROM alerts WHERE deploy_id = ? AND message_key IS NOT NULL", [deploy_id])]
+    def with_message(self, message_key: str) -> list[StoredAlert]:
+        """Every alert shown by one Slack message, oldest first."""
+        return [_row(r) for r in self._db.query("SELECT * FROM alerts WHERE message_key = ? ORDER BY id",
+                                                [message_key])]
 
+    def latest_episode(self, base: str) -> tuple[str, bool] | None:
+        """The newest message key ``{base}-N`` and whether any of its alerts
+        still fires."""
+        row = self._db.execute(
+            "SELECT message_key FROM alerts WHERE message_key LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 1",
+            [base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"]).fetchone()
+        if row is None:
+            return None
+        firing = self._db.execute("SELECT 1 FROM alerts WHERE message_key = ? AND status = 'firing' LIMIT 1",
+                                  [row[0]]).fetchone()
+        return row[0], firing is not None
 
-def next_line_number(store: Store) -> int:
-    """A fresh number for a thread line's message key."""
-    return store.db.execute("SELECT count(*) + 1 FROM outbox").fetchone()[0]
+    def message_keys_of_deploy(self, deploy_id: int) -> list[str]:
+        """The messages of the alerts tied to deploy ``deploy_id``."""
+        return [row[0] for row in self._db.execute(
+            "SELECT DISTINCT message_key FROM alerts WHERE deploy_id = ? AND message_key IS NOT NULL", [deploy_id])]
 
-
-def recent_threads(store: Store, service: str | None, since: str) -> int:
-    """How many alert messages of their own ``service`` opened since ``since``."""
-    row = store.db.execute(
-        "SELECT count(DISTINCT message_key) FROM alerts WHERE deploy_id IS NULL AND service IS ? "
-        "AND received_at >= ? AND message_key NOT LIKE 'digest-%'", [service, since]).fetchone()
-    return row[0]
+    def recent_threads(self, service: str | None, since: str) -> int:
+        """How many alert messages of their own ``service`` opened since ``since``."""
+        row = self._db.execute(
+            "SELECT count(DISTINCT message_key) FROM alerts WHERE deploy_id IS NULL AND service IS ? "
+            "AND received_at >= ? AND message_key NOT LIKE 'digest-%'", [service, since]).fetchone()
+        return row[0]

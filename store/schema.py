@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-# States in which a deploy still occupies its service+environment.
-ACTIVE_STATES = ("awaiting_approval", "approved", "deploying", "verifying")
-# States a deploy ends in (``expired``: a request nobody decided on in time).
-FINISHED_STATES = ("succeeded", "failed", "rejected", "cancelled", "rolled_back", "expired")
+# The states as the shipped migrations knew them, spelled out: a migration is
+# history and must write the same SQL whatever store/status.py says later.
+_ACTIVE_AT_M1 = ("awaiting_approval", "approved", "deploying", "verifying")
+_FINISHED_AT_M6 = ("succeeded", "failed", "rejected", "cancelled", "rolled_back", "expired")
 
 
 def _m1_foundation(db: sqlite_utils.Database) -> None:
@@ -48,7 +48,7 @@ def _m1_foundation(db: sqlite_utils.Database) -> None:
     db["deploys"].create_index(["trigger_id"], unique=True)
     # The database itself guarantees one deploy in flight per service and
     # environment, whatever races the event loop or a second process brings.
-    states = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
+    states = ", ".join(f"'{s}'" for s in _ACTIVE_AT_M1)
     db.execute(
         "CREATE UNIQUE INDEX one_deploy_in_flight ON deploys(service, environment) "
         f"WHERE status IN ({states})"
@@ -163,7 +163,7 @@ def _m6_stale_requests_and_migrations(db: sqlite_utils.Database) -> None:
     deploys.add_column("migration", int, not_null_default=0)  # it carries a database migration
     deploys.add_column("notified_status", str)  # the last status its requester was sent a DM about
     # Deploys that ended before direct messages existed are old news: never DM them when they are next redrawn.
-    finished = ", ".join(f"'{state}'" for state in FINISHED_STATES)
+    finished = ", ".join(f"'{state}'" for state in _FINISHED_AT_M6)
     db.execute(f"UPDATE deploys SET notified_status = status WHERE status IN ({finished})")
 
 
@@ -173,9 +173,23 @@ def _m7_alerts_by_deploy(db: sqlite_utils.Database) -> None:
     db["alerts"].create_index(["deploy_id"])
 
 
+def _m8_rolled_back_at(db: sqlite_utils.Database) -> None:
+    # A rollback used to overwrite the undone deploy's finished_at, changing
+    # its duration, its alerts' "… after it reached production" and the DORA
+    # figures after the fact. The moment it was undone gets a column of its
+    # own; finished_at goes back to when it went live, read from the audit
+    # event that moved it to succeeded (kept as it was when there is none).
+    db["deploys"].add_column("rolled_back_at", str)
+    db.execute("UPDATE deploys SET rolled_back_at = finished_at WHERE status = 'rolled_back'")
+    db.execute(
+        "UPDATE deploys SET finished_at = coalesce((SELECT min(audit.at) FROM audit WHERE audit.deploy_id = deploys.id "
+        "AND json_extract(audit.detail, '$.to') = 'succeeded'), finished_at) WHERE status = 'rolled_back'")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
-    _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy]
+    _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy,
+    _m8_rolled_back_at]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

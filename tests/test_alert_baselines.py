@@ -3,8 +3,6 @@ over the window before the deploy an alert is tied to."""
 
 from __future__ import annotations
 
-import json
-import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from bot.sandbox.fake_server import FakeServer
-from tests.conftest import ENGINE, PYTHON, Harness
+from tests.conftest import Harness, approvals, config_yaml, engine
 from tests.test_alerts import am_alert, am_payload, finished, posts, send, ship, text_of
 
 
@@ -51,27 +49,12 @@ def environ() -> dict[str, str]:
 @pytest.fixture
 def config_text(record: Path, prometheus: FakePrometheus) -> str:
     query = 'avg_over_time(job:error_rate{service="{service}",env="{environment}"}[{window}])'
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            approvals: {{required: 1, approvers: [U0ALICE]}}
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}"]
-        alerts:
-          channel: C0ALERTS
-          prometheus_url: {prometheus.url}
-          baseline_window: 30m
-          rules:
-            - metric: error_rate
-              notify_above: 2
-              page_above: 5
-              min_value: 0.01
-              baseline_query: {json.dumps(query)}
-        """)
+    return config_yaml(
+        production={"approvals": approvals("U0ALICE")},
+        services={"api": {"deploy": engine("--record", record)}},
+        alerts={"channel": "C0ALERTS", "prometheus_url": prometheus.url, "baseline_window": "30m",
+                "rules": [{"metric": "error_rate", "notify_above": 2, "page_above": 5, "min_value": 0.01,
+                           "baseline_query": query}]})
 
 
 async def test_the_baseline_is_the_window_before_the_deploy(harness: Harness, prometheus: FakePrometheus) -> None:

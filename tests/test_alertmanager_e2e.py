@@ -4,7 +4,6 @@ thread, then resolve there."""
 
 from __future__ import annotations
 
-import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
 from tests.alertmanager import RealAlertmanager, ensure_installed
-from tests.conftest import ENGINE, PYTHON, Harness
+from tests.conftest import Harness, approvals, config_yaml, engine
 
 TOKEN = "alertmanager-e2e-token"
 
@@ -30,19 +29,8 @@ def clock(clock):
 
 @pytest.fixture
 def config_text(record: Path) -> str:
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            approvals: {{required: 1, approvers: [U0ALICE]}}
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}"]
-        alerts:
-          channel: C0ALERTS
-        """)
+    return config_yaml(production={"approvals": approvals("U0ALICE")},
+                       services={"api": {"deploy": engine("--record", record)}}, alerts={"channel": "C0ALERTS"})
 
 
 async def ship(harness: Harness, version: str):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import aiohttp
 import pytest
 
 from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
-from tests.conftest import ENGINE, PYTHON, Harness
+from store import Deploy
+from tests.conftest import Harness, approvals, config_yaml, engine
 
 AM_TOKEN = "am-token"
 GRAFANA_SECRET = "grafana-secret"
@@ -35,24 +35,9 @@ def auto_rollback() -> bool:
 
 @pytest.fixture
 def config_text(record: Path, auto_rollback: bool) -> str:
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            approvals:
-              required: 1
-              approvers: [U0ALICE]
-            auto_rollback: {str(auto_rollback).lower()}
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}"]
-        alerts:
-          channel: {ALERTS}
-          oncall: "@oncall"
-          storm_threshold: 3
-        """)
+    return config_yaml(production={"approvals": approvals("U0ALICE"), "auto_rollback": auto_rollback},
+                       services={"api": {"deploy": engine("--record", record)}},
+                       alerts={"channel": ALERTS, "oncall": "@oncall", "storm_threshold": 3})
 
 
 def iso(moment: datetime) -> str:
@@ -168,7 +153,7 @@ async def test_an_alert_soon_after_a_deploy_goes_into_its_thread_with_rollback(h
     starts = finished(deploy) + timedelta(minutes=4)
     await send(harness, "/webhooks/alertmanager", am_payload(am_alert(starts=starts)))
     shown = next(text_of(p) for p in posts(harness, "C0DEPLOYS", thread_ts=deploy.message_ts) if "Breach" in text_of(p))
-    assert f"Started 4m 0s after api 2.7.0 reached production (deploy #{deploy.id})" in shown
+    assert f"Started 4m after api 2.7.0 reached production (deploy #{deploy.id})" in shown
     assert ACTION_ROLLBACK in shown and f'"{deploy.id}:2.6.3"' in shown
     assert posts(harness, ALERTS) == []
 
@@ -319,14 +304,20 @@ async def test_the_generic_door(harness: Harness, clock) -> None:
     assert "Resolved" in text_of(harness.fake.calls_to("chat.update")[-1].args)
 
 
+async def page_soon_after(harness: Harness, deploy: Deploy) -> Deploy:
+    """A page-level alert a minute after ``deploy`` finished; the latest
+    deploy once Slipway has acted on it (the rollback, with auto_rollback)."""
+    await send(harness, "/webhooks/alertmanager",
+               am_payload(am_alert(starts=finished(deploy) + timedelta(minutes=1), value=0.5)))
+    await harness.settle()
+    return harness.latest_deploy()
+
+
 @pytest.mark.parametrize("auto_rollback", [True])
 async def test_auto_rollback_on_a_page_tied_to_a_deploy(harness: Harness, clock) -> None:
     await ship(harness, "2.6.3")
     deploy = await ship(harness, "2.7.0")
-    await send(harness, "/webhooks/alertmanager",
-               am_payload(am_alert(starts=finished(deploy) + timedelta(minutes=1), value=0.5)))
-    await harness.settle()
-    rollback = harness.latest_deploy()
+    rollback = await page_soon_after(harness, deploy)
     assert rollback.rollback_of == deploy.id and rollback.requested_by == "slipway"
     assert rollback.status == "succeeded" and harness.deploy(deploy.id).status == "rolled_back"
     notes = [c.args["text"] for c in harness.fake.calls_to("chat.postMessage")
@@ -380,10 +371,7 @@ async def test_auto_rollback_never_rolls_back_a_rollback(harness: Harness, clock
     await ship(harness, "2.5.0")
     await ship(harness, "2.6.3")
     deploy = await ship(harness, "2.7.0")
-    await send(harness, "/webhooks/alertmanager",
-               am_payload(am_alert(starts=finished(deploy) + timedelta(minutes=1), value=0.5)))
-    await harness.settle()
-    rollback = harness.latest_deploy()
+    rollback = await page_soon_after(harness, deploy)
     assert rollback.rollback_of == deploy.id and rollback.version == "2.6.3"
     # the trouble goes on after the rollback: it is tied to the rollback, which is not rolled back again
     await send(harness, "/webhooks/alertmanager", am_payload(am_alert(

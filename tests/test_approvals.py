@@ -54,7 +54,7 @@ async def test_two_approvers_and_a_ticked_checklist_approve_the_deploy(harness: 
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
     approved = harness.deploy(deploy.id)
     assert approved.approvers == ["U0ALICE", "U0BOB"] and approved.approved_at is not None
-    actions = [e.action for e in harness.store.audit_events(deploy.id)]
+    actions = [e.action for e in harness.store.audit.events(deploy.id)]
     assert actions[:6] == ["requested", "checklist_ticked", "checklist_ticked", "approval", "approval", "approved"]
     # the final approval hands the deploy to the engine at once
     assert actions[6] == "deploy_started" and approved.status == "succeeded"
@@ -91,7 +91,7 @@ async def test_requester_cannot_approve_their_own_deploy(harness: Harness) -> No
     await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
     assert "cannot approve it" in last_ephemeral(harness, "U0ALICE")
     assert harness.deploy(deploy.id).approvals == ()
-    refused = [e for e in harness.store.audit_events(deploy.id) if e.action == "refused"]
+    refused = [e for e in harness.store.audit.events(deploy.id) if e.action == "refused"]
     assert refused[-1].actor == "U0ALICE" and refused[-1].detail == {"attempted": "approve_own"}
     assert refused[-1].source.startswith(f"slack:{ACTION_APPROVE}:")
 
@@ -113,7 +113,7 @@ async def test_non_approver_is_told_who_can_and_is_audited(harness: Harness) -> 
     told = last_ephemeral(harness, "U0MALLORY")
     assert "not an approver for production" in told and "<@U0ALICE>" in told and "@sre" in told
     assert harness.deploy(deploy.id).approvals == ()
-    assert [e.detail for e in harness.store.audit_events(deploy.id) if e.actor == "U0MALLORY"] == [
+    assert [e.detail for e in harness.store.audit.events(deploy.id) if e.actor == "U0MALLORY"] == [
         {"attempted": "approve"}]
     # nor may they tick, reject or cancel
     await harness.click(harness.message_of(deploy), "U0MALLORY", ACTION_CHECKLIST,
@@ -159,7 +159,7 @@ async def test_concurrent_final_approvals_approve_once(harness: Harness) -> None
     await harness.settle()
     approved = harness.deploy(deploy.id)
     assert len(approved.approvals) == 2
-    actions = [e.action for e in harness.store.audit_events(deploy.id)]
+    actions = [e.action for e in harness.store.audit.events(deploy.id)]
     assert actions.count("approved") == 1 and actions.count("deploy_started") == 1
     late = [u for u in ("U0ALICE", "U0BOB", "U0CAROL", "U0SRE1") if u not in approved.approvers]
     for user in late:
@@ -173,7 +173,7 @@ async def test_a_retried_click_after_approval_changes_nothing(harness: Harness) 
     await tick_all(harness, deploy)
     for user in ("U0ALICE", "U0BOB"):
         await harness.click(harness.message_of(deploy), user, ACTION_APPROVE)
-    events_before = len(harness.store.audit_events(deploy.id))
+    events_before = len(harness.store.audit.events(deploy.id))
     # Slack re-sends the same payload (X-Slack-Retry-Num) from a client still showing the buttons
     body = harness.slack.click_body(_with_buttons(harness, deploy), "U0CAROL", ACTION_APPROVE)
     headers = harness.slack.signed_headers(body) | {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
@@ -182,7 +182,7 @@ async def test_a_retried_click_after_approval_changes_nothing(harness: Harness) 
     assert status == 200
     assert harness.deploy(deploy.id).approvers == ["U0ALICE", "U0BOB"]
     assert "already succeeded" in last_ephemeral(harness, "U0CAROL")
-    assert len(harness.store.audit_events(deploy.id)) == events_before
+    assert len(harness.store.audit.events(deploy.id)) == events_before
 
 
 def _with_buttons(harness: Harness, deploy: Deploy):
@@ -213,7 +213,7 @@ async def test_cancel_by_the_requester(harness: Harness) -> None:
     assert harness.deploy(deploy.id).status == "cancelled"
     await harness.click(_with_buttons(harness, deploy), "U0DAVE", ACTION_CANCEL)
     assert "already cancelled" in last_ephemeral(harness, "U0DAVE")
-    assert [e.action for e in harness.store.audit_events(deploy.id)] == ["requested", "cancelled"]
+    assert [e.action for e in harness.store.audit.events(deploy.id)] == ["requested", "cancelled"]
 
 
 async def test_a_refusal_goes_through_the_response_url_when_slack_refuses_the_ephemeral(harness: Harness) -> None:
@@ -248,9 +248,9 @@ async def test_an_approved_deploy_blocked_before_it_starts_is_cancelled_with_the
     await harness.stop()
     from store import Store
     store = Store.open(harness.db_path, clock=clock)
-    approved = store.create_deploy(service="api", environment="production", version="2.7.0",
-                                   version_prefixed=False, requested_by="U0DAVE", previous_version=None,
-                                   checklist=[], needs_approval=False)
+    approved = store.deploys.create(service="api", environment="production", version="2.7.0",
+                                    version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                    checklist=[], needs_approval=False)
     store.close()
     clock.now = datetime(2026, 12, 24, 9, 0, tzinfo=timezone.utc)
     await harness.start()
@@ -258,7 +258,7 @@ async def test_an_approved_deploy_blocked_before_it_starts_is_cancelled_with_the
     stopped = harness.deploy(approved.id)
     assert stopped.status == "cancelled"
     assert stopped.status_reason.startswith("stopped before it started: production is frozen until")
-    assert "deploy_started" not in [e.action for e in harness.store.audit_events(approved.id)]
+    assert "deploy_started" not in [e.action for e in harness.store.audit.events(approved.id)]
 
 
 async def test_an_approval_refused_because_of_a_lock_or_given_twice_is_audited(harness: Harness) -> None:
@@ -269,6 +269,6 @@ async def test_an_approval_refused_because_of_a_lock_or_given_twice_is_audited(h
     await harness.command('lock api production "incident"', user="U0ERIN")
     await harness.click(harness.message_of(deploy), "U0BOB", ACTION_APPROVE)
     assert "cannot be approved now" in last_ephemeral(harness, "U0BOB")
-    refused = [(e.actor, e.detail["attempted"]) for e in harness.store.audit_events(deploy.id) if e.action == "refused"]
+    refused = [(e.actor, e.detail["attempted"]) for e in harness.store.audit.events(deploy.id) if e.action == "refused"]
     assert refused == [("U0ALICE", "approve_again"), ("U0BOB", "approve_while_blocked")]
     assert harness.deploy(deploy.id).approvers == ["U0ALICE"]  # nothing else changed

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from bot.sandbox.fake_slack import FakeSlack, SlackSender
-from tests.conftest import BOT_TOKEN, SIGNING_SECRET
+from tests.conftest import SIGNING_SECRET
 from tests.processes import SlipwayProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,43 +60,35 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-async def test_serve_answers_signed_slack_requests_end_to_end(tmp_path: Path) -> None:
-    fake = await FakeSlack(token=BOT_TOKEN).start()
-    slipway = SlipwayProcess(EXAMPLE, tmp_path / "slipway.db", fake)
-    try:
-        events_url = await slipway.start()
-        async with aiohttp.ClientSession() as session:
-            async with session.get(slipway.base_url + "/healthz") as response:
-                assert response.status == 200
-                assert await response.json() == {"status": "ok", "database": "ok", "slack": "ok"}
-        async with SlackSender(events_url, SIGNING_SECRET, fake) as slack:
-            status, reply = await slack.command("web 1.0.0", "U0DAVE")
-            assert status == 200 and "needs no approval" in reply
-            await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
-            posted = fake.calls_to("chat.postMessage")[0].args
-            assert posted["channel"] == "C0DEPLOYS" and "Deploy web 1.0.0 to staging" in posted["text"]
-        assert await slipway.terminate() == 0
-    finally:
-        await slipway.close()
-        await fake.stop()
+async def test_serve_answers_signed_slack_requests_end_to_end(tmp_path: Path, fake_slack: FakeSlack,
+                                                             serve: Callable[..., SlipwayProcess]) -> None:
+    slipway = serve(EXAMPLE, tmp_path / "slipway.db")
+    events_url = await slipway.start()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(slipway.base_url + "/healthz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok", "database": "ok", "slack": "ok"}
+    async with SlackSender(events_url, SIGNING_SECRET, fake_slack) as slack:
+        status, reply = await slack.command("web 1.0.0", "U0DAVE")
+        assert status == 200 and "needs no approval" in reply
+        await fake_slack.wait_for(lambda f: f.calls_to("chat.postMessage"))
+        posted = fake_slack.calls_to("chat.postMessage")[0].args
+        assert posted["channel"] == "C0DEPLOYS" and "Deploy web 1.0.0 to staging" in posted["text"]
+    assert await slipway.terminate() == 0
 
 
-async def test_socket_mode_serves_commands_over_the_socket_and_has_no_unsigned_http_door(tmp_path: Path) -> None:
-    fake = await FakeSlack(token=BOT_TOKEN).start()
-    slipway = SlipwayProcess(EXAMPLE, tmp_path / "slipway.db", fake, socket_mode=True)
-    try:
-        await slipway.start()
-        await fake.wait_for(lambda f: f.socket_connected, timeout=30)
-        fields = SlackSender("unused", "unused", fake).command_fields("web 1.0.0", "U0DAVE")
-        ack = await fake.socket_command(fields)
-        assert "needs no approval" in ack["payload"]["text"]
-        await fake.wait_for(lambda f: f.calls_to("chat.postMessage"))
-        async with aiohttp.ClientSession() as session:
-            async with session.post(slipway.base_url + "/slack/events", data=b"command=%2Fdeploy") as response:
-                assert response.status == 404  # no unsigned HTTP door in Socket Mode
-            async with session.get(slipway.base_url + "/healthz") as response:
-                assert response.status == 200
-        assert await slipway.terminate() == 0
-    finally:
-        await slipway.close()
-        await fake.stop()
+async def test_socket_mode_serves_commands_over_the_socket_and_has_no_unsigned_http_door(
+        tmp_path: Path, fake_slack: FakeSlack, serve: Callable[..., SlipwayProcess]) -> None:
+    slipway = serve(EXAMPLE, tmp_path / "slipway.db", socket_mode=True)
+    await slipway.start()
+    await fake_slack.wait_for(lambda f: f.socket_connected, timeout=30)
+    fields = SlackSender("unused", "unused", fake_slack).command_fields("web 1.0.0", "U0DAVE")
+    ack = await fake_slack.socket_command(fields)
+    assert "needs no approval" in ack["payload"]["text"]
+    await fake_slack.wait_for(lambda f: f.calls_to("chat.postMessage"))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(slipway.base_url + "/slack/events", data=b"command=%2Fdeploy") as response:
+            assert response.status == 404  # no unsigned HTTP door in Socket Mode
+        async with session.get(slipway.base_url + "/healthz") as response:
+            assert response.status == 200
+    assert await slipway.terminate() == 0

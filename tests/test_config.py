@@ -9,14 +9,9 @@ import pytest
 from bot.config import load_config, parse_config
 from bot.errors import ConfigError
 from tests.conftest import CONFIG
+from tests.conftest import config_problems as problems
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text)
-    return caught.value.problems
 
 
 def test_the_example_config_is_valid() -> None:

@@ -41,7 +41,7 @@ async def test_accepted_request_posts_the_checklist_message(harness: Harness) ->
         ":white_large_square: Migrations tested on staging", ":white_large_square: Rollback plan documented"]
     buttons = [e["text"]["text"] for b in message.blocks if b["type"] == "actions" for e in b["elements"]]
     assert buttons == ["Approve", "Reject", "Cancel"]
-    assert [e.action for e in harness.store.audit_events(deploy.id)] == ["requested"]
+    assert [e.action for e in harness.store.audit.events(deploy.id)] == ["requested"]
 
 
 async def test_environment_defaults_to_first_rung_and_needs_no_approval_there(harness: Harness) -> None:
@@ -49,7 +49,7 @@ async def test_environment_defaults_to_first_rung_and_needs_no_approval_there(ha
     deploy = harness.latest_deploy()
     assert deploy.environment == "staging" and deploy.approved_at == deploy.requested_at
     assert "needs no approval" in reply
-    assert [e.action for e in harness.store.audit_events(deploy.id)][:3] == ["requested", "approved", "deploy_started"]
+    assert [e.action for e in harness.store.audit.events(deploy.id)][:3] == ["requested", "approved", "deploy_started"]
     message = harness.message_of(deploy)
     assert not [b for b in message.blocks if b["type"] == "actions"]
     assert "Succeeded" in message.blocks[2]["text"]["text"]
@@ -106,7 +106,7 @@ async def test_locked_service_is_refused_saying_who_why_and_how_to_unlock(harnes
     released = await harness.command("unlock api production", user="U0ERIN")
     assert "released" in released and "database maintenance" in released
     assert "waiting for approval" in await harness.command("api 2.7.0 production")
-    actions = [e.action for e in harness.store.audit_events() if e.deploy_id is None]
+    actions = [e.action for e in harness.store.audit.events() if e.deploy_id is None]
     assert actions == ["locked", "unlocked"]
 
 

@@ -16,7 +16,6 @@ from bot.config import DeployExecutor
 from bot.executors.base import Job
 from bot.executors.github_actions import (
     GitHubActionsExecutor,
-    format_elapsed,
     workflow_inputs,
 )
 
@@ -345,9 +344,3 @@ async def test_resume_without_a_run_id_finds_the_run_again_without_dispatching(
     assert outcome.succeeded and outcome.reference["run_id"] == run.id
     assert after_restart == [{"run_id": run.id, "run_url": run.html_url}]
     assert len(github.calls_to("dispatch")) == 1
-
-
-@pytest.mark.parametrize(("seconds", "text"), [(4.25, "4.2s"), (45, "45s"), (125, "2m 5s"), (600, "10m"),
-                                                (5400, "1h 30m")])
-def test_durations_read_as_people_write_them(seconds: float, text: str) -> None:
-    assert format_elapsed(seconds) == text

@@ -116,7 +116,7 @@ async def test_the_signed_request_reaches_the_engine_and_its_report_finishes_the
     assert deploy.status == "succeeded"
     assert deploy.engine_summary == "engine reported succeeded: rolled out 3/3 pods"
     assert deploy.run_url == "https://ci.example/run/7"
-    assert [r.status for r in harness.store.engine_reports(deploy_id)] == ["running", "succeeded"]
+    assert [r.status for r in harness.store.deploys.engine_reports(deploy_id)] == ["running", "succeeded"]
 
 
 async def test_a_failed_report_fails_the_deploy(harness: Harness, engine: CiEngine) -> None:
@@ -136,13 +136,13 @@ async def test_reports_with_bad_auth_are_refused_and_change_nothing(harness: Har
                                                                     tamper, status: int, reason: str) -> None:
     deploy_id, callback = await request_deploy(harness, engine)
     body = json.dumps({"deploy_id": deploy_id, "status": "succeeded"}).encode()
-    audit_before = len(harness.store.audit_events())
+    audit_before = len(harness.store.audit.events())
     answer = await report(callback, {"status": "succeeded"}, headers={"Content-Type": "application/json", **tamper(body)})
     assert answer[0] == status and reason in answer[1]["error"]
-    assert harness.store.engine_reports(deploy_id) == []
+    assert harness.store.deploys.engine_reports(deploy_id) == []
     assert harness.deploy(deploy_id).status == "deploying"
     # logged, not audited: strangers cannot grow the append-only log
-    assert len(harness.store.audit_events()) == audit_before
+    assert len(harness.store.audit.events()) == audit_before
     await report(callback, {"status": "succeeded"})  # the real engine still gets through
     await harness.settle()
     assert harness.deploy(deploy_id).status == "succeeded"
@@ -157,7 +157,7 @@ async def test_malformed_reports_get_400_with_the_reason(harness: Harness, engin
     deploy_id, callback = await request_deploy(harness, engine)
     status, answer = await report(callback, payload)
     assert status == 400 and reason in answer["error"]
-    assert harness.store.engine_reports(deploy_id) == []
+    assert harness.store.deploys.engine_reports(deploy_id) == []
 
 
 async def test_reports_for_unknown_deploys_and_oversized_bodies(harness: Harness, engine: CiEngine,
@@ -211,7 +211,7 @@ async def test_a_report_stored_just_before_a_crash_is_acted_on_after_the_restart
     # the callback was stored and answered 200, then Slipway died before acting on it
     from store import Store
     store = Store.open(harness.db_path)
-    store.record_engine_report(deploy_id, "failed", None, "helm timed out")
+    store.deploys.record_engine_report(deploy_id, "failed", None, "helm timed out")
     store.close()
     await harness.start()
     await harness.settle()
@@ -231,7 +231,7 @@ async def test_a_signed_report_cannot_be_replayed_against_another_deploy(harness
     status, answer = await report(f"{slipway_url}/webhooks/deploys/{second_id}",
                                   {"deploy_id": first_id, "status": "succeeded"})
     assert status == 400 and f"deploy_id must be {second_id}" in answer["error"]
-    assert harness.store.engine_reports(second_id) == []
+    assert harness.store.deploys.engine_reports(second_id) == []
 
 
 async def test_a_report_for_a_deploy_not_waiting_on_its_engine_is_refused(harness: Harness, engine: CiEngine) -> None:
@@ -240,7 +240,7 @@ async def test_a_report_for_a_deploy_not_waiting_on_its_engine_is_refused(harnes
     await harness.settle()
     status, answer = await report(callback, {"status": "failed"})
     assert status == 409 and "is succeeded, not waiting for its engine" in answer["error"]
-    assert [r.status for r in harness.store.engine_reports(deploy_id)] == ["succeeded"]
+    assert [r.status for r in harness.store.deploys.engine_reports(deploy_id)] == ["succeeded"]
 
 
 async def test_a_report_arriving_in_several_pieces_is_read_whole(harness: Harness, engine: CiEngine) -> None:

@@ -4,17 +4,15 @@ extra approval it needs, and a freeze that begins after approval."""
 
 from __future__ import annotations
 
-import json
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from bot.config import Freeze, parse_config
-from bot.errors import ConfigError
+from bot.config import Freeze
 from bot.slack.blocks import ACTION_APPROVE, ACTION_CANCEL
 from store import Store, approval_slots
-from tests.conftest import ENGINE, PYTHON, Harness
+from tests.conftest import WEEKEND_FREEZE, Harness, approvals, config_problems, config_yaml, engine, said
 
 UTC = timezone.utc
 
@@ -128,44 +126,22 @@ BASE = textwrap.dedent("""\
 def test_freeze_problems_name_their_key_and_line(edit: tuple[str, str], expected: str) -> None:
     text = BASE.replace(*edit)
     assert text != BASE
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text)
-    assert any(p.startswith(expected) for p in caught.value.problems), caught.value.problems
+    found = config_problems(text)
+    assert any(p.startswith(expected) for p in found), found
 
 
 # -- through the bot ------------------------------------------------------------------------
 
-CONFIG = textwrap.dedent(f"""\
-    channel: C0DEPLOYS
-    environments:
-      - name: dev
-      - name: staging
-        roles:
-          override: [U0CAROL, U0ERIN]
-      - name: production
-        requires: staging
-        approvals:
-          required: 1
-          approvers: [U0ALICE, U0BOB]
-        roles:
-          override: [U0CAROL, "@oncall"]
-    freeze:
-      - environments: [production]
-        weekly: {{from: "Fri 15:00", until: "Mon 09:00"}}
-        timezone: Europe/Berlin
-        reason: No production deploys over the weekend
-      - environments: [dev, staging]
-        dates: [2026-12-24, 2026-12-25]
-        timezone: Europe/Berlin
-        reason: Holidays
-    services:
-      api:
-        deploy:
-          command: ["{PYTHON}", "{ENGINE}"]
-      web:
-        deploy:
-          command: ["{PYTHON}", "{ENGINE}"]
-    """)
+CONFIG = config_yaml(
+    environments=[
+        {"name": "dev"},
+        {"name": "staging", "roles": {"override": ["U0CAROL", "U0ERIN"]}},
+        {"name": "production", "requires": "staging", "approvals": approvals("U0ALICE", "U0BOB"),
+         "roles": {"override": ["U0CAROL", "@oncall"]}},
+    ],
+    freeze=[WEEKEND_FREEZE, {"environments": ["dev", "staging"], "dates": [date(2026, 12, 24), date(2026, 12, 25)],
+                             "timezone": "Europe/Berlin", "reason": "Holidays"}],
+    services={"api": {"deploy": engine()}, "web": {"deploy": engine()}})
 
 FRIDAY_AFTERNOON = at("2026-11-27T15:00:00")  # 16:00 in Berlin
 
@@ -173,13 +149,6 @@ FRIDAY_AFTERNOON = at("2026-11-27T15:00:00")  # 16:00 in Berlin
 @pytest.fixture
 def config_text() -> str:
     return CONFIG
-
-
-def said(body: str) -> str:
-    try:
-        return json.loads(body)["text"]
-    except ValueError:
-        return body
 
 
 def told(harness: Harness, user: str) -> str:
@@ -237,7 +206,7 @@ async def test_an_override_needs_the_extra_approval_from_the_override_role(harne
     done = harness.deploy(deploy.id)
     assert done.approvers == ["U0ALICE", "U0PAGER"] and done.status == "succeeded"
     assert "*Override approval:* given by <@U0PAGER>" in sections(harness, deploy.id)
-    events = harness.store.audit_events(deploy.id)
+    events = harness.store.audit.events(deploy.id)
     overridden = next(e for e in events if e.action == "freeze_overridden")
     assert overridden.actor == "U0DAVE" and overridden.detail["reason"] == "fix for INC-42"
     assert overridden.detail["freezes"][0]["until"] == "2026-11-30T08:00:00+00:00"
@@ -291,7 +260,7 @@ async def test_an_override_outside_any_freeze_is_an_ordinary_request(harness: Ha
     assert "waiting for approval" in reply and "`--override` was not used" in reply
     deploy = harness.latest_deploy()
     assert deploy.override_reason is None and "Freeze override" not in sections(harness, deploy.id)
-    assert [e.detail for e in harness.store.audit_events(deploy.id) if e.action == "override_unused"] == [
+    assert [e.detail for e in harness.store.audit.events(deploy.id) if e.action == "override_unused"] == [
         {"reason": "just in case"}]
     await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
     assert harness.deploy(deploy.id).status == "succeeded"
@@ -310,14 +279,14 @@ async def test_a_malformed_override_is_a_usage_error(harness: Harness, text: str
 def approved_while_down(store: Store, clock, service: str, version: str, override: dict | None) -> int:
     """A production request approved by Alice (and, for an override, by
     @oncall's Pager) while no Slipway ran to start it."""
-    deploy = store.create_deploy(service=service, environment="production", version=version,
-                                 version_prefixed=False, requested_by="U0DAVE", previous_version=None,
-                                 checklist=[], needs_approval=True, override_reason="fix" if override else None,
-                                 override_freeze=[override] if override else None)
-    store.record_approval(deploy.id, "U0ALICE", required=1, counts_as="approve")
+    deploy = store.deploys.create(service=service, environment="production", version=version,
+                                  version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                  checklist=[], needs_approval=True, override_reason="fix" if override else None,
+                                  override_freeze=[override] if override else None)
+    store.deploys.record_approval(deploy.id, "U0ALICE", required=1, counts_as="approve")
     if override:
-        store.record_approval(deploy.id, "U0PAGER", required=1, counts_as="override")
-    assert store.get_deploy(deploy.id).status == "approved"
+        store.deploys.record_approval(deploy.id, "U0PAGER", required=1, counts_as="override")
+    assert store.deploys.get(deploy.id).status == "approved"
     return deploy.id
 
 

@@ -3,12 +3,11 @@ Slipway against the fake GitHub API."""
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 from fake_github import FakeGitHub
 
-from tests.conftest import Harness
+from tests.conftest import Harness, config_yaml
 
 TOKEN = "ghp_test"
 
@@ -28,21 +27,10 @@ def environ() -> dict[str, str]:
 @pytest.fixture
 def config_text(github: FakeGitHub) -> str:
     github.add_workflow("acme/api", "deploy.yml")
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-        services:
-          api:
-            deploy:
-              github_actions:
-                repository: acme/api
-                workflow: deploy.yml
-                token_env: DEPLOY_GITHUB_TOKEN
-                api_url: {github.url}
-                poll_interval: 0.05s
-              timeout: 30s
-        """)
+    return config_yaml(environments=[{"name": "staging"}], services={"api": {"deploy": {
+        "github_actions": {"repository": "acme/api", "workflow": "deploy.yml", "token_env": "DEPLOY_GITHUB_TOKEN",
+                           "api_url": github.url, "poll_interval": "0.05s"},
+        "timeout": "30s"}}})
 
 
 async def test_a_deploy_dispatches_the_workflow_and_follows_the_run(harness: Harness, github: FakeGitHub) -> None:

@@ -7,12 +7,19 @@ from __future__ import annotations
 import json
 import logging
 
+from bot.events import DeployChanged
 from bot.sandbox.fake_slack import FakeSlack, block_kit_problem
 from tests.conftest import Harness
 
 
 def text_of(view: dict) -> str:
     return json.dumps(view["blocks"], ensure_ascii=False)
+
+
+def cell(view: dict, service: str, environment: str) -> str:
+    """What the matrix shows for ``service`` on ``environment``."""
+    row = next(b for b in view["blocks"] if b.get("text", {}).get("text") == f"*{service}*" and "fields" in b)
+    return next(f["text"] for f in row["fields"] if f["text"].startswith(f"*{environment}*\n"))
 
 
 def publishes_for(fake: FakeSlack, user: str) -> int:
@@ -61,11 +68,18 @@ async def test_a_deploy_changing_state_republishes_the_tab(harness: Harness) -> 
 
 async def test_placing_and_lifting_a_lock_republishes_the_tab(harness: Harness) -> None:
     await open_home(harness, "U0DAVE")
-    await harness.fake.wait_for(lambda fake: fake.home_views.get("U0DAVE"))
+    opened = await harness.fake.wait_for(lambda fake: fake.home_views.get("U0DAVE"))
+    assert ":lock:" not in text_of(opened)
+    unlocked = cell(opened, "api", "production")
+
     await harness.command('lock api production "db maintenance"', user="U0ERIN")
-    await harness.fake.wait_for(lambda fake: "db maintenance" in text_of(fake.home_views["U0DAVE"]))
+    locked = await harness.fake.wait_for(lambda fake: publishes_for(fake, "U0DAVE") == 2 and fake.home_views["U0DAVE"])
+    assert cell(locked, "api", "production") == unlocked + "\n:lock: locked by <@U0ERIN>: “db maintenance”"
+    assert text_of(locked).count(":lock:") == 1, "only api on production is locked"
+
     await harness.command("unlock api production", user="U0ERIN")
-    await harness.fake.wait_for(lambda fake: "db maintenance" not in text_of(fake.home_views["U0DAVE"]))
+    lifted = await harness.fake.wait_for(lambda fake: publishes_for(fake, "U0DAVE") == 3 and fake.home_views["U0DAVE"])
+    assert cell(lifted, "api", "production") == unlocked and ":lock:" not in text_of(lifted)
 
 
 async def test_a_burst_of_changes_publishes_once_per_person(harness: Harness) -> None:
@@ -77,7 +91,7 @@ async def test_a_burst_of_changes_publishes_once_per_person(harness: Harness) ->
     first = harness.mark_succeeded("api", "staging", "1.0.0")
     second = harness.mark_succeeded("web", "staging", "1.0.0")
     for deploy_id in (first.id, second.id, first.id, second.id):  # four changes in one burst
-        harness.slipway.messages.refresh(deploy_id)
+        harness.slipway.events.publish(DeployChanged(deploy_id))
     await harness.settle()
     assert len(harness.fake.calls_to("views.publish")) - before == 2  # one each
     assert "`1.0.0`" in text_of(harness.fake.home_views["U0ERIN"])
@@ -100,7 +114,7 @@ async def test_a_refused_publish_is_logged_and_the_deploy_goes_on(harness: Harne
     harness.fake.token = "xoxb-revoked"  # every Web API call is now refused with invalid_auth
     try:
         with caplog.at_level(logging.ERROR):
-            harness.slipway.messages.refresh(deploy.id)  # as the runner does on a state change
+            harness.slipway.events.publish(DeployChanged(deploy.id))  # as the runner does on a state change
             await harness.settle()
     finally:
         harness.fake.token = "xoxb-test-token"

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from bot.sandbox.fake_server import FakeServer
-from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
+from bot.slack.blocks import ACTION_APPROVE
 from bot.slack.ship_report import as_slack_mrkdwn
-from tests.conftest import ENGINE, PYTHON, Harness, engine_calls
+from tests.conftest import PYTHON, Harness, approvals, config_yaml, engine, engine_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,34 +49,18 @@ async def health() -> HealthService:
 
 @pytest.fixture
 def config_text(record: Path, health: HealthService, tmp_path: Path) -> str:
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            requires: staging
-            approvals:
-              required: 1
-              approvers: [U0ALICE]
-            checklist: [Rollback plan documented]
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}", "--lines", "5"]
-            verify:
-              production:
-                health_checks:
-                  - url: "{health.url}"
-                    expect_json: {{version: "{{version}}"}}
-                    deadline: 2s
-                    interval: 0.05s
-                smoke:
-                  command: ["{PYTHON}", "-c", "print('smoke ok')"]
-          broken:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--exit", "3", "--lines", "200"]
-          orphan: {{}}
-        """)
+    verify_production = {
+        "health_checks": [{"url": health.url, "expect_json": {"version": "{version}"}, "deadline": "2s",
+                           "interval": "0.05s"}],
+        "smoke": {"command": [PYTHON, "-c", "print('smoke ok')"]},
+    }
+    return config_yaml(
+        production={"requires": "staging", "approvals": approvals("U0ALICE"),
+                    "checklist": ["Rollback plan documented"]},
+        services={"api": {"deploy": engine("--record", record, "--lines", 5),
+                          "verify": {"production": verify_production}},
+                  "broken": {"deploy": engine("--exit", 3, "--lines", 200)},
+                  "orphan": {}})
 
 
 def thread(harness: Harness, deploy) -> list[str]:
@@ -89,8 +72,7 @@ async def deploy_to_production(harness: Harness, version: str = "2.7.0"):
     await harness.command(f"api {version} staging")
     await harness.command(f"api {version} production", user="U0DAVE")
     deploy = harness.latest_deploy()
-    await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_CHECKLIST,
-                        block_id=f"checklist:{deploy.id}:0", selected=True)
+    await harness.tick(deploy, "U0ALICE", 0)
     await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)
     return harness.deploy(deploy.id)
 
@@ -111,7 +93,7 @@ async def test_a_staging_deploy_runs_the_engine_with_the_deploy_in_its_environme
     text = json.dumps(steps)
     assert "Succeeded" in text and "*Deploy* (command): exit 0" in text and "took" in text
     assert deploy.started_at and deploy.finished_at and deploy.duration_seconds is not None
-    actions = [e.action for e in harness.store.audit_events(deploy.id)]
+    actions = [e.action for e in harness.store.audit.events(deploy.id)]
     assert actions == ["requested", "approved", "deploy_started", "engine_result", "verifying", "verified", "succeeded"]
 
 
@@ -142,8 +124,7 @@ async def test_production_is_verified_and_gets_a_ship_report(harness: Harness, h
     await harness.command("api 2.6.3 staging")
     await harness.command("api 2.6.3 production")
     first = harness.latest_deploy()
-    await harness.click(harness.message_of(first), "U0ALICE", ACTION_CHECKLIST,
-                        block_id=f"checklist:{first.id}:0", selected=True)
+    await harness.tick(first, "U0ALICE", 0)
     health.version = "2.6.3"
     await harness.click(harness.message_of(first), "U0ALICE", ACTION_APPROVE)
     health.version = "2.7.0"

@@ -4,7 +4,6 @@ why and until when."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,14 +11,7 @@ import pytest
 
 from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from store import Store
-from tests.conftest import CHANNEL, Harness
-
-
-def said(body: str) -> str:
-    try:
-        return json.loads(body)["text"]
-    except ValueError:
-        return body
+from tests.conftest import CHANNEL, Harness, said
 
 
 def channel_posts(harness: Harness) -> list[str]:
@@ -33,7 +25,7 @@ async def test_a_lock_with_a_duration_expires_by_the_clock_and_says_so_once(harn
     placed = said(await harness.command('lock api production 2h "db maintenance"', user="U0ERIN"))
     assert placed.startswith(":lock: • api on production: locked by <@U0ERIN>")
     assert "— “db maintenance” — until <!date^" in placed and "|2026-11-23 14:00 UTC>" in placed
-    lock = harness.store.all_locks()[0]
+    lock = harness.store.locks.all()[0]
     assert lock.until == "2026-11-23T14:00:00.000+00:00"
 
     clock.advance(hours=1, minutes=59)
@@ -51,7 +43,7 @@ async def test_a_lock_with_a_duration_expires_by_the_clock_and_says_so_once(harn
     await harness.command("locks")
     await harness.command("api 2.8.0 staging")
     assert len([t for t in channel_posts(harness) if "expired" in t]) == 1  # said once
-    events = [e for e in harness.store.audit_events() if e.action == "lock_expired"]
+    events = [e for e in harness.store.audit.events() if e.action == "lock_expired"]
     assert len(events) == 1 and events[0].detail["reason"] == "db maintenance"
 
 
@@ -61,7 +53,7 @@ async def test_an_expired_lock_is_released_by_the_periodic_sweep_without_anyone_
     clock.advance(minutes=30)
     await harness.slipway.nudges.sweep()
     await harness.settle()
-    assert harness.store.all_locks() == []
+    assert harness.store.locks.all() == []
     [expired] = [t for t in channel_posts(harness) if "expired" in t]
     assert expired.startswith(":unlock: The lock on api production by <@U0ERIN>")
 
@@ -86,7 +78,7 @@ async def test_an_expired_lock_is_noticed_by_a_click_too(harness: Harness, clock
 @pytest.mark.parametrize(("words", "seconds"), [("30m", 1800), ("2h", 7200), ("1d", 86400), ("1h30m", 5400)])
 async def test_lock_durations(harness: Harness, words: str, seconds: int, clock) -> None:
     await harness.command(f"lock web {words} release train paused", user="U0ERIN")
-    lock = harness.store.all_locks()[0]
+    lock = harness.store.locks.all()[0]
     assert (lock.environment, lock.reason) == ("*", "release train paused")
     assert lock.until == (clock.now + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
 
@@ -99,14 +91,14 @@ async def test_lock_durations(harness: Harness, words: str, seconds: int, clock)
 ])
 async def test_bad_locks_are_refused_and_record_nothing(harness: Harness, text: str, expected: str) -> None:
     assert expected in said(await harness.command(text))
-    assert harness.store.all_locks() == []
+    assert harness.store.locks.all() == []
 
 
 async def test_a_reason_in_smart_quotes_keeps_its_apostrophes(harness: Harness) -> None:
     await harness.command("lock api production “don't ship: INC-7”", user="U0ERIN")
-    assert harness.store.all_locks()[0].reason == "don't ship: INC-7"
+    assert harness.store.locks.all()[0].reason == "don't ship: INC-7"
     await harness.command("lock web it's friday", user="U0ERIN")
-    assert [lock.reason for lock in harness.store.all_locks()] == ["don't ship: INC-7", "it's friday"]
+    assert [lock.reason for lock in harness.store.locks.all()] == ["don't ship: INC-7", "it's friday"]
 
 
 async def test_slash_locks_lists_who_when_why_and_until(harness: Harness) -> None:
@@ -128,11 +120,11 @@ async def test_slash_locks_lists_who_when_why_and_until(harness: Harness) -> Non
 
 def test_each_expired_lock_is_released_once_across_slipways(tmp_path: Path, clock) -> None:
     first, second = Store.open(tmp_path / "s.db", clock=clock), Store.open(tmp_path / "s.db", clock=clock)
-    first.acquire_lock("api", "production", "U0ERIN", "maintenance",
-                       until=(clock.now + timedelta(minutes=5)).isoformat(timespec="milliseconds"))
-    assert first.expire_locks() == [] and second.expire_locks() == []
+    first.locks.acquire("api", "production", "U0ERIN", "maintenance",
+                        until=(clock.now + timedelta(minutes=5)).isoformat(timespec="milliseconds"))
+    assert first.locks.expire() == [] and second.locks.expire() == []
     clock.advance(minutes=5)
-    assert [lock.reason for lock in first.expire_locks()] == ["maintenance"]
-    assert second.expire_locks() == [] and second.all_locks() == []
+    assert [lock.reason for lock in first.locks.expire()] == ["maintenance"]
+    assert second.locks.expire() == [] and second.locks.all() == []
     first.close()
     second.close()

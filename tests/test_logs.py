@@ -7,8 +7,7 @@ import asyncio
 import io
 import json
 import logging
-import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +22,7 @@ from bot.runtime.logs import (
 )
 from bot.sandbox.fake_slack import FakeSlack, SlackSender
 from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
-from tests.conftest import BOT_TOKEN, ENGINE, PYTHON, SIGNING_SECRET, Harness
+from tests.conftest import SIGNING_SECRET, Harness, config_yaml, engine
 from tests.processes import SlipwayProcess
 
 
@@ -127,37 +126,25 @@ async def test_a_clicks_background_work_and_the_deploy_run_carry_the_deploy_id(
     assert engine["message"].startswith(f"deploy {deploy.id}: command engine succeeded after ")
 
 
-CONFIG = textwrap.dedent(f"""\
-    channel: C0DEPLOYS
-    environments:
-      - name: staging
-    services:
-      api:
-        deploy:
-          command: ["{PYTHON}", "{ENGINE}"]
-    """)
+CONFIG = config_yaml(environments=[{"name": "staging"}], services={"api": {"deploy": engine()}})
 
 
-async def test_slipway_serve_writes_json_lines_naming_the_deploy(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slipway_serve_writes_json_lines_naming_the_deploy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_slack: FakeSlack,
+        serve: Callable[..., SlipwayProcess]) -> None:
     monkeypatch.setenv("SLIPWAY_LOG_LEVEL", "DEBUG")  # slack_sdk logs each call at DEBUG: lines in the deploy's work
     monkeypatch.delenv("SLIPWAY_LOG_FORMAT", raising=False)  # JSON is the default
     config = tmp_path / "slipway.yml"
     config.write_text(CONFIG)
-    fake = await FakeSlack(token=BOT_TOKEN).start()
-    slipway = SlipwayProcess(config, tmp_path / "slipway.db", fake)
-    try:
-        events_url = await slipway.start()
-        async with SlackSender(events_url, SIGNING_SECRET, fake) as slack:
-            status, _ = await slack.command("api 1.0.0", "U0DAVE")
-            assert status == 200
-        await fake.wait_for(lambda f: any("is live on staging" in c.args.get("text", "")
-                                          for c in f.calls_to("chat.postMessage")), timeout=30)
-        await slipway.wait_for_log("command engine succeeded")
-        assert await slipway.terminate() == 0
-    finally:
-        await slipway.close()
-        await fake.stop()
+    slipway = serve(config, tmp_path / "slipway.db")
+    events_url = await slipway.start()
+    async with SlackSender(events_url, SIGNING_SECRET, fake_slack) as slack:
+        status, _ = await slack.command("api 1.0.0", "U0DAVE")
+        assert status == 200
+    await fake_slack.wait_for(lambda f: any("is live on staging" in c.args.get("text", "")
+                                            for c in f.calls_to("chat.postMessage")), timeout=30)
+    await slipway.wait_for_log("command engine succeeded")
+    assert await slipway.terminate() == 0
 
     lines = [json.loads(line) for line in slipway.log]  # every line is one JSON object
     assert all({"ts", "level", "logger", "message"} <= line.keys() for line in lines)
@@ -169,22 +156,17 @@ async def test_slipway_serve_writes_json_lines_naming_the_deploy(tmp_path: Path,
     assert thread_posts and all(line.get("deploy_id") == 1 for line in thread_posts)
 
 
-async def test_slipway_serve_writes_text_for_a_person_when_asked(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slipway_serve_writes_text_for_a_person_when_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: Callable[..., SlipwayProcess]) -> None:
     monkeypatch.setenv("SLIPWAY_LOG_FORMAT", "text")
     config = tmp_path / "slipway.yml"
     config.write_text(CONFIG)
-    fake = await FakeSlack(token=BOT_TOKEN).start()
-    slipway = SlipwayProcess(config, tmp_path / "slipway.db", fake)
-    try:
-        await slipway.start()
-        async with aiohttp.ClientSession() as session:  # serving: its SIGTERM handler is in place
-            async with session.get(slipway.base_url + "/healthz") as response:
-                assert response.status == 200
-        assert await slipway.terminate() == 0
-    finally:
-        await slipway.close()
-        await fake.stop()
+    slipway = serve(config, tmp_path / "slipway.db")
+    await slipway.start()
+    async with aiohttp.ClientSession() as session:  # serving: its SIGTERM handler is in place
+        async with session.get(slipway.base_url + "/healthz") as response:
+            assert response.status == 200
+    assert await slipway.terminate() == 0
     assert any(" INFO slipway: shutting down" in line for line in slipway.log)
     with pytest.raises(json.JSONDecodeError):
         json.loads(slipway.log[0])

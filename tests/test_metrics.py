@@ -4,7 +4,6 @@ timings)."""
 
 from __future__ import annotations
 
-import textwrap
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -12,8 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
-from tests.conftest import ENGINE, PYTHON, Harness
+from tests.conftest import Harness, approvals, config_yaml, engine
 from tests.test_alerts import ALERTS, AM_TOKEN, am_alert, am_payload, send
 
 Scrape = list[tuple[str, dict[str, str], float]]
@@ -37,20 +35,6 @@ def names(samples: Scrape) -> set[str]:
     return {name for name, _, _ in samples}
 
 
-async def approve_production(harness: Harness, version: str) -> int:
-    """The production deploy of ``version`` through the door: the command,
-    two checklist ticks, two approvals; the engine then runs it."""
-    harness.mark_succeeded("api", "staging", version)
-    await harness.command(f"api v{version} production", user="U0DAVE")
-    deploy = harness.latest_deploy()
-    for position in (0, 1):
-        await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_CHECKLIST,
-                            block_id=f"checklist:{deploy.id}:{position}", selected=True)
-    for approver in ("U0ALICE", "U0BOB"):
-        await harness.click(harness.message_of(deploy), approver, ACTION_APPROVE)
-    return deploy.id
-
-
 async def test_a_fresh_slipway_exposes_every_family_at_zero(harness: Harness) -> None:
     samples = await scrape(harness)
     assert {"slipway_slack_ack_seconds_count", "slipway_deploys", "slipway_outbox_depth", "slipway_store_up",
@@ -63,7 +47,7 @@ async def test_a_fresh_slipway_exposes_every_family_at_zero(harness: Harness) ->
 
 
 async def test_commands_clicks_and_a_deploy_are_counted(harness: Harness) -> None:
-    deploy_id = await approve_production(harness, "2.7.0")
+    deploy_id = (await harness.request_and_approve("api", "2.7.0")).id
     assert harness.deploy(deploy_id).status == "succeeded"
 
     samples = await scrape(harness)
@@ -130,29 +114,11 @@ def environ() -> dict[str, str]:
 
 @pytest.fixture
 def config_text() -> str:
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            requires: staging
-            approvals:
-              required: 2
-              approvers: [U0ALICE, U0BOB]
-            checklist: [Migrations tested on staging, Rollback plan documented]
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}"]
-          web:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}"]
-          broken:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--exit", "3"]
-        alerts:
-          channel: {ALERTS}
-        """)
+    return config_yaml(
+        production={"requires": "staging", "approvals": approvals("U0ALICE", "U0BOB", required=2),
+                    "checklist": ["Migrations tested on staging", "Rollback plan documented"]},
+        services={"api": {"deploy": engine()}, "web": {"deploy": engine()}, "broken": {"deploy": engine("--exit", 3)}},
+        alerts={"channel": ALERTS})
 
 
 async def test_alerts_received_relayed_and_deduplicated_by_source(harness: Harness, clock) -> None:
@@ -193,9 +159,10 @@ async def test_outbox_depth_is_what_waits_to_be_sent(harness: Harness, clock) ->
     assert value(samples, "slipway_outbox_depth", state="failed") == 0
 
 
-async def test_every_429_is_counted_once_where_it_was_seen(harness: Harness, clock) -> None:
+async def test_every_429_is_counted_once_where_it_was_seen(harness: Harness, clock,
+                                                           slack_sdk_waits: list[float]) -> None:
     harness.fake.rate_limit_every = 2  # every other call to the fake Slack is answered 429
-    harness.fake.retry_after = 0
+    harness.fake.retry_after = 0  # the outbox waits it out for real
     for number in range(2):  # two posts in a row through the outbox: one of them meets a 429
         alert = am_alert(f"Alert{number}", starts=clock.now + timedelta(seconds=number))
         await send(harness, "/webhooks/alertmanager", am_payload(alert, group_key=f"g{number}"))
@@ -209,7 +176,7 @@ async def test_every_429_is_counted_once_where_it_was_seen(harness: Harness, clo
     await harness.command("web 1.0.0 staging")
     by_client = [c for c in harness.fake.calls if c.status == 429][by_outbox:]
     samples = await scrape(harness)
-    assert by_client
+    assert by_client and len(slack_sdk_waits) == len(by_client)  # the outbox's own 429s never reach slack_sdk
     assert value(samples, "slipway_slack_api_rate_limited_total") == len(by_client)
     for method in {c.method for c in by_client}:
         assert value(samples, "slipway_slack_api_rate_limited_total", method=method) == len(

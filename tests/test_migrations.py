@@ -106,7 +106,7 @@ async def test_a_migration_deploy_runs_the_backup_first_with_the_deploy_in_its_e
     assert replies.index(next(r for r in replies if "Taking a backup" in r)) < replies.index(
         next(r for r in replies if "Handing api" in r))  # the backup came first
     assert "*Backup*: exit 0" in str(harness.message_of(deploy).blocks)
-    assert any(e.action == "backup" and e.detail["succeeded"] for e in harness.store.audit_events(deploy.id))
+    assert any(e.action == "backup" and e.detail["succeeded"] for e in harness.store.audit.events(deploy.id))
 
 
 async def test_a_failed_backup_stops_the_deploy_before_the_engine(
@@ -155,11 +155,11 @@ def test_the_migration_checklist_is_configurable_per_environment(config_text: st
 async def test_a_restart_during_the_backup_fails_the_deploy_without_running_the_engine(
         harness: Harness, record: Path, backup_log: Path) -> None:
     # Slipway stopped while the backup ran: the deploy is `deploying` and no backup result was recorded
-    deploy = harness.store.create_deploy(service="api", environment="production", version="2.7.0",
-                                         version_prefixed=False, requested_by="U0DAVE", previous_version=None,
-                                         checklist=[], needs_approval=False, migration=True)
-    harness.store.transition(deploy.id, allowed_from=("approved",), to="deploying", actor=None,
-                             action="deploy_started")
+    deploy = harness.store.deploys.create(service="api", environment="production", version="2.7.0",
+                                          version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                          checklist=[], needs_approval=False, migration=True)
+    harness.store.deploys.transition(deploy.id, allowed_from=("approved",), to="deploying", actor=None,
+                                     action="deploy_started")
     await harness.restart()
     await harness.settle()
     failed = harness.deploy(deploy.id)

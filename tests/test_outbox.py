@@ -21,36 +21,19 @@ from bot.runtime.composition import create_slack_client
 from bot.runtime.settings import Settings
 from bot.sandbox.fake_slack import FakeSlack
 from bot.slack.outbox import CHANNEL_ERRORS_AFTER, Outbox
-from store import Store
-from store import outbox as queue
+from store import Store, UnknownMessage
+from tests import conftest
 from tests.conftest import BOT_TOKEN
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
 
-class FakeTime:
-    """A monotonic clock that moves only when the outbox sleeps on it, and
+class FakeTime(conftest.FakeTime):
+    """The monotonic clock that moves only when the outbox sleeps on it, and
     the wall clock the store dates rows with, moving along."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self.held = False  # sleeps block (until cancelled) instead of passing
-        self.slept = asyncio.Event()
-
-    def monotonic(self) -> float:
-        return self.now
 
     def wall(self) -> datetime:
         return START + timedelta(seconds=self.now)
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.slept.set()
-        if self.held:
-            await asyncio.Future()
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -119,8 +102,8 @@ def intercept(fake: FakeSlack, method: str, before) -> None:
 
 async def test_posts_arrive_in_the_order_they_were_queued(store: Store, fake_slack: FakeSlack, make_outbox) -> None:
     for n in range(5):
-        queue.enqueue_post(store, f"alert-{n}", "C0ALERTS", f"alert {n}")
-    assert queue.enqueue_post(store, "alert-0", "C0ALERTS", "alert 0 again") is None  # one message per key
+        store.outbox.enqueue_post(f"alert-{n}", "C0ALERTS", f"alert {n}")
+    assert store.outbox.enqueue_post("alert-0", "C0ALERTS", "alert 0 again") is None  # one message per key
 
     outbox = make_outbox(store)
     outbox.start()
@@ -129,17 +112,17 @@ async def test_posts_arrive_in_the_order_they_were_queued(store: Store, fake_sla
     assert [m.text for m in fake_slack.channel_messages("C0ALERTS")] == [f"alert {n}" for n in range(5)]
     assert [a["text"] for a in posted(fake_slack)] == [f"alert {n}" for n in range(5)]
     for n in range(5):
-        ts = queue.message_ts(store, f"alert-{n}")
+        ts = store.outbox.message_ts(f"alert-{n}")
         assert fake_slack.messages[("C0ALERTS", ts)].text == f"alert {n}"
-    assert queue.pending_count(store) == 0
+    assert store.outbox.pending_count() == 0
 
 
 async def test_a_reply_waits_for_its_parent_even_when_queued_first(store: Store, fake_slack: FakeSlack,
                                                                     make_outbox) -> None:
     with store.transaction():  # both in one transaction, the reply first
-        queue.enqueue_post(store, "alert-1", "C0ALERTS", "still firing", thread_key="incident")
-        queue.enqueue_post(store, "incident", "C0ALERTS", "Incident: api errors")
-    assert queue.message_ts(store, "incident") is None
+        store.outbox.enqueue_post("alert-1", "C0ALERTS", "still firing", thread_key="incident")
+        store.outbox.enqueue_post("incident", "C0ALERTS", "Incident: api errors")
+    assert store.outbox.message_ts("incident") is None
 
     outbox = make_outbox(store)
     outbox.start()
@@ -148,64 +131,64 @@ async def test_a_reply_waits_for_its_parent_even_when_queued_first(store: Store,
     parent, reply = posted(fake_slack)
     assert parent["text"] == "Incident: api errors" and "thread_ts" not in parent
     assert reply["text"] == "still firing"
-    assert reply["thread_ts"] == queue.message_ts(store, "incident")
+    assert reply["thread_ts"] == store.outbox.message_ts("incident")
 
 
 async def test_a_storm_of_edits_becomes_one_update(store: Store, fake_slack: FakeSlack, make_outbox) -> None:
     outbox = make_outbox(store)
     outbox.start()
-    queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
-    queue.enqueue_post(store, "alert-2", "C0ALERTS", "firing too")
+    store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
+    store.outbox.enqueue_post("alert-2", "C0ALERTS", "firing too")
     for n in range(1, 11):  # alert-2's post is still queued: its edits wait and coalesce
-        queue.enqueue_update(store, "alert-2", f"alert-2 change {n}")
+        store.outbox.enqueue_update("alert-2", f"alert-2 change {n}")
     outbox.notify()
     await outbox.drain()
     for n in range(1, 11):  # alert-1 is sent: the worker is idle, then gets all ten at once
-        queue.enqueue_update(store, "alert-1", f"alert-1 change {n}")
+        store.outbox.enqueue_update("alert-1", f"alert-1 change {n}")
         outbox.notify()
     await outbox.drain()
 
     updates = [c.args for c in fake_slack.calls_to("chat.update")]
     assert [u["text"] for u in updates] == ["alert-2 change 10", "alert-1 change 10"]
-    assert updates[1]["ts"] == queue.message_ts(store, "alert-1")
-    assert fake_slack.messages[("C0ALERTS", queue.message_ts(store, "alert-1"))].text == "alert-1 change 10"
+    assert updates[1]["ts"] == store.outbox.message_ts("alert-1")
+    assert fake_slack.messages[("C0ALERTS", store.outbox.message_ts("alert-1"))].text == "alert-1 change 10"
 
 
 async def test_an_edit_queued_while_another_is_in_flight_is_sent_after_it(store: Store, fake_slack: FakeSlack,
                                                                          make_outbox) -> None:
     outbox = make_outbox(store)
     outbox.start()
-    queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
+    store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
     await outbox.drain()
 
     def change_during_the_call(args: dict[str, Any]) -> None:
         if args["text"] == "louder":  # Slack has the first edit; the next change arrives now
-            queue.enqueue_update(store, "alert-1", "resolved")
+            store.outbox.enqueue_update("alert-1", "resolved")
 
     intercept(fake_slack, "chat.update", change_during_the_call)
-    queue.enqueue_update(store, "alert-1", "louder")
+    store.outbox.enqueue_update("alert-1", "louder")
     outbox.notify()
     await outbox.drain()
 
     assert [c.args["text"] for c in fake_slack.calls_to("chat.update")] == ["louder", "resolved"]
-    assert fake_slack.messages[("C0ALERTS", queue.message_ts(store, "alert-1"))].text == "resolved"
+    assert fake_slack.messages[("C0ALERTS", store.outbox.message_ts("alert-1"))].text == "resolved"
 
 
 def test_an_edit_of_an_unknown_message_is_refused(store: Store) -> None:
-    with pytest.raises(queue.UnknownMessage):
-        queue.enqueue_update(store, "nobody-posted-this", "text")
+    with pytest.raises(UnknownMessage):
+        store.outbox.enqueue_update("nobody-posted-this", "text")
 
 
 def test_enqueue_joins_the_callers_transaction(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction():
-        queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
+        store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
         raise RuntimeError("recording the alert failed")
-    assert queue.pending_count(store) == 0  # rolled back with the caller's work
+    assert store.outbox.pending_count() == 0  # rolled back with the caller's work
 
     with store.transaction():
-        queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
-        queue.enqueue_update(store, "alert-1", "louder")
-    assert queue.pending_count(store) == 2
+        store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
+        store.outbox.enqueue_update("alert-1", "louder")
+    assert store.outbox.pending_count() == 2
 
 
 # -- pacing and rate limits ---------------------------------------------------------------
@@ -216,9 +199,9 @@ async def test_each_channel_is_paced_and_channels_take_turns(store: Store, fake_
     sent_at: list[tuple[str, float]] = []
     intercept(fake_slack, "chat.postMessage", lambda args: sent_at.append((args["channel"], fake_time.now)))
     for n in range(4):  # the busy channel's messages are all queued first
-        queue.enqueue_post(store, f"busy-{n}", "C0BUSY", f"busy {n}")
+        store.outbox.enqueue_post(f"busy-{n}", "C0BUSY", f"busy {n}")
     for n in range(2):
-        queue.enqueue_post(store, f"quiet-{n}", "C0QUIET", f"quiet {n}")
+        store.outbox.enqueue_post(f"quiet-{n}", "C0QUIET", f"quiet {n}")
 
     outbox = make_outbox(store, interval=1.0)
     outbox.start()
@@ -231,8 +214,8 @@ async def test_each_channel_is_paced_and_channels_take_turns(store: Store, fake_
 
 async def test_a_busy_channel_does_not_starve_another(store: Store, fake_slack: FakeSlack, make_outbox) -> None:
     for n in range(4):
-        queue.enqueue_post(store, f"busy-{n}", "C0BUSY", f"busy {n}")
-    queue.enqueue_post(store, "quiet-0", "C0QUIET", "quiet 0")
+        store.outbox.enqueue_post(f"busy-{n}", "C0BUSY", f"busy {n}")
+    store.outbox.enqueue_post("quiet-0", "C0QUIET", "quiet 0")
 
     outbox = make_outbox(store, interval=0.0)  # unpaced: only the turns decide
     outbox.start()
@@ -248,9 +231,9 @@ async def test_every_other_call_rate_limited_loses_nothing(store: Store, fake_sl
     expected = []
     for channel in ("C0ONE", "C0TWO"):
         for n in range(4):
-            queue.enqueue_post(store, f"{channel}-{n}", channel, f"{channel} alert {n}")
+            store.outbox.enqueue_post(f"{channel}-{n}", channel, f"{channel} alert {n}")
             expected.append(f"{channel} alert {n}")
-        queue.enqueue_update(store, f"{channel}-0", f"{channel} alert 0 resolved")
+        store.outbox.enqueue_update(f"{channel}-0", f"{channel} alert 0 resolved")
 
     outbox = make_outbox(store)
     assert any(isinstance(h, AsyncRateLimitErrorRetryHandler) for h in client.retry_handlers)
@@ -266,7 +249,7 @@ async def test_every_other_call_rate_limited_loses_nothing(store: Store, fake_sl
     for channel in ("C0ONE", "C0TWO"):
         texts = [m.text for m in fake_slack.channel_messages(channel)]
         assert texts == [f"{channel} alert 0 resolved"] + [f"{channel} alert {n}" for n in range(1, 4)]
-    assert all(item.attempts == 0 for item in queue.items(store))  # a 429 is no strike against the message
+    assert all(item.attempts == 0 for item in store.outbox.items())  # a 429 is no strike against the message
 
 
 # -- restarts -----------------------------------------------------------------------------
@@ -276,8 +259,8 @@ async def test_pending_messages_are_delivered_once_after_a_restart(db_path: Path
                                                                    fake_time: FakeTime, make_outbox) -> None:
     store = Store.open(db_path, clock=fake_time.wall)
     for n in range(5):
-        queue.enqueue_post(store, f"alert-{n}", "C0ALERTS", f"alert {n}")
-    queue.enqueue_update(store, "alert-0", "alert 0 resolved")
+        store.outbox.enqueue_post(f"alert-{n}", "C0ALERTS", f"alert {n}")
+    store.outbox.enqueue_update("alert-0", "alert 0 resolved")
     first = make_outbox(store)
     closing: list[asyncio.Task[None]] = []
 
@@ -290,7 +273,7 @@ async def test_pending_messages_are_delivered_once_after_a_restart(db_path: Path
     await fake_slack.wait_for(lambda fake: closing)
     await closing[0]
     assert [a["text"] for a in posted(fake_slack)] == ["alert 0", "alert 1"]
-    assert queue.message_ts(store, "alert-1") is not None  # the call in flight was let finish and recorded
+    assert store.outbox.message_ts("alert-1") is not None  # the call in flight was let finish and recorded
     # A crash between claiming alert 2 and Slack's answer leaves it in flight.
     store.db.execute("UPDATE outbox SET state = 'sending' WHERE message_key = 'alert-2'")
     store.db.conn.commit()
@@ -304,7 +287,7 @@ async def test_pending_messages_are_delivered_once_after_a_restart(db_path: Path
         assert Counter(a["text"] for a in posted(fake_slack)) == Counter(f"alert {n}" for n in range(5))
         assert [m.text for m in fake_slack.channel_messages("C0ALERTS")] == (
             ["alert 0 resolved"] + [f"alert {n}" for n in range(1, 5)])
-        assert {i.state for i in queue.items(store)} == {"sent"}
+        assert {i.state for i in store.outbox.items()} == {"sent"}
     finally:
         await second.close()
         store.close()
@@ -314,7 +297,7 @@ async def test_a_restart_still_waits_out_slacks_retry_after(db_path: Path, fake_
                                                            fake_time: FakeTime, make_outbox) -> None:
     fake_slack.rate_limit_every, fake_slack.retry_after = 1, 30
     store = Store.open(db_path, clock=fake_time.wall)
-    queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
+    store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
     first = make_outbox(store)
     fake_time.held = True
     first.start()
@@ -350,24 +333,24 @@ async def test_a_passing_failure_is_retried_with_capped_backoff(store: Store, fa
         return {"ok": False, "error": failure} if failure else None
 
     intercept(fake_slack, "chat.postMessage", fail_three_times)
-    queue.enqueue_post(store, "alert-1", "C0ALERTS", "firing")
+    store.outbox.enqueue_post("alert-1", "C0ALERTS", "firing")
     outbox = make_outbox(store, max_backoff=1.5)
     outbox.start()
     await outbox.drain()
 
     assert fake_time.sleeps == [1.0, 1.5, 1.5]  # 1 s, 2 s capped, 4 s capped
     assert [a["text"] for a in posted(fake_slack)] == ["firing"]
-    (item,) = queue.items(store, key="alert-1")
+    (item,) = store.outbox.items(key="alert-1")
     assert (item.state, item.attempts, item.last_error) == ("sent", 3, "HTTP 500")
 
 
 async def test_a_permanent_failure_is_recorded_and_does_not_hold_up_other_channels(
         store: Store, fake_slack: FakeSlack, make_outbox, caplog: pytest.LogCaptureFixture) -> None:
     fake_slack.missing_channels = {"C0GONE"}
-    queue.enqueue_post(store, "gone", "C0GONE", "into the void")
-    queue.enqueue_update(store, "gone", "into the void, resolved")
+    store.outbox.enqueue_post("gone", "C0GONE", "into the void")
+    store.outbox.enqueue_update("gone", "into the void, resolved")
     for n in range(3):
-        queue.enqueue_post(store, f"ok-{n}", "C0OK", f"ok {n}")
+        store.outbox.enqueue_post(f"ok-{n}", "C0OK", f"ok {n}")
 
     outbox = make_outbox(store)
     outbox.start()
@@ -377,7 +360,7 @@ async def test_a_permanent_failure_is_recorded_and_does_not_hold_up_other_channe
     attempts = [c for c in fake_slack.calls if c.args.get("channel") == "C0GONE"]
     # a missing channel is a person's to fix: it is retried for about half an hour first
     assert [c.args["text"] for c in attempts] == ["into the void"] * CHANNEL_ERRORS_AFTER
-    post, update = queue.items(store, key="gone")
+    post, update = store.outbox.items(key="gone")
     assert (post.state, post.attempts, post.last_error) == ("failed", CHANNEL_ERRORS_AFTER, "channel_not_found")
     assert update.state == "failed" and update.last_error.startswith("message_never_posted")
     assert any("gone" in r.getMessage() and "channel_not_found" in r.getMessage() for r in caplog.records)
@@ -391,14 +374,14 @@ async def test_a_permanent_failure_is_recorded_and_does_not_hold_up_other_channe
 async def test_a_reply_to_a_message_that_failed_goes_to_the_channel(store: Store, fake_slack: FakeSlack,
                                                                     make_outbox) -> None:
     too_many_blocks = [{"type": "divider"}] * 51
-    queue.enqueue_post(store, "incident", "C0ALERTS", "Incident", blocks=too_many_blocks)
-    queue.enqueue_post(store, "alert-1", "C0ALERTS", "api errors at 12%", thread_key="incident")
+    store.outbox.enqueue_post("incident", "C0ALERTS", "Incident", blocks=too_many_blocks)
+    store.outbox.enqueue_post("alert-1", "C0ALERTS", "api errors at 12%", thread_key="incident")
 
     outbox = make_outbox(store)
     outbox.start()
     await outbox.drain()
 
-    (parent,) = queue.items(store, key="incident")
+    (parent,) = store.outbox.items(key="incident")
     assert (parent.state, parent.last_error) == ("failed", "invalid_blocks")
     (reply,) = posted(fake_slack)
     assert reply["text"] == "api errors at 12%" and "thread_ts" not in reply

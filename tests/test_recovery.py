@@ -4,7 +4,6 @@ start it again on the same database."""
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from bot.executors.command import process_start
 from bot.sandbox.fake_slack import FakeSlack, SlackSender
 from bot.slack.blocks import ACTION_APPROVE
 from store import Store
-from tests.conftest import ENGINE, PYTHON, SIGNING_SECRET
+from tests.conftest import SIGNING_SECRET, approvals, config_yaml, engine
 from tests.processes import SlipwayProcess
 
 
@@ -24,23 +23,11 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def config(files: dict[str, Path]) -> Path:
-    files["slipway.yml"].write_text(textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            approvals:
-              required: 1
-              approvers: [U0ALICE]
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--started", "{files['started']}", "--wait-for", "{files['release']}",
-                        "--record", "{files['record']}"]
-          web:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}"]
-        """))
+    files["slipway.yml"].write_text(config_yaml(
+        production={"approvals": approvals("U0ALICE")},
+        services={"api": {"deploy": engine("--started", files["started"], "--wait-for", files["release"],
+                                           "--record", files["record"])},
+                  "web": {"deploy": engine()}}))
     return files["slipway.yml"]
 
 
@@ -65,7 +52,7 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
         await slipway.kill()
 
         store = Store.open(files["slipway.db"])
-        states = {d.service: d.status for d in store.deploys_in(("awaiting_approval", "deploying"))}
+        states = {d.service: d.status for d in store.deploys.in_states(("awaiting_approval", "deploying"))}
         store.close()
         assert states == {"web": "awaiting_approval", "api": "deploying"}  # nothing recorded was lost
 
@@ -75,7 +62,7 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
         await fake_slack.wait_for(lambda f: f.messages[(api_message.channel, api_message.ts)].text.endswith("failed"))
         assert "Failed" in str(fake_slack.messages[(api_message.channel, api_message.ts)].blocks)
         store = Store.open(files["slipway.db"])
-        api = store.history("api")[0]
+        api = store.deploys.history("api")[0]
         assert api.status == "failed" and api.status_reason.startswith("deploy engine: interrupted by restart")
         store.close()
         assert any("interrupted by restart" in c.args.get("text", "") and c.args.get("thread_ts") == api_message.ts
@@ -115,7 +102,7 @@ async def test_sigterm_lets_a_command_deploy_in_progress_finish(fake_slack: Fake
         files["release"].touch()
         assert await terminated == 0
         store = Store.open(files["slipway.db"])
-        assert store.history("api")[0].status == "succeeded"
+        assert store.deploys.history("api")[0].status == "succeeded"
         store.close()
     finally:
         files["release"].touch()

@@ -30,10 +30,10 @@ async def test_an_awaiting_deploy_is_still_approvable_after_a_restart(harness: H
 async def test_requests_recorded_but_never_announced_are_announced_after_a_restart(harness: Harness) -> None:
     """Slipway died between recording a request and posting its message."""
     harness.mark_succeeded("api", "staging", "2.7.0")
-    waiting = harness.store.create_deploy(
+    waiting = harness.store.deploys.create(
         service="api", environment="production", version="2.7.0", version_prefixed=True, requested_by="U0DAVE",
         previous_version=None, checklist=["Rollback plan documented"], needs_approval=True)
-    approved = harness.store.create_deploy(
+    approved = harness.store.deploys.create(
         service="web", environment="staging", version="1.0.0", version_prefixed=False, requested_by="U0DAVE",
         previous_version=None, checklist=[], needs_approval=False)
     await harness.restart()

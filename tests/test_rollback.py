@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,35 +11,17 @@ import pytest
 
 from bot.sandbox.fake_slack import Message
 from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
-from tests.conftest import CHANNEL, ENGINE, PYTHON, Harness, engine_calls
+from tests.conftest import CHANNEL, HOLIDAY_FREEZE, Harness, approvals, config_yaml, engine, engine_calls
 
 
 @pytest.fixture
 def config_text(record: Path) -> str:
-    return textwrap.dedent(f"""\
-        channel: C0DEPLOYS
-        environments:
-          - name: staging
-          - name: production
-            requires: staging
-            approvals:
-              required: 1
-              approvers: [U0ALICE, U0BOB]
-        freeze:
-          - environments: [production]
-            from: "2026-12-24T00:00:00Z"
-            until: "2026-12-27T00:00:00Z"
-            reason: Holiday freeze
-        services:
-          api:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}"]
-          web:
-            deploy:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}"]
-            rollback:
-              command: ["{PYTHON}", "{ENGINE}", "--record", "{record}", "rollout", "undo"]
-        """)
+    return config_yaml(
+        production={"requires": "staging", "approvals": approvals("U0ALICE", "U0BOB")},
+        freeze=[HOLIDAY_FREEZE],
+        services={"api": {"deploy": engine("--record", record)},
+                  "web": {"deploy": engine("--record", record),
+                          "rollback": engine("--record", record, "rollout", "undo")}})
 
 
 async def ship(harness: Harness, service: str, version: str, requester: str = "U0DAVE"):
@@ -90,7 +71,7 @@ async def test_an_approver_rolls_back_and_it_is_recorded_verified_and_announced(
     assert rollback.status == "succeeded" and rollback.approvals == ()
     assert harness.deploy(current.id).status == "rolled_back"
     assert harness.deploy(current.id).status_reason == f"rolled back to 2.6.3 by #{rollback.id}"
-    assert harness.store.latest_successful("api", "production").id == rollback.id
+    assert harness.store.deploys.latest_successful("api", "production").id == rollback.id
     assert engine_calls(record)[-1]["env"]["SLIPWAY_ROLLBACK_OF"] == str(current.id)
     assert engine_calls(record)[-1]["env"]["SLIPWAY_VERSION"] == "2.6.3"
     # announced in the channel (its own message) and in the undone deploy's thread
@@ -99,7 +80,7 @@ async def test_an_approver_rolls_back_and_it_is_recorded_verified_and_announced(
              if c.args.get("thread_ts") == current.message_ts]
     assert any(f"<@U0BOB> started rollback #{rollback.id}: api production: 2.7.0 → 2.6.3" in n for n in notes)
     assert "Rolled back" in json.dumps(harness.message_of(current).blocks)
-    assert [e.action for e in harness.store.audit_events(current.id)][-1] == "rolled_back"
+    assert [e.action for e in harness.store.audit.events(current.id)][-1] == "rolled_back"
     assert first.id < current.id < rollback.id
     # the rollback's own message never offers to go back to the version it left
     assert "deploy_rollback" not in json.dumps(harness.message_of(rollback).blocks)
@@ -112,7 +93,7 @@ async def test_the_person_who_deployed_may_roll_back_but_others_may_not(harness:
     told = harness.fake.ephemerals_for("U0MALLORY")[-1].text
     assert "You may not roll back api on production" in told and "<@U0DAVE> (who deployed it)" in told
     assert harness.latest_deploy().id == current.id
-    assert harness.store.audit_events(current.id)[-1].detail == {"attempted": "rollback"}
+    assert harness.store.audit.events(current.id)[-1].detail == {"attempted": "rollback"}
 
     await harness.click(harness.message_of(current), "U0DAVE", ACTION_ROLLBACK)
     assert harness.latest_deploy().rollback_of == current.id
@@ -125,7 +106,7 @@ async def test_a_double_click_starts_one_rollback(harness: Harness, record: Path
     calls_before = len(engine_calls(record))
     await asyncio.gather(*(harness.slack.click(message, user, ACTION_ROLLBACK) for user in ("U0ALICE", "U0BOB")))
     await harness.settle()
-    rollbacks = [d for d in harness.store.history("api", "production") if d.rollback_of == current.id]
+    rollbacks = [d for d in harness.store.deploys.history("api", "production") if d.rollback_of == current.id]
     assert len(rollbacks) == 1
     assert len(engine_calls(record)) == calls_before + 1
     loser = "U0BOB" if rollbacks[0].requested_by == "U0ALICE" else "U0ALICE"

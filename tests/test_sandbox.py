@@ -21,6 +21,7 @@ import pytest
 
 from bot.runtime.cli import check_config
 from bot.sandbox import Sandbox, demo
+from tests.conftest import quick_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 DANA, ALICE, BOB = "U0DANA", "U0ALICE", "U0BOB"
@@ -95,7 +96,7 @@ def reply_about(needle: str) -> Callable[[dict[str, Any]], Any]:
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    running = await Sandbox(tmp_path / "sandbox.db", tmp_path / "demo-state", outbox_interval=0.01).start()
+    running = await quick_sandbox(tmp_path / "sandbox.db", tmp_path / "demo-state").start()
     yield running
     await running.stop()
 
@@ -260,7 +261,7 @@ async def test_a_state_request_waits_for_something_new(page: Page) -> None:
 
 
 async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: Path) -> None:
-    first = await Sandbox(tmp_path / "kept.db", tmp_path / "state", outbox_interval=0.01).start()
+    first = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(first, session)
@@ -268,7 +269,7 @@ async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: P
             earlier = await page.wait(DANA, deploy_message("Deploy demo 1.0.0 to staging", "Succeeded"))
     finally:
         await first.stop()
-    second = await Sandbox(tmp_path / "kept.db", tmp_path / "state", outbox_interval=0.01).start()
+    second = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(second, session)

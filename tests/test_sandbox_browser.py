@@ -5,6 +5,10 @@ clicking, and every assertion is on what the page shows.
 If Chromium or its driver is missing, the test tries ``apt-get install``
 once (as root) and otherwise FAILS, saying why: a page that silently stops
 being tested is worse than a red build.
+
+One Chromium serves every test here (starting one takes about a second);
+each test has a sandbox of its own, on its own port, so nothing a page
+keeps carries over. ``-m "not browser"`` leaves these tests out locally.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from bot.sandbox import Sandbox
 from bot.sandbox.demo import STARTING_VERSION
+from tests.conftest import quick_sandbox
+
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -39,7 +46,8 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROME_ARGUMENTS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
                     "--window-size=1280,1400")
-WAIT = 60  # seconds before a wait on the page gives up (a deploy here takes about two)
+WAIT = 60  # seconds before a wait on the page gives up
+POLL = 0.05  # seconds between two looks at the page while waiting (WebDriverWait's default is half a second)
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <@U0ALICE>'
 
 T = TypeVar("T")
@@ -103,7 +111,7 @@ class SandboxThread:
         self.thread.start()
 
         async def start() -> Sandbox:
-            return await Sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state").start()
+            return await quick_sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state").start()
 
         self.sandbox = self.run(start())
         return self.sandbox
@@ -123,13 +131,13 @@ def sandbox(tmp_path: Path) -> Iterator[SandboxThread]:
         yield running
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     ensure_browser()
     options = webdriver.ChromeOptions()
     for argument in CHROME_ARGUMENTS:
         options.add_argument(argument)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -139,12 +147,24 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         driver.quit()
 
 
+@pytest.fixture
+def browser(chromium: WebDriver, sandbox: SandboxThread) -> Iterator[WebDriver]:
+    """The shared Chromium, its console read empty, on a blank page again
+    before this test's sandbox stops (so no page polls a stopped sandbox)."""
+    chromium.get_log("browser")  # what an earlier test left in the console is not this test's
+    try:
+        yield chromium
+    finally:
+        chromium.get("about:blank")
+
+
 # -- what a person does and sees -------------------------------------------------------------
 
 def wait_until(driver: WebDriver, condition: Callable[[WebDriver], T], what: str) -> T:
     """Wait (on the page, never by sleeping) until ``condition`` holds; the page
     redraws as news arrives, so a vanished element is only a reason to look again."""
-    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(
+    return WebDriverWait(driver, WAIT, poll_frequency=POLL,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         condition, f"the page never showed {what}")
 
 

@@ -104,7 +104,7 @@ async def test_a_request_nobody_decides_on_expires_in_place_and_its_requester_is
     assert any("Expired" in line for line in thread(harness, deploy))
     [dm] = dms(harness, "U0DAVE")
     assert "expired" in dm and "`/deploy api 2.7.0 production`" in dm
-    assert [e.action for e in harness.store.audit_events(deploy.id)][-1] == "expired"
+    assert [e.action for e in harness.store.audit.events(deploy.id)][-1] == "expired"
 
     await sweep(harness)  # a second look changes nothing and tells nobody twice
     assert len(dms(harness, "U0DAVE")) == 1
@@ -154,7 +154,7 @@ async def test_an_approval_given_too_long_ago_no_longer_counts_and_can_be_given_
     await harness.click(harness.message_of(deploy), "U0ALICE", ACTION_APPROVE)  # renewed
     done = harness.deploy(deploy.id)
     assert done.status == "succeeded" and len(engine_calls(record)) == 1
-    renewed = [e for e in harness.store.audit_events(deploy.id) if e.action == "approval"][-1]
+    renewed = [e for e in harness.store.audit.events(deploy.id) if e.action == "approval"][-1]
     assert renewed.actor == "U0ALICE" and "renewed" in renewed.detail
 
 
@@ -172,17 +172,17 @@ async def test_an_approved_deploy_whose_approvals_went_stale_before_it_started_g
     # approved while no Slipway could start it (the store's own transitions), then nobody started it for 9 h
     harness.mark_succeeded("api", "staging", "2.7.0")
     store = harness.store
-    deploy = store.create_deploy(service="api", environment="production", version="2.7.0", version_prefixed=False,
-                                 requested_by="U0DAVE", previous_version=None, checklist=[], needs_approval=True,
-                                 expires_at=None)
-    store.record_approval(deploy.id, "U0ALICE", required=2)
-    assert store.record_approval(deploy.id, "U0BOB", required=2).status == "approved"
+    deploy = store.deploys.create(service="api", environment="production", version="2.7.0", version_prefixed=False,
+                                  requested_by="U0DAVE", previous_version=None, checklist=[], needs_approval=True,
+                                  expires_at=None)
+    store.deploys.record_approval(deploy.id, "U0ALICE", required=2)
+    assert store.deploys.record_approval(deploy.id, "U0BOB", required=2).status == "approved"
     clock.advance(hours=9)
 
     await harness.restart()  # recovery starts approved deploys
     await harness.settle()
     reopened = harness.deploy(deploy.id)
-    assert reopened.status == "awaiting_approval" and "more than 8h 0m before it could start" in reopened.status_reason
+    assert reopened.status == "awaiting_approval" and "more than 8h before it could start" in reopened.status_reason
     assert engine_calls(record) == []  # the engine was never reached
     assert any("Not started" in line for line in thread(harness, reopened))
     assert any("did not start" in dm for dm in dms(harness, "U0DAVE"))
@@ -220,7 +220,7 @@ async def test_approvers_are_reminded_once_per_interval_in_the_thread(harness: H
     assert "Unticked: 1 checklist item(s)" in second
     # reminders are thread lines, never new posts in the channel
     assert len(top_level(harness)) == top_level_before
-    assert [e.action for e in harness.store.audit_events(deploy.id)].count("reminded") == 2
+    assert [e.action for e in harness.store.audit.events(deploy.id)].count("reminded") == 2
 
 
 # -- direct messages --------------------------------------------------------------
@@ -265,9 +265,9 @@ async def test_the_requester_is_asked_to_finish_the_checklist_when_the_final_app
 
 
 async def test_automatic_actions_send_no_direct_message_to_a_non_person(harness: Harness) -> None:
-    deploy = harness.store.create_deploy(service="api", environment="staging", version="2.7.0",
-                                         version_prefixed=False, requested_by="slipway", previous_version=None,
-                                         checklist=[], needs_approval=False)
+    deploy = harness.store.deploys.create(service="api", environment="staging", version="2.7.0",
+                                          version_prefixed=False, requested_by="slipway", previous_version=None,
+                                          checklist=[], needs_approval=False)
     harness.slipway.runner.start(deploy.id)
     await harness.settle()
     assert harness.deploy(deploy.id).status == "succeeded"
@@ -281,7 +281,7 @@ async def test_the_requester_is_asked_about_the_checklist_once_however_often_app
     for approver in ("U0BOB", "U0BOB", "U0CAROL"):  # a double click, then another approver
         await harness.click(harness.message_of(deploy), approver, ACTION_APPROVE)
     assert len(dms(harness, "U0DAVE")) == 1
-    refused = [e for e in harness.store.audit_events(deploy.id) if e.action == "refused"]
+    refused = [e for e in harness.store.audit.events(deploy.id) if e.action == "refused"]
     assert [(e.actor, e.detail) for e in refused] == [
         (user, {"attempted": "approve", "unticked": ["Rollback plan documented"]})
         for user in ("U0BOB", "U0BOB", "U0CAROL")]
@@ -302,11 +302,11 @@ async def test_a_request_that_goes_back_for_approval_gets_a_lifetime_of_its_own(
         harness: Harness, clock: Clock) -> None:
     harness.mark_succeeded("api", "staging", "2.7.0")
     store = harness.store
-    deploy = store.create_deploy(service="api", environment="production", version="2.7.0", version_prefixed=False,
-                                 requested_by="U0DAVE", previous_version=None, checklist=[], needs_approval=True,
-                                 expires_at=stamp(clock() + timedelta(hours=24)))
-    store.record_approval(deploy.id, "U0ALICE", required=2)
-    assert store.record_approval(deploy.id, "U0BOB", required=2).status == "approved"
+    deploy = store.deploys.create(service="api", environment="production", version="2.7.0", version_prefixed=False,
+                                  requested_by="U0DAVE", previous_version=None, checklist=[], needs_approval=True,
+                                  expires_at=stamp(clock() + timedelta(hours=24)))
+    store.deploys.record_approval(deploy.id, "U0ALICE", required=2)
+    assert store.deploys.record_approval(deploy.id, "U0BOB", required=2).status == "approved"
     clock.advance(hours=30)  # nobody could start it for longer than its request would have lived
 
     await harness.restart()

@@ -9,8 +9,7 @@ import pytest
 
 from bot.deploys.stats import dora, percentile_90
 from bot.sandbox.fake_slack import block_kit_problem
-from store import Deploy
-from store.read_models import DeployTimes
+from store import Deploy, DeployTimes
 from tests.conftest import Clock, Harness
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -24,13 +23,13 @@ def record(harness: Harness, clock: Clock, service: str, environment: str, versi
     """A deploy requested and finished at the given moments, through the store's own transitions."""
     assert harness.store is not None
     clock.now = requested
-    deploy = harness.store.create_deploy(
+    deploy = harness.store.deploys.create(
         service=service, environment=environment, version=version, version_prefixed=False, requested_by="U0DAVE",
         previous_version=None, checklist=[], needs_approval=False, rollback_of=rollback_of)
     clock.now = finished
     for state in ("deploying", "verifying", outcome):
-        deploy = harness.store.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None,
-                                          action=state)
+        deploy = harness.store.deploys.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None,
+                                                  action=state)
     return deploy
 
 
@@ -40,8 +39,8 @@ def roll_back(harness: Harness, clock: Clock, undone: Deploy, version: str, *, r
     assert harness.store is not None
     rollback = record(harness, clock, undone.service, undone.environment, version, requested=requested,
                       finished=finished, rollback_of=undone.id)
-    harness.store.transition(undone.id, allowed_from=("succeeded",), to="rolled_back", actor="U0DAVE",
-                             action="rolled_back")
+    harness.store.deploys.transition(undone.id, allowed_from=("succeeded",), to="rolled_back", actor="U0DAVE",
+                                     action="rolled_back")
     return rollback
 
 
@@ -58,11 +57,11 @@ def history(harness: Harness, clock: Clock) -> None:
     # cancelled before it ran: not counted anywhere
     assert harness.store is not None
     clock.now = T + 3 * D
-    waiting = harness.store.create_deploy(
+    waiting = harness.store.deploys.create(
         service="api", environment="production", version="1.3.0", version_prefixed=False, requested_by="U0DAVE",
         previous_version=None, checklist=[], needs_approval=True)
-    harness.store.transition(waiting.id, allowed_from=("awaiting_approval",), to="cancelled", actor="U0DAVE",
-                             action="cancelled")
+    harness.store.deploys.transition(waiting.id, allowed_from=("awaiting_approval",), to="cancelled", actor="U0DAVE",
+                                     action="cancelled")
     record(harness, clock, "web", "production", "2.0.0", requested=NOW - 7 * D, finished=NOW - 7 * D + H / 2)
     # staging: one failure nobody has fixed yet
     record(harness, clock, "api", "staging", "1.4.0", requested=NOW - 2 * H, finished=NOW - H, outcome="failed")
@@ -95,7 +94,7 @@ async def test_the_four_figures_per_environment(harness: Harness, clock: Clock) 
         # 1.0.0, 1.1.0 (went live, later rolled back), 1.2.1 and web 2.0.0: 4 in 30 days
         "Deploy frequency": "0.9 per week (4 in 30 days)",
         # 30m, 1h, 1h, 3h: median 1h, p90 interpolated 1h + 0.7 × 2h = 2h 24m
-        "Lead time": "median 1h 0m · p90 2h 24m (4 deploy(s))",
+        "Lead time": "median 1h · p90 2h 24m (4 deploy(s))",
         # 1.1.0 rolled back and 1.2.0 failed, of 5 changes that finished (the rollback is not one)
         "Change failure rate": "40% (2 of 5 failed or rolled back)",
         # 2h (1.1.0 live → rollback succeeded) and 1h 30m (1.2.0 failed → 1.2.1): median 1h 45m
@@ -114,7 +113,7 @@ async def test_the_days_window_leaves_older_deploys_out(harness: Harness, clock:
     production = (await stats(harness, "stats 7"))["production"]
     assert production == {
         "Deploy frequency": "1.0 per week (1 in 7 days)",  # web 2.0.0 only
-        "Lead time": "median 30m 0s · p90 30m 0s (1 deploy(s))",
+        "Lead time": "median 30m · p90 30m (1 deploy(s))",
         "Change failure rate": "0% (0 of 1 failed or rolled back)",
         "Time to restore": "no data",
     }

@@ -79,14 +79,14 @@ async def test_a_rollback_is_what_runs_after_it(harness: Harness) -> None:
     assert harness.store is not None
     harness.mark_succeeded("web", "staging", "1.0.0")
     current = harness.mark_succeeded("web", "staging", "1.1.0")
-    rollback = harness.store.create_deploy(
+    rollback = harness.store.deploys.create(
         service="web", environment="staging", version="1.0.0", version_prefixed=False, requested_by="U0CAROL",
         previous_version="1.1.0", checklist=[], needs_approval=False, rollback_of=current.id)
     for state in ("deploying", "verifying", "succeeded"):
-        harness.store.transition(rollback.id, allowed_from=(harness.deploy(rollback.id).status,), to=state,
-                                 actor=None, action=state)
-    harness.store.transition(current.id, allowed_from=("succeeded",), to="rolled_back", actor="U0CAROL",
-                             action="rolled_back")
+        harness.store.deploys.transition(rollback.id, allowed_from=(harness.deploy(rollback.id).status,), to=state,
+                                         actor=None, action=state)
+    harness.store.deploys.transition(current.id, allowed_from=("succeeded",), to="rolled_back", actor="U0CAROL",
+                                     action="rolled_back")
     assert "`1.0.0` (rollback) by <@U0CAROL>" in cells(await status(harness), "web")["staging"]
 
 

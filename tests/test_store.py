@@ -31,7 +31,7 @@ def store(tmp_path: Path):
 def new_deploy(store: Store, **overrides):
     fields = dict(service="api", environment="production", version="2.7.0", version_prefixed=True,
                   requested_by="U0DAVE", previous_version="2.6.0", checklist=["one", "two"], needs_approval=True)
-    return store.create_deploy(**{**fields, **overrides})
+    return store.deploys.create(**{**fields, **overrides})
 
 
 def test_opening_twice_applies_migrations_once_and_keeps_data(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_opening_twice_applies_migrations_once_and_keeps_data(tmp_path: Path) ->
     deploy = new_deploy(first)
     first.close()
     again = Store.open(tmp_path / "s.db")
-    assert again.get_deploy(deploy.id).checklist[1].label == "two"
+    assert again.deploys.get(deploy.id).checklist[1].label == "two"
     assert [r["version"] for r in again.db["schema_migrations"].rows] == list(range(1, len(MIGRATIONS) + 1))
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
@@ -51,7 +51,8 @@ def test_one_deploy_in_flight_per_service_and_environment(store: Store) -> None:
         new_deploy(store, version="2.7.1")
     assert caught.value.existing.id == first.id
     new_deploy(store, environment="staging")  # another environment is free
-    store.transition(first.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE", action="rejected")
+    store.deploys.transition(first.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE",
+                             action="rejected")
     assert new_deploy(store, version="2.7.1").id > first.id
 
 
@@ -71,37 +72,38 @@ def test_a_trigger_id_is_recorded_once(store: Store) -> None:
 
 def test_transitions_check_the_current_state(store: Store) -> None:
     deploy = new_deploy(store)
-    store.transition(deploy.id, allowed_from=("awaiting_approval",), to="cancelled", actor="U0DAVE", action="cancelled")
+    store.deploys.transition(deploy.id, allowed_from=("awaiting_approval",), to="cancelled", actor="U0DAVE",
+                             action="cancelled")
     with pytest.raises(StateConflict) as caught:
-        store.transition(deploy.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE",
-                         action="rejected")
+        store.deploys.transition(deploy.id, allowed_from=("awaiting_approval",), to="rejected", actor="U0ALICE",
+                                 action="rejected")
     assert caught.value.current == "cancelled"
-    assert store.get_deploy(deploy.id).status == "cancelled"
+    assert store.deploys.get(deploy.id).status == "cancelled"
     with pytest.raises(DeployNotFound):
-        store.get_deploy(999)
+        store.deploys.get(999)
 
 
 def test_approvals_count_once_and_the_last_needs_the_checklist(store: Store) -> None:
     deploy = new_deploy(store)
-    store.record_approval(deploy.id, "U0ALICE", required=2)
+    store.deploys.record_approval(deploy.id, "U0ALICE", required=2)
     with pytest.raises(AlreadyApproved):
-        store.record_approval(deploy.id, "U0ALICE", required=2)
+        store.deploys.record_approval(deploy.id, "U0ALICE", required=2)
     with pytest.raises(ChecklistIncomplete) as caught:
-        store.record_approval(deploy.id, "U0BOB", required=2)
+        store.deploys.record_approval(deploy.id, "U0BOB", required=2)
     assert caught.value.unticked == ["one", "two"]
-    assert store.get_deploy(deploy.id).approvers == ["U0ALICE"]  # the refused vote left no trace
+    assert store.deploys.get(deploy.id).approvers == ["U0ALICE"]  # the refused vote left no trace
     for position in (0, 1):
-        store.set_checklist_item(deploy.id, position, True, "U0ALICE")
-    approved = store.record_approval(deploy.id, "U0BOB", required=2)
+        store.deploys.set_checklist_item(deploy.id, position, True, "U0ALICE")
+    approved = store.deploys.record_approval(deploy.id, "U0BOB", required=2)
     assert approved.status == "approved" and approved.approved_at is not None
 
 
 def test_ticking_twice_is_one_audited_change(store: Store) -> None:
     deploy = new_deploy(store)
-    store.set_checklist_item(deploy.id, 0, True, "U0ALICE")
-    store.set_checklist_item(deploy.id, 0, True, "U0BOB")
-    assert store.get_deploy(deploy.id).checklist[0].ticked_by == "U0ALICE"
-    assert [e.action for e in store.audit_events(deploy.id)] == ["requested", "checklist_ticked"]
+    store.deploys.set_checklist_item(deploy.id, 0, True, "U0ALICE")
+    store.deploys.set_checklist_item(deploy.id, 0, True, "U0BOB")
+    assert store.deploys.get(deploy.id).checklist[0].ticked_by == "U0ALICE"
+    assert [e.action for e in store.audit.events(deploy.id)] == ["requested", "checklist_ticked"]
 
 
 def test_the_audit_log_is_append_only(store: Store) -> None:
@@ -109,27 +111,27 @@ def test_the_audit_log_is_append_only(store: Store) -> None:
     for statement in ("UPDATE audit SET actor = 'U0EVE'", "DELETE FROM audit"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             store.db.execute(statement)
-    assert [e.actor for e in store.audit_events(deploy.id)] == ["U0DAVE"]
+    assert [e.actor for e in store.audit.events(deploy.id)] == ["U0DAVE"]
 
 
 def test_a_failed_transaction_leaves_nothing_half_written(store: Store) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         # the second checklist row breaks NOT NULL after the deploy row and the first item were written
-        store.create_deploy(service="api", environment="production", version="1.0.0", version_prefixed=False,
-                            requested_by="U0DAVE", previous_version=None, checklist=["a", None],
-                            needs_approval=True)
+        store.deploys.create(service="api", environment="production", version="1.0.0", version_prefixed=False,
+                             requested_by="U0DAVE", previous_version=None, checklist=["a", None],
+                             needs_approval=True)
     assert store.db.execute("SELECT count(*) FROM deploys").fetchone()[0] == 0
     assert store.db.execute("SELECT count(*) FROM checklist_items").fetchone()[0] == 0
-    assert store.audit_events() == []
+    assert store.audit.events() == []
 
 
 def test_locks_expire_and_scope(store: Store) -> None:
-    store.acquire_lock("api", "*", "U0ERIN", "all of it")
-    assert [l.environment for l in store.locks_for("api", "staging")] == ["*"]
-    assert store.locks_for("web", "staging") == []
-    store.acquire_lock("web", "staging", "U0ERIN", "short", until="2000-01-01T00:00:00+00:00")
-    assert store.locks_for("web", "staging") == []  # expired
-    assert [l.reason for l in store.release_locks("api", None, "U0ERIN")] == ["all of it"]
+    store.locks.acquire("api", "*", "U0ERIN", "all of it")
+    assert [l.environment for l in store.locks.stopping("api", "staging")] == ["*"]
+    assert store.locks.stopping("web", "staging") == []
+    store.locks.acquire("web", "staging", "U0ERIN", "short", until="2000-01-01T00:00:00+00:00")
+    assert store.locks.stopping("web", "staging") == []  # expired
+    assert [l.reason for l in store.locks.release("api", None, "U0ERIN")] == ["all of it"]
 
 
 def test_two_processes_racing_for_one_environment_get_one_deploy(tmp_path: Path) -> None:
@@ -175,7 +177,21 @@ def test_deploys_that_ended_before_direct_messages_existed_are_never_announced_b
                                "requested_at": "2026-11-01T00:00:00.000+00:00"})
     old.conn.close()
     store = Store.open(tmp_path / "old.db")
-    finished, waiting = store.get_deploy(1), store.get_deploy(2)
-    assert finished.notified_status == "succeeded" and not store.claim_notification(1, "succeeded")
+    finished, waiting = store.deploys.get(1), store.deploys.get(2)
+    assert finished.notified_status == "succeeded" and not store.deploys.claim_notification(1, "succeeded")
     assert waiting.notified_status is None  # still news when it ends
     store.close()
+
+
+def test_writes_of_several_repositories_in_one_transaction_commit_or_vanish_together(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        deploy = new_deploy(store)
+        store.locks.acquire("api", "production", "U0DAVE", "rolling back", deploy_id=deploy.id)
+        store.outbox.enqueue_post("note", "C0DEPLOYS", "rolling back")
+        raise RuntimeError("the caller changed its mind")
+    assert store.db.execute("SELECT count(*) FROM deploys").fetchone()[0] == 0
+    assert store.locks.all() == [] and store.outbox.items() == [] and store.audit.events() == []
+    with store.transaction():
+        deploy = new_deploy(store)
+        store.locks.acquire("api", "production", "U0DAVE", "rolling back", deploy_id=deploy.id)
+    assert [e.action for e in store.audit.events(deploy.id)] == ["requested", "locked"]

@@ -66,7 +66,7 @@ def _evaluation_time(alert: Alert, settings: Alerts, store: Store) -> datetime |
     if alert.starts_at is None:
         return None
     moment = alert.starts_at.isoformat(timespec="milliseconds")
-    deploy = store.deploy_behind(alert.service, alert.environment, moment, settings.correlation_window)
+    deploy = store.deploys.behind(alert.service, alert.environment, moment, settings.correlation_window)
     if deploy is not None and deploy.started_at:
         return datetime.fromisoformat(deploy.started_at)
     return alert.starts_at

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.alerts import render
+from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import Alert
-from bot.alerts.rules import Judgement, judge
+from bot.alerts.rules import LEVELS, Judgement, judge
 from bot.config import Config
-from bot.slack.blocks import duration_text
-from store import Deploy, Store, deploy_message_key, stamp
-from store import alerts as alert_rows
-from store.alerts import StoredAlert
-from store.outbox import enqueue_post, enqueue_update, has_message
+from bot.deploys.ports import People
+from bot.durations import format_duration
+from bot.events import AlertsRelayed, DeployChanged, EventBus, SlackWorkQueued
+from bot.runtime.tasks import BackgroundTasks
+from store import Deploy, DeployStatus, Store, StoredAlert, deploy_message_key, stamp
 
 STORM_WINDOW = timedelta(minutes=10)
 
@@ -44,13 +45,42 @@ class Receipt:
 class AlertRelay:
     def __init__(self, config: Config, store: Store,
                  rollback_offer: Callable[[Deploy], tuple[str | None, str | None]],
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], *, directory: People, events: EventBus,
+                 tasks: BackgroundTasks) -> None:
         assert config.alerts is not None
         self.config = config
         self.settings = config.alerts
         self.store = store
         self.rollback_offer = rollback_offer
         self.clock = clock
+        self.directory = directory
+        self.events = events  # publishes AlertsRelayed, and SlackWorkQueued when the outbox has work
+        self.tasks = tasks
+
+    async def ingest(self, source: str, group_key: str | None, alerts: list[Alert]) -> Receipt:
+        """A monitor's delivery, whole: baselines filled from Prometheus where
+        a rule says how, the alerts recorded with the Slack work they call for
+        (one transaction), and ``AlertsRelayed`` told (metrics, auto-rollback)."""
+        alerts = await fill_baselines(alerts, self.settings, self.store)
+        receipt = self.receive(group_key, alerts, oncall=await self.oncall_mention())
+        self.events.publish(SlackWorkQueued())
+        self.events.publish(AlertsRelayed(source, receipt.received, receipt.relayed, receipt.duplicates,
+                                          receipt.stale, tuple(receipt.page_deploys)))
+        return receipt
+
+    async def oncall_mention(self) -> str | None:
+        """How a page notifies the on-call (``alerts.oncall``), e.g. ``<!subteam^S0ONCALL>``."""
+        return await self.directory.mention(self.settings.oncall) if self.settings.oncall else None
+
+    def deploy_changed(self, event: DeployChanged) -> None:
+        """Once a deploy is rolled back, the alert messages tied to it stop
+        offering to roll it back."""
+        if self.store.deploys.status_of(event.deploy_id) == DeployStatus.ROLLED_BACK:
+            self.tasks.spawn(self._redraw(event.deploy_id), name=f"redraw-alerts-{event.deploy_id}")
+
+    async def _redraw(self, deploy_id: int) -> None:
+        if self.redraw_for_deploy(deploy_id, oncall=await self.oncall_mention()):
+            self.events.publish(SlackWorkQueued())
 
     def receive(self, group_key: str | None, alerts: list[Alert], oncall: str | None = None) -> Receipt:
         """Record ``alerts`` and queue what Slack should see, atomically.
@@ -81,18 +111,18 @@ class AlertRelay:
         changed nothing, and the row it repeats is returned)."""
         judgement = judge(alert, self.settings.rules)
         starts_at = _iso(alert.starts_at)
-        if alert.source == "generic" and (open_alert := alert_rows.latest_firing(self.store, alert.source,
-                                                                                 alert.fingerprint)):
+        if alert.source == "generic" and (open_alert := self.store.alerts.latest_firing(alert.source,
+                                                                                        alert.fingerprint)):
             # a generic sender may leave out started_at (it defaults to now):
             # a repeat or a resolve of an alert still firing is that alert
             starts_at = open_alert.starts_at
-        existing = alert_rows.find(self.store, alert.source, alert.fingerprint, starts_at)
+        existing = self.store.alerts.find(alert.source, alert.fingerprint, starts_at)
         if existing is not None and alert.status == "resolved":
             # a resolution ends what was shown: it carries no numbers of its own,
             # and an alert that was never loud must not appear now as "resolved"
             judgement = Judgement(existing.level, judgement.rule_key, None, "resolved")
         deploy = self._deploy_behind(alert) if existing is None else (
-            self.store.get_deploy(existing.deploy_id) if existing.deploy_id else None)
+            self.store.deploys.get(existing.deploy_id) if existing.deploy_id else None)
         key = existing.message_key if existing is not None and existing.message_key else self._message_key(
             alert, group_key, judgement, deploy)
         fields = {
@@ -103,8 +133,8 @@ class AlertRelay:
             "starts_at": starts_at, "ends_at": _iso(alert.ends_at), "deploy_id": deploy.id if deploy else None,
             "message_key": key, "summary": alert.summary, "url": alert.url,
         }
-        stored, change = alert_rows.upsert(self.store, fields, {"labels": alert.labels,
-                                                                "annotations": alert.annotations})
+        stored, change = self.store.alerts.upsert(fields, {"labels": alert.labels, "annotations": alert.annotations},
+                                                  levels=LEVELS)
         return stored, change, judgement, deploy
 
     def auto_rollback_wanted(self, stored: StoredAlert, change: str, deploy: Deploy | None) -> bool:
@@ -116,8 +146,8 @@ class AlertRelay:
             return False
         if not self.config.environment(deploy.environment).auto_rollback:
             return False
-        deploy = self.store.get_deploy(deploy.id)
-        if deploy.rollback_of is not None or deploy.status not in ("succeeded", "failed"):
+        deploy = self.store.deploys.get(deploy.id)
+        if deploy.rollback_of is not None or deploy.status not in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
             return False
         if deploy.finished_at and stored.starts_at:
             gap = (datetime.fromisoformat(stored.starts_at) - datetime.fromisoformat(deploy.finished_at))
@@ -127,8 +157,8 @@ class AlertRelay:
     def _deploy_behind(self, alert: Alert) -> Deploy | None:
         if not (alert.service and alert.environment):
             return None
-        moment = _iso(alert.starts_at) or self.store._now()
-        return self.store.deploy_behind(alert.service, alert.environment, moment, self.settings.correlation_window)
+        moment = _iso(alert.starts_at) or self.store.database.now()
+        return self.store.deploys.behind(alert.service, alert.environment, moment, self.settings.correlation_window)
 
     def _message_key(self, alert: Alert, group_key: str | None, judgement: Judgement, deploy: Deploy | None) -> str:
         """One message per (deploy or alert group, rule) and episode: once
@@ -139,7 +169,7 @@ class AlertRelay:
         else:
             group = hashlib.sha256(f"{alert.source}|{group_key or alert.fingerprint}".encode()).hexdigest()[:16]
             base = f"alert-group-{group}-{judgement.rule_key}"
-        episode = alert_rows.latest_episode(self.store, base)
+        episode = self.store.alerts.latest_episode(base)
         if episode is None:
             return f"{base}-1"
         key, firing = episode
@@ -153,16 +183,16 @@ class AlertRelay:
         longer applies. Returns how many edits were queued."""
         queued = 0
         with self.store.transaction():
-            keys = alert_rows.message_keys_of_deploy(self.store, deploy_id)
+            keys = self.store.alerts.message_keys_of_deploy(deploy_id)
             if not keys:
                 return 0
-            deploy = self.store.get_deploy(deploy_id)
+            deploy = self.store.deploys.get(deploy_id)
             for key in keys:
-                shown = alert_rows.with_message(self.store, key)
-                if not shown or not has_message(self.store, key):
+                shown = self.store.alerts.with_message(key)
+                if not shown or not self.store.outbox.has_message(key):
                     continue
                 text, blocks = self._render(_visible(shown), deploy, oncall)
-                enqueue_update(self.store, key, text, blocks)
+                self.store.outbox.enqueue_update(key, text, blocks)
                 queued += 1
         return queued
 
@@ -170,9 +200,9 @@ class AlertRelay:
 
     def _show(self, key: str, changes: list[tuple[StoredAlert, str, Judgement]], deploy: Deploy | None,
               oncall: str | None, receipt: Receipt) -> None:
-        shown = alert_rows.with_message(self.store, key)
+        shown = self.store.alerts.with_message(key)
         loud_shown = [a for a in shown if a.level != "quiet"]
-        posted = has_message(self.store, key)
+        posted = self.store.outbox.has_message(key)
         if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
         receipt.relayed += len(changes)
@@ -183,10 +213,10 @@ class AlertRelay:
             if self.auto_rollback_wanted(stored, change, deploy) and deploy.id not in receipt.page_deploys:
                 receipt.page_deploys.append(deploy.id)
         if not posted:
-            enqueue_post(self.store, key, channel, text, blocks, thread_key=thread_key)
+            self.store.outbox.enqueue_post(key, channel, text, blocks, thread_key=thread_key)
             receipt.posted += 1
             return
-        enqueue_update(self.store, key, text, blocks)
+        self.store.outbox.enqueue_update(key, text, blocks)
         receipt.posted += 1
         lines = [render.change_line(stored, change, judgement.reason)
                  for stored, change, judgement in changes if change != "changed" and stored.level != "quiet"]
@@ -197,8 +227,8 @@ class AlertRelay:
         if oncall and any(stored.level == "page" and change == "louder" for stored, change, _ in changes):
             lines.append(f"Paging {oncall}.")
         line_thread = deploy_message_key(deploy.id) if deploy is not None else key
-        line_key = f"{key}-line-{alert_rows.next_line_number(self.store)}"
-        enqueue_post(self.store, line_key, channel, "\n".join(lines), thread_key=line_thread)
+        line_key = f"{key}-line-{self.store.outbox.fresh_number()}"
+        self.store.outbox.enqueue_post(line_key, channel, "\n".join(lines), thread_key=line_thread)
         receipt.posted += 1
 
     def _where(self, stored: StoredAlert, deploy: Deploy | None) -> tuple[str, str | None]:
@@ -207,16 +237,16 @@ class AlertRelay:
         if deploy is not None and deploy.channel:
             return deploy.channel, deploy_message_key(deploy.id)
         since = stamp(self.clock() - STORM_WINDOW)
-        threads = alert_rows.recent_threads(self.store, stored.service, since)
+        threads = self.store.alerts.recent_threads(stored.service, since)
         if threads <= self.settings.storm_threshold:
             return self.settings.channel, None
         bucket = int(self.clock().timestamp() // STORM_WINDOW.total_seconds())
         digest = f"digest-{stored.service or 'unlabelled'}-{bucket}"
         text = render.digest_text(stored.service, threads - self.settings.storm_threshold)
-        if has_message(self.store, digest):
-            enqueue_update(self.store, digest, text)
+        if self.store.outbox.has_message(digest):
+            self.store.outbox.enqueue_update(digest, text)
         else:
-            enqueue_post(self.store, digest, self.settings.channel, text)
+            self.store.outbox.enqueue_post(digest, self.settings.channel, text)
         return self.settings.channel, digest
 
     def _render(self, alerts: list[StoredAlert], deploy: Deploy | None,
@@ -225,7 +255,7 @@ class AlertRelay:
         rollback_to = None
         tie = None
         if deploy is not None:
-            deploy = self.store.get_deploy(deploy.id)
+            deploy = self.store.deploys.get(deploy.id)
             if deploy.rollback_of is None:  # an alert after a rollback is no reason to walk further back
                 rollback_to, _ = self.rollback_offer(deploy)
             tie = _tie_text(alerts[0], deploy)
@@ -239,8 +269,9 @@ def _tie_text(alert: StoredAlert, deploy: Deploy) -> str:
     what = f"{deploy.service} {deploy.display_version}"
     if alert.starts_at and deploy.finished_at and alert.starts_at >= deploy.finished_at:
         gap = (datetime.fromisoformat(alert.starts_at) - datetime.fromisoformat(deploy.finished_at)).total_seconds()
-        reached = "reached" if deploy.status == "succeeded" else "finished on"
-        return f"Started {duration_text(gap)} after {what} {reached} {deploy.environment} (deploy #{deploy.id})."
+        # a deploy later rolled back did reach it (its finished_at is still when it went live)
+        reached = "reached" if deploy.status in (DeployStatus.SUCCEEDED, DeployStatus.ROLLED_BACK) else "finished on"
+        return f"Started {format_duration(gap)} after {what} {reached} {deploy.environment} (deploy #{deploy.id})."
     return f"Started during the deploy of {what} to {deploy.environment} (deploy #{deploy.id})."
 
 

@@ -1,12 +1,16 @@
-"""Block Kit for alert messages: pure functions from stored alerts to blocks."""
+"""Block Kit for alert messages: pure functions from stored alerts to blocks
+(slack_sdk's typed blocks, see bot/slack/blocks.py). Everything a monitor
+wrote goes through ``escape`` before it reaches Slack."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.slack.blocks import MAX_SECTION_TEXT, rollback_button
-from store import Deploy
-from store.alerts import StoredAlert
+from slack_sdk.models.blocks import Block
+
+from bot.slack.blocks import as_dicts, context, rollback_button, section
+from bot.slack.mrkdwn import MAX_SECTION_TEXT, clip, escape
+from store import Deploy, StoredAlert
 
 LEVEL_LABELS = {
     "page": ":rotating_light: *PAGE*",
@@ -15,16 +19,6 @@ LEVEL_LABELS = {
     "info": ":information_source: *Alert*",
     "quiet": ":white_circle: *Below thresholds*",
 }
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def escape(text: str) -> str:
-    """Monitor-supplied text as Slack shows it literally: an annotation that
-    says ``<!channel>`` must not ping the channel, nor forge a link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _who(alert: StoredAlert) -> str:
@@ -62,16 +56,13 @@ def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str
         lines.append(f"…and {len(alerts) - len(listed)} more alert(s) in this group")
     if tie:
         lines.append(f"_{tie}_")
-    blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(lines), MAX_SECTION_TEXT)}},
-    ]
-    context = [f"{len(firing)} firing, {len(alerts) - len(firing)} resolved", f"source: {lead.source}"]
+    facts = [f"{len(firing)} firing, {len(alerts) - len(firing)} resolved", f"source: {lead.source}"]
     if link := _link(lead.url):
-        context.append(link)
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(" · ".join(context), 3000)}]})
+        facts.append(link)
+    blocks: list[Block] = [section("\n".join(lines)), context(" · ".join(facts))]
     if firing and deploy is not None and rollback_to is not None:
         blocks.append(rollback_button(deploy, rollback_to, block_id=f"alert-rollback:{deploy.id}"))
-    return blocks
+    return as_dicts(blocks)
 
 
 def _loudest(alerts: list[StoredAlert]) -> StoredAlert:
@@ -84,7 +75,7 @@ def fallback_text(alerts: list[StoredAlert]) -> str:
     firing = [a for a in alerts if a.status == "firing"]
     lead = _loudest(firing) if firing else alerts[-1]
     state = lead.level if firing else "resolved"
-    return _clip(f"[{state}] {_who(lead)}: {escape(lead.summary)}", 3000)
+    return clip(f"[{state}] {_who(lead)}: {escape(lead.summary)}", MAX_SECTION_TEXT)
 
 
 def change_line(alert: StoredAlert, change: str, reason: str) -> str:
@@ -92,7 +83,7 @@ def change_line(alert: StoredAlert, change: str, reason: str) -> str:
     if change == "resolved":
         return f":white_check_mark: Resolved: {_who(alert)}"
     verb = {"new": "Firing", "louder": "Now louder", "quieter": "Now quieter"}[change]
-    return _clip(f"{LEVEL_LABELS[alert.level]} {verb}: {_who(alert)} — {escape(reason)}", MAX_SECTION_TEXT)
+    return clip(f"{LEVEL_LABELS[alert.level]} {verb}: {_who(alert)} — {escape(reason)}", MAX_SECTION_TEXT)
 
 
 def digest_text(service: str | None, count: int) -> str:

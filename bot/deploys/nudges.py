@@ -23,36 +23,40 @@ from datetime import datetime, timedelta
 
 from bot.config import DEFAULT_REMIND_EVERY, USER_ID, Config
 from bot.deploys.policy import role_holders
+from bot.deploys.ports import DeployViews, People
 from bot.deploys.workflow import DeployWorkflow
+from bot.durations import format_duration
+from bot.events import (
+    ChecklistBlocked,
+    DeployChanged,
+    EventBus,
+    LocksExpired,
+    RequestExpired,
+)
 from bot.runtime.tasks import BackgroundTasks
-from bot.slack.blocks import duration_text, expired_locks_text, mention, when
-from bot.slack.deploy_messages import DeployMessages
-from bot.slack.directory import Directory
-from store import Deploy, Lock, StateConflict, Store, stamp
+from bot.slack.mrkdwn import expired_locks_text, mention, when
+from store import Deploy, DeployStatus, StateConflict, Store, stamp
 
 log = logging.getLogger(__name__)
 
 # the states a requester hears of by direct message (see ``_news``)
-NEWS_STATES = frozenset({"succeeded", "failed", "rejected", "expired", "rolled_back", "cancelled"})
+NEWS_STATES = frozenset({DeployStatus.SUCCEEDED, DeployStatus.FAILED, DeployStatus.REJECTED, DeployStatus.EXPIRED,
+                         DeployStatus.ROLLED_BACK, DeployStatus.CANCELLED})
 SWEEP_INTERVAL = 30.0  # seconds between two looks for expired and overdue requests
 
 
 class Nudges:
-    def __init__(self, config: Config, store: Store, workflow: DeployWorkflow, messages: DeployMessages,
-                 directory: Directory, tasks: BackgroundTasks, clock: Callable[[], datetime]) -> None:
+    def __init__(self, config: Config, store: Store, workflow: DeployWorkflow, views: DeployViews,
+                 directory: People, events: EventBus, tasks: BackgroundTasks, clock: Callable[[], datetime]) -> None:
         self.config = config
         self.store = store
         self.workflow = workflow
-        self.messages = messages
+        self.views = views
+        self.events = events
         self.directory = directory
         self.tasks = tasks
         self.clock = clock
         self._loop: asyncio.Task | None = None
-        workflow.on_expired = self._expired
-        workflow.on_checklist_blocked = self._checklist_blocked
-        # an expired lock releases itself when Slipway next reads the locks (or sweeps), and says so once
-        workflow.on_locks_expired = self._locks_expired
-        messages.listeners.append(self._deploy_changed)
 
     # -- the periodic look --------------------------------------------------------
 
@@ -80,7 +84,7 @@ class Nudges:
         those that are due a reminder."""
         now = self.clock()
         self.workflow.expire_locks()
-        for deploy in self.store.deploys_in(("awaiting_approval",)):
+        for deploy in self.store.deploys.in_states((DeployStatus.AWAITING_APPROVAL,)):
             if self.workflow.is_expired(deploy):
                 self.workflow.expire(deploy)
             elif self._reminder_due(deploy, now):
@@ -105,37 +109,41 @@ class Nudges:
         waiting_on = [entry for entry in dict.fromkeys(entries) if entry not in fresh and entry != deploy.requested_by]
         whom = ", ".join([await self.directory.mention(entry) for entry in waiting_on])
         missing = max(self.workflow.required_approvals(deploy) - len(fresh), 0)
-        deploy = self.store.mark_reminded(deploy.id, waiting_on)  # first: a failed post is not retried every sweep
+        deploy = self.store.deploys.mark_reminded(deploy.id, waiting_on)  # first: a failed post is not retried every sweep
         if missing:
             need = f"needs {missing} more approval{'s' if missing != 1 else ''} from {whom or 'its approvers'}"
         else:
             need = "has its approvals but waits on its checklist"
         unticked = f" Unticked: {len(deploy.unticked)} checklist item(s)." if deploy.unticked else ""
-        await self.messages.thread(
+        await self.views.thread(
             deploy, f":bell: Reminder: #{deploy.id} ({deploy.service} {deploy.display_version} to "
                     f"{deploy.environment}) {need}.{unticked} It expires {when(deploy.expires_at)}.")
 
     # -- reacting to changes --------------------------------------------------------
 
-    def _expired(self, deploy: Deploy) -> None:
-        self.messages.refresh(deploy.id)  # the message says Expired; the listener sends the DM
-        self.tasks.spawn(self.messages.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
+    def request_expired(self, event: RequestExpired) -> None:
+        """Say in the thread that a request expired (its message and the DM follow DeployChanged)."""
+        deploy = event.deploy
+        self.tasks.spawn(self.views.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
                                                       f"Request it again if it is still wanted."),
                          name=f"expired-{deploy.id}")
 
-    def _locks_expired(self, locks: list[Lock]) -> None:
-        self.tasks.spawn(self.messages.post(expired_locks_text(locks)), name="announce-expired-locks")
+    def locks_expired(self, event: LocksExpired) -> None:
+        """An expired lock releases itself when Slipway next reads the locks (or sweeps), and says so once."""
+        self.tasks.spawn(self.views.post(expired_locks_text(list(event.locks))), name="announce-expired-locks")
 
-    def _checklist_blocked(self, deploy: Deploy, approver: str) -> None:
+    def checklist_blocked(self, event: ChecklistBlocked) -> None:
+        """Ask the requester to finish the checklist an approver is waiting on."""
+        deploy, approver = event.deploy, event.approver
         if not _person(deploy.requested_by):
             return
         # once per state of the checklist: a double click, or a second approver
         # meeting the same unticked items, does not message the requester again
         unticked = ",".join(str(item.position) for item in deploy.checklist if not item.ticked)
-        if not self.store.claim_notification(deploy.id, f"checklist:{unticked}"):
+        if not self.store.deploys.claim_notification(deploy.id, f"checklist:{unticked}"):
             return
         items = "\n".join(f"• {label}" for label in deploy.unticked)
-        self.tasks.spawn(self.messages.direct(
+        self.tasks.spawn(self.views.direct(
             deploy.requested_by,
             f":ballot_box_with_check: {mention(approver)} wants to give the final approval of your deploy "
             f"{_name(deploy)}, but its checklist is not done. Tick these in {_link(deploy)}:\n{items}"),
@@ -151,7 +159,7 @@ class Nudges:
         if deploy.rollback_of is not None or not required or len(fresh) >= required:
             return None
         valid_for = self.workflow.approval_valid_for(deploy)
-        reason = (f"its approvals were given more than {duration_text(valid_for)} before it could start; "
+        reason = (f"its approvals were given more than {format_duration(valid_for)} before it could start; "
                   f"{required - len(fresh)} more needed")
         # waiting again, it gets a lifetime of its own: the one it was requested
         # with may have run out while it waited to start
@@ -159,53 +167,56 @@ class Nudges:
         expires_at = stamp(self.clock() + timedelta(seconds=lifetime))
         try:
             with self.store.transaction():
-                self.store.transition(deploy.id, allowed_from=("approved",), to="awaiting_approval",
-                                      actor=None, action="approvals_stale", reason=reason,
-                                      detail={"expires_at": expires_at})
-                reopened = self.store.set_expiry(deploy.id, expires_at)
+                self.store.deploys.transition(deploy.id, allowed_from=(DeployStatus.APPROVED,),
+                                              to=DeployStatus.AWAITING_APPROVAL, actor=None, action="approvals_stale",
+                                              reason=reason,
+                                              detail={"expires_at": expires_at})
+                reopened = self.store.deploys.set_expiry(deploy.id, expires_at)
         except StateConflict:
             return None
-        self.messages.refresh(deploy.id)
-        await self.messages.thread(reopened, f":hourglass: Not started: {reason}. Approve it again to deploy.")
+        self.events.publish(DeployChanged(deploy.id))
+        await self.views.thread(reopened, f":hourglass: Not started: {reason}. Approve it again to deploy.")
         if _person(deploy.requested_by):
-            await self.messages.direct(deploy.requested_by, f":hourglass: Your deploy {_name(deploy)} did not start: "
+            await self.views.direct(deploy.requested_by, f":hourglass: Your deploy {_name(deploy)} did not start: "
                                                             f"{reason}. See {_link(deploy)}.")
         return reopened
 
-    def _deploy_changed(self, deploy_id: int) -> None:
+    def deploy_changed(self, event: DeployChanged) -> None:
+        """Tell the requester by direct message when their deploy reached news (see ``_news``)."""
+        deploy_id = event.deploy_id
         # called on every change of every deploy: read the whole record only when the state is news
-        if self.store.status_of(deploy_id) not in NEWS_STATES:
+        if self.store.deploys.status_of(deploy_id) not in NEWS_STATES:
             return
-        deploy = self.store.get_deploy(deploy_id)
+        deploy = self.store.deploys.get(deploy_id)
         if deploy.notified_status == deploy.status:
             return  # told already: a later redraw of a finished deploy is no news (the claim below settles races)
         text = self._news(deploy)
         if text is None or not _person(deploy.requested_by):
             return
-        if self.store.claim_notification(deploy.id, deploy.status):
-            self.tasks.spawn(self.messages.direct(deploy.requested_by, text), name=f"dm-{deploy.id}-{deploy.status}")
+        if self.store.deploys.claim_notification(deploy.id, deploy.status):
+            self.tasks.spawn(self.views.direct(deploy.requested_by, text), name=f"dm-{deploy.id}-{deploy.status}")
 
     def _news(self, deploy: Deploy) -> str | None:
         """What the requester is told of ``deploy``'s state, or None."""
         name, link = _name(deploy), _link(deploy)
         reason = f": {deploy.status_reason}" if deploy.status_reason else ""
-        if deploy.status == "succeeded":
+        if deploy.status == DeployStatus.SUCCEEDED:
             return f":large_green_circle: Your deploy {name} succeeded. {link}"
-        if deploy.status == "failed":
+        if deploy.status == DeployStatus.FAILED:
             return f":red_circle: Your deploy {name} failed{reason}. The thread has what the engine said: {link}"
-        if deploy.status == "rejected":
+        if deploy.status == DeployStatus.REJECTED:
             return f":no_entry: Your deploy {name} was rejected{reason}. {link}"
-        if deploy.status == "expired":
+        if deploy.status == DeployStatus.EXPIRED:
             again = f"`/deploy {deploy.service} {deploy.display_version} {deploy.environment}`"
             return f":hourglass: Your deploy {name} expired{reason}. If it is still wanted, request it again: {again}"
-        if deploy.status == "rolled_back":
+        if deploy.status == DeployStatus.ROLLED_BACK:
             return f":rewind: Your deploy {name} was rolled back{reason}. {link}"
-        if deploy.status == "cancelled" and not self._cancelled_by_requester(deploy):
+        if deploy.status == DeployStatus.CANCELLED and not self._cancelled_by_requester(deploy):
             return f":heavy_multiplication_x: Your deploy {name} was cancelled{reason}. {link}"
         return None
 
     def _cancelled_by_requester(self, deploy: Deploy) -> bool:
-        ends = [e for e in self.store.audit_events(deploy.id) if e.action == "cancelled"]
+        ends = [e for e in self.store.audit.events(deploy.id) if e.action == "cancelled"]
         return bool(ends) and ends[-1].actor == deploy.requested_by
 
 

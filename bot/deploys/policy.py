@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import Config, Environment, FreezeWindow
+from bot.deploys.ports import People
 from bot.deploys.versions import Version, bump_kind, parse_version
 from bot.errors import NotAllowed, PolicyViolation, UnknownEnvironment, UnknownService
-from bot.slack.blocks import mention, when
-from bot.slack.directory import Directory
+from bot.slack.mrkdwn import mention, when
 from store import Deploy, Lock, Store
 
 
@@ -68,7 +68,7 @@ def check_request(config: Config, store: Store, service: str, version_text: str,
     environment = resolve_environment(config, service, environment_name)
     version = parse_version(version_text)
     _check_ladder(store, service, environment, version)
-    live = store.latest_successful(service, environment.name)
+    live = store.deploys.latest_successful(service, environment.name)
     bump = _check_direction(service, environment, version, live)
     _check_blocked(store, service, environment, version)
     _check_locks(store, service, environment)
@@ -112,7 +112,7 @@ def check_still_allowed(config: Config, store: Store, deploy: Deploy, now: datet
 
 
 def _check_ladder(store: Store, service: str, environment: Environment, version: Version) -> None:
-    if environment.requires and not store.has_succeeded(service, environment.requires, version.normalised):
+    if environment.requires and not store.deploys.has_succeeded(service, environment.requires, version.normalised):
         raise PolicyViolation(
             f"{service} {version.display} has not succeeded on {environment.requires} — deploy it there first: "
             f"`/deploy {service} {version.display} {environment.requires}`."
@@ -136,7 +136,7 @@ def _check_direction(service: str, environment: Environment, version: Version, l
 
 
 def _check_locks(store: Store, service: str, environment: Environment) -> None:
-    for lock in store.locks_for(service, environment.name):
+    for lock in store.locks.stopping(service, environment.name):
         raise PolicyViolation(lock_message(service, environment.name, lock))
 
 
@@ -150,7 +150,7 @@ def lock_message(service: str, environment: str, lock: Lock) -> str:
 
 
 def _check_blocked(store: Store, service: str, environment: Environment, version: Version) -> None:
-    block = store.blocked(service, environment.name, version.normalised)
+    block = store.locks.blocked(service, environment.name, version.normalised)
     if block is None:
         return
     rollback = f" (rollback #{block.rollback_id})" if block.rollback_id else ""
@@ -158,7 +158,7 @@ def _check_blocked(store: Store, service: str, environment: Environment, version
                f"{when(block.blocked_at)}{rollback}. Ship a fixed version instead, or, once {version.display} "
                f"is known to be safe, lift the block (the `lock` role): "
                f"`/deploy unblock {service} {version.display} {environment.name}`.")
-    locks = store.locks_for(service, environment.name)
+    locks = store.locks.stopping(service, environment.name)
     raise PolicyViolation(message + (" Also: " + lock_message(service, environment.name, locks[0]) if locks else ""))
 
 
@@ -210,13 +210,13 @@ def role_holders(environment: Environment, role: str, deployer: str | None = Non
     return RoleHolders(role, environment.name, tuple(approvers), deployer if role == "rollback" else None)
 
 
-async def holds_role(directory: Directory, holders: RoleHolders, user: str) -> bool:
+async def holds_role(directory: People, holders: RoleHolders, user: str) -> bool:
     if holders.entries is None or user == holders.deployer:
         return True
     return await directory.is_member(user, list(holders.entries))
 
 
-async def describe_holders(directory: Directory, holders: RoleHolders) -> str:
+async def describe_holders(directory: People, holders: RoleHolders) -> str:
     """``<@U0ALICE>, <!subteam^S0SRE|@sre>, <@U0DAVE> (who deployed it)``."""
     if holders.entries is None:
         return "anyone"
@@ -226,7 +226,7 @@ async def describe_holders(directory: Directory, holders: RoleHolders) -> str:
     return ", ".join(named) or "nobody"
 
 
-async def require_role(directory: Directory, store: Store, holders: RoleHolders, user: str, *, doing: str,
+async def require_role(directory: People, store: Store, holders: RoleHolders, user: str, *, doing: str,
                        attempted: str, deploy_id: int | None = None, detail: dict[str, Any] | None = None,
                        source: str | None = None) -> None:
     """Return if ``user`` holds the role; else audit the refusal and raise.
@@ -236,6 +236,6 @@ async def require_role(directory: Directory, store: Store, holders: RoleHolders,
     """
     if await holds_role(directory, holders, user):
         return
-    store.record_event(deploy_id, user, "refused", {"attempted": attempted, **(detail or {})}, source)
+    store.audit.record(deploy_id, user, "refused", {"attempted": attempted, **(detail or {})}, source)
     raise NotAllowed(f"You may not {doing}: that takes the `{holders.role}` role on {holders.environment}, "
                      f"held by {await describe_holders(directory, holders)}.")

@@ -20,12 +20,22 @@ from bot.deploys.policy import (
     resolve_service,
     role_holders,
 )
+from bot.deploys.ports import DeployViews, People
 from bot.errors import PolicyViolation, SlipwayError
-from bot.slack.blocks import mention, rollback_plan_text
-from bot.slack.directory import Directory
-from store import Deploy, DeployInFlight, DuplicateRequest, StateConflict, Store
+from bot.events import AlertsRelayed, DeployChanged, EventBus
+from bot.runtime.logs import deploy_context
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.mrkdwn import mention, rollback_plan_text
+from store import (
+    Deploy,
+    DeployInFlight,
+    DeployStatus,
+    DuplicateRequest,
+    StateConflict,
+    Store,
+)
 
-ROLLBACK_FROM = ("succeeded", "failed")
+ROLLBACK_FROM = (DeployStatus.SUCCEEDED, DeployStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -38,11 +48,12 @@ class RollbackPlan:
         return rollback_plan_text(self.current, self.target.version)
 
 
-class Rollbacks:
-    def __init__(self, config: Config, store: Store, directory: Directory) -> None:
+class RollbackPlans:
+    """What a rollback of a deploy would go back to (reads only)."""
+
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.directory = directory
 
     def offer(self, deploy: Deploy) -> tuple[str | None, str | None]:
         """What the deploy's message offers: the target version of a Rollback
@@ -55,13 +66,13 @@ class Rollbacks:
         newer = self._newer_success(deploy)
         if newer is not None:
             return None, f"superseded by #{newer.id} ({newer.display_version})"
-        target = self.store.rollback_target(deploy)
+        target = self.store.deploys.rollback_target(deploy)
         if target is None:
             return None, f"no rollback: no earlier version of {deploy.service} succeeded on {deploy.environment}"
         return target.version, None
 
     def _newer_success(self, deploy: Deploy) -> Deploy | None:
-        live = self.store.latest_successful(deploy.service, deploy.environment)
+        live = self.store.deploys.latest_successful(deploy.service, deploy.environment)
         return live if live is not None and live.id > deploy.id else None
 
     def plan(self, deploy_id: int) -> RollbackPlan:
@@ -71,7 +82,7 @@ class Rollbacks:
             SlipwayError: there is nothing to roll back, or nothing to go back to.
         """
         try:
-            current = self.store.get_deploy(deploy_id)
+            current = self.store.deploys.get(deploy_id)
         except LookupError:
             raise SlipwayError(f"There is no deploy #{deploy_id}.") from None
         if current.status not in ROLLBACK_FROM:
@@ -88,7 +99,7 @@ class Rollbacks:
                 f"#{current.id} is no longer what runs on {current.environment}: #{newer.id} "
                 f"({newer.display_version}) is. Roll back from its message, or `/deploy rollback "
                 f"{current.service} {current.environment}`.")
-        target = self.store.rollback_target(current)
+        target = self.store.deploys.rollback_target(current)
         if target is None:
             raise PolicyViolation(
                 f"No earlier version of {current.service} succeeded on {current.environment}, so there is nothing "
@@ -103,11 +114,84 @@ class Rollbacks:
             choices = " or ".join(f"`/deploy rollback {service} {name}`" for name in rungs)
             raise PolicyViolation(f"Which environment? {choices}.")
         env = resolve_environment(self.config, service, environment or rungs[0])
-        recent = [d for d in self.store.history(service, env.name, limit=50)
+        recent = [d for d in self.store.deploys.history(service, env.name, limit=50)
                   if d.status in ROLLBACK_FROM and not _failed_rollback(d)]
         if not recent:
             raise PolicyViolation(f"{service} has no finished deploy on {env.name} to roll back.")
         return self.plan(recent[0].id)
+
+
+AUTO_ROLLBACK_ACTOR = "slipway"  # who the audit log says started an automatic rollback
+
+
+class Rollbacks:
+    """Planning, recording and starting rollbacks: clicked, typed or automatic."""
+
+    def __init__(self, plans: RollbackPlans, directory: People, views: DeployViews, events: EventBus,
+                 tasks: BackgroundTasks) -> None:
+        self.plans = plans
+        self.config = plans.config
+        self.store = plans.store
+        self.directory = directory
+        self.views = views
+        self.events = events  # publishes DeployChanged for what a rollback supersedes and undoes
+        self.tasks = tasks
+
+    async def start(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
+        """Record, announce and run a rollback the person confirmed (the
+        runner starts it as soon as its message is posted), and say so in
+        the thread of the deploy it undoes.
+
+        Raises:
+            SlipwayError: refused (who, what, or a deploy in the way).
+        """
+        rollback, undone, superseded = await self.record(deploy_id, target, user, source)
+        rollback = await self._announce(rollback, superseded)
+        plan = rollback_plan_text(undone, rollback.version)
+        await self.views.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
+                                        f"<{rollback.permalink or ''}|Follow it here>.")
+        self.events.publish(DeployChanged(undone.id))
+        return rollback
+
+    def auto_rollback_pages(self, event: AlertsRelayed) -> None:
+        """Roll back, in the background, each deploy a page-level alert was tied to."""
+        for deploy_id in event.page_deploys:
+            self.tasks.spawn(self.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")
+
+    async def auto_rollback(self, deploy_id: int) -> None:
+        """Roll back a deploy a page-level alert was tied to, where the
+        environment asks for it (``auto_rollback: true``), and say so."""
+        with deploy_context(deploy_id):
+            deploy = self.store.deploys.get(deploy_id)
+            try:
+                plan = self.plans.plan(deploy_id)
+                rollback, undone, superseded = await self.record(
+                    deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
+            except SlipwayError as refusal:
+                await self.views.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
+                                                f"#{deploy_id}, but it cannot run: {refusal.message}")
+                return
+            rollback = await self._announce(rollback, superseded)
+            await self.views.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
+                                            f"{undone.environment}, page-level alert): {plan.text}.")
+
+    async def _announce(self, rollback: Deploy, superseded: Deploy | None) -> Deploy:
+        """The request a rollback supersedes says it was cancelled; then the rollback's own message."""
+        if superseded is not None:
+            self.events.publish(DeployChanged(superseded.id))
+            await self.views.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
+        return await self.views.announce(rollback)
+
+    async def offer_for(self, user: str, service: str, environment: str | None,
+                        source: str | None = None) -> RollbackPlan:
+        """``/deploy rollback``: the rollback ``user`` would run, to confirm.
+
+        Raises:
+            SlipwayError: nothing to roll back, or ``user`` may not (audited).
+        """
+        plan = self.plans.plan_for(service, environment)
+        await self.require_may_roll_back(user, plan.current, source)
+        return plan
 
     async def require_may_roll_back(self, user: str, current: Deploy, source: str | None = None) -> None:
         """Raises NotAllowed (audited) unless ``user`` may roll ``current`` back."""
@@ -118,7 +202,7 @@ class Rollbacks:
     def _holders(self, current: Deploy) -> RoleHolders:
         return role_holders(self.config.environment(current.environment), "rollback", deployer=current.requested_by)
 
-    async def start(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
+    async def record(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
                     trigger_id: str | None = None, automatic: bool = False) -> tuple[Deploy, Deploy, Deploy | None]:
         """Record a rollback of deploy ``deploy_id`` to ``expected_target`` (the
         version the person confirmed). Returns the rollback, the deploy it
@@ -129,7 +213,7 @@ class Rollbacks:
             PolicyViolation: nothing to roll back, the target changed since the
                 confirmation, or a deploy is running on the environment.
         """
-        plan = self.plan(deploy_id)
+        plan = self.plans.plan(deploy_id)
         current = plan.current
         if not automatic:
             await self.require_may_roll_back(user, current, source)
@@ -140,7 +224,7 @@ class Rollbacks:
         superseded = self._clear_the_way(current, user, source)
         try:
             with self.store.transaction():  # the rollback, its lock and its block: all or nothing
-                rollback = self.store.create_deploy(
+                rollback = self.store.deploys.create(
                     service=current.service, environment=current.environment, version=plan.target.version,
                     version_prefixed=plan.target.version_prefixed, requested_by=user,
                     previous_version=current.version, checklist=[], needs_approval=False,
@@ -158,14 +242,17 @@ class Rollbacks:
     def _clear_the_way(self, current: Deploy, user: str, source: str | None) -> Deploy | None:
         """A request still waiting for approval must not block a rollback: it
         is cancelled. A deploy the engine is running does block it."""
-        waiting = self.store.in_flight(current.service, current.environment)
+        waiting = self.store.deploys.in_flight(current.service, current.environment)
         if waiting is None:
             return None
-        if waiting.status == "awaiting_approval" or (waiting.status == "approved" and waiting.rollback_of is None):
+        if waiting.status == DeployStatus.AWAITING_APPROVAL or (
+                waiting.status == DeployStatus.APPROVED and waiting.rollback_of is None):
             try:
-                return self.store.transition(waiting.id, allowed_from=("awaiting_approval", "approved"),
-                                             to="cancelled", actor=user, action="superseded",
-                                             reason=f"superseded by a rollback by {mention(user)}", source=source)
+                return self.store.deploys.transition(waiting.id,
+                                                     allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED),
+                                                     to=DeployStatus.CANCELLED, actor=user, action="superseded",
+                                                     reason=f"superseded by a rollback by {mention(user)}",
+                                                     source=source)
             except StateConflict:
                 return None
         return None
@@ -177,13 +264,13 @@ class Rollbacks:
         environment in more doubt, not less. A lock someone already placed
         there is kept as it is (its reason is theirs)."""
         reason = f"rolled back from {current.display_version} by {mention(user)}"
-        self.store.acquire_lock(current.service, current.environment, user, reason, source=source,
-                                keep_existing=True, deploy_id=rollback.id)
-        self.store.block_version(current.service, current.environment, current.version, user, reason,
-                                 rollback_id=rollback.id, source=source)
+        self.store.locks.acquire(current.service, current.environment, user, reason, source=source,
+                                 keep_existing=True, deploy_id=rollback.id)
+        self.store.locks.block_version(current.service, current.environment, current.version, user, reason,
+                                       rollback_id=rollback.id, source=source)
 
 
 def _failed_rollback(deploy: Deploy) -> bool:
     """A rollback that failed changed nothing we can vouch for; rolling *it*
     back would mean redeploying the version that was being undone."""
-    return deploy.rollback_of is not None and deploy.status == "failed"
+    return deploy.rollback_of is not None and deploy.status == DeployStatus.FAILED

@@ -13,25 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 
 from bot.config import Backup, Config, DeployExecutor
+from bot.deploys.ports import DeployViews
+from bot.durations import format_duration
 from bot.errors import SlipwayError
+from bot.events import DeployChanged, DeployPosted, EventBus, ExecutorStarted
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
 from bot.executors.process import run_process
 from bot.runtime.tasks import BackgroundTasks
-from bot.slack.blocks import (
+from bot.slack.mrkdwn import (
     MAX_LOG_TAIL,
-    duration_text,
     engine_log_text,
     failure_text,
     success_text,
     verification_text,
 )
-from bot.slack.deploy_messages import DeployMessages
 from bot.slack.ship_report import as_slack_mrkdwn, ship_report
-from store import Deploy, StateConflict, Store
+from store import Deploy, DeployStatus, StateConflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +45,40 @@ def wall_clock() -> datetime:
 class DeployRunner:
     """Runs approved deploys, one task each, and recovers after a restart."""
 
-    def __init__(self, config: Config, store: Store, messages: DeployMessages, tasks: BackgroundTasks,
-                 reports: EngineReports, environ: Mapping[str, str] | None = None,
-                 now: Callable[[], datetime] = wall_clock) -> None:
+    def __init__(self, config: Config, store: Store, views: DeployViews, events: EventBus, tasks: BackgroundTasks,
+                 reports: EngineReports, *, blocked_reason: Callable[[Deploy], str | None],
+                 reopen_if_stale: Callable[[Deploy], Awaitable[Deploy | None]],
+                 observe_executor: Callable[[str, str, float], None] | None = None,
+                 environ: Mapping[str, str] | None = None, now: Callable[[], datetime] = wall_clock,
+                 verify_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 verify_clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.store = store
-        self.messages = messages
+        self.views = views
+        self.events = events  # publishes DeployChanged at each step, ExecutorStarted when the engine is handed one
         self.tasks = tasks
         self.reports = reports
         self.environ = environ
         self.now = now  # the engines' clock: deadlines are real time, whatever the store's clock says
+        # what paces verification's retries and measures its deadlines; tests pass a fake that moves instantly
+        self.verify_sleep = verify_sleep
+        self.verify_clock = verify_clock
         self._deploy_tasks: dict[int, asyncio.Task] = {}  # the deploys running now
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
-        self.on_executor_start: Callable[[int], None] | None = None  # a probe for benchmarks
-        self.observe_executor: Callable[[str, str, float], None] | None = None  # GET /metrics
-        self.blocked_reason: Callable[[Deploy], str | None] | None = None  # the policy, checked at the start
+        self.observe_executor = observe_executor  # GET /metrics
+        self.blocked_reason = blocked_reason  # the policy, checked at the start
         # approvals too old to count when it is time to start: the deploy goes back for approval
-        self.reopen_if_stale: Callable[[Deploy], Awaitable[Deploy | None]] | None = None
+        self.reopen_if_stale = reopen_if_stale
 
     def start(self, deploy_id: int) -> None:
         """Run an approved deploy in the background (once, however often asked)."""
         self._spawn(deploy_id, resume=False)
+
+    def start_if_approved(self, event: DeployPosted | DeployChanged) -> None:
+        """Start a deploy once it is approved and shown: a request that needs
+        no approval when its message is posted, any other at its final approval."""
+        if self.store.deploys.status_of(event.deploy_id) == DeployStatus.APPROVED:
+            self.start(event.deploy_id)
 
     def _spawn(self, deploy_id: int, *, resume: bool) -> None:
         if deploy_id in self._deploy_tasks:
@@ -83,7 +98,7 @@ class DeployRunner:
         return [deploy_id for deploy_id, task in self._deploy_tasks.items() if not task.done()]
 
     def _runs_locally(self, deploy_id: int) -> bool:
-        spec = self.engine_of(self.store.get_deploy(deploy_id))
+        spec = self.engine_of(self.store.deploys.get(deploy_id))
         return spec is not None and spec.command is not None
 
     async def _guarded(self, deploy_id: int, resume: bool) -> None:
@@ -95,9 +110,10 @@ class DeployRunner:
                 await self._run(deploy_id, resume)
             except Exception:
                 log.exception("deploy %s: unexpected failure in the runner", deploy_id)
-                await self._finish(self.store.get_deploy(deploy_id), "failed",
+                await self._finish(self.store.deploys.get(deploy_id), DeployStatus.FAILED,
                                    "Slipway failed while running it (see its log); the engine's state is unknown",
-                                   allowed_from=("approved", "deploying", "verifying"))
+                                   allowed_from=(DeployStatus.APPROVED, DeployStatus.DEPLOYING,
+                                                 DeployStatus.VERIFYING))
                 raise
             finally:
                 self._deploy_tasks.pop(deploy_id, None)
@@ -107,12 +123,13 @@ class DeployRunner:
         verifying, and post the message of any request it recorded but died
         before announcing."""
         picked = []
-        for deploy in self.store.deploys_in(("awaiting_approval",)):
+        for deploy in self.store.deploys.in_states((DeployStatus.AWAITING_APPROVAL,)):
             if deploy.message_ts is None:
                 self.tasks.spawn(self._announce(deploy), name=f"announce-deploy-{deploy.id}")
                 picked.append(deploy.id)
-        for deploy in self.store.deploys_in(("approved", "deploying", "verifying")):
-            self._spawn(deploy.id, resume=deploy.status != "approved")
+        running = (DeployStatus.APPROVED, DeployStatus.DEPLOYING, DeployStatus.VERIFYING)
+        for deploy in self.store.deploys.in_states(running):
+            self._spawn(deploy.id, resume=deploy.status != DeployStatus.APPROVED)
             picked.append(deploy.id)
         if picked:
             log.info("recovering deploys %s after a restart", picked)
@@ -120,7 +137,7 @@ class DeployRunner:
 
     async def _announce(self, deploy: Deploy) -> Deploy | None:
         try:
-            return await self.messages.announce(deploy)
+            return await self.views.announce(deploy)
         except SlipwayError as failure:  # the request is cancelled; nobody is waiting on a reply
             log.error("deploy %s could not be announced after a restart: %s", deploy.id, failure.message)
             return None
@@ -136,44 +153,46 @@ class DeployRunner:
         return service.deploy
 
     async def _run(self, deploy_id: int, resume: bool) -> None:
-        deploy = self.store.get_deploy(deploy_id)
+        deploy = self.store.deploys.get(deploy_id)
         if deploy.message_ts is None and await self._announce(deploy) is None:
             return
-        deploy = self.store.get_deploy(deploy_id)
-        if resume and deploy.status == "verifying":
+        deploy = self.store.deploys.get(deploy_id)
+        if resume and deploy.status == DeployStatus.VERIFYING:
             await self._verify(deploy, self._job(deploy, fresh=False))
             return
         spec = self.engine_of(deploy)
         if spec is None:
-            await self._finish(deploy, "failed", f"no deploy engine is configured: add services.{deploy.service}.deploy",
-                               allowed_from=("approved", "deploying"))
+            await self._finish(deploy, DeployStatus.FAILED,
+                               f"no deploy engine is configured: add services.{deploy.service}.deploy",
+                               allowed_from=(DeployStatus.APPROVED, DeployStatus.DEPLOYING))
             return
         if not resume:
-            blocked = self.blocked_reason(deploy) if self.blocked_reason else None
+            blocked = self.blocked_reason(deploy)
             if blocked is not None:
-                await self._finish(deploy, "cancelled", f"stopped before it started: {blocked}",
-                                   allowed_from=("approved",))
+                await self._finish(deploy, DeployStatus.CANCELLED, f"stopped before it started: {blocked}",
+                                   allowed_from=(DeployStatus.APPROVED,))
                 return
-            if self.reopen_if_stale is not None and await self.reopen_if_stale(deploy) is not None:
+            if await self.reopen_if_stale(deploy) is not None:
                 return
             try:
-                deploy = self.store.transition(deploy_id, allowed_from=("approved",), to="deploying", actor=None,
-                                               action="deploy_started", detail={"engine": spec.kind})
+                deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.APPROVED,),
+                                                       to=DeployStatus.DEPLOYING, actor=None, action="deploy_started",
+                                                       detail={"engine": spec.kind})
             except StateConflict:
                 return  # another runner got there first
-            self.messages.refresh(deploy_id)
+            self.events.publish(DeployChanged(deploy_id))
         job = self._job(deploy, fresh=not resume)
         if not resume and not await self._back_up(deploy, spec, job):
             return
         if resume and self._backup_for(deploy) is not None and not deploy.reference.get("backup", {}).get("succeeded"):
             # the restart came mid-backup: an engine that would start afresh on resume must not run without one
-            await self._finish(deploy, "failed", "interrupted by a restart before its backup finished; "
+            await self._finish(deploy, DeployStatus.FAILED, "interrupted by a restart before its backup finished; "
                                                  "the engine was not run")
             return
         # The engine starts now; the thread is told alongside, not before (a
         # rollback should not wait on a Slack round trip), and the note is
         # posted before the engine's log so the thread reads in order.
-        handing = None if resume else asyncio.ensure_future(self.messages.thread(
+        handing = None if resume else asyncio.ensure_future(self.views.thread(
             deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
                     f"{spec.kind.replace('_', ' ')} engine…"))
         try:
@@ -181,16 +200,16 @@ class DeployRunner:
         finally:
             if handing is not None:
                 await handing
-        deploy = self.store.record_engine_result(
+        deploy = self.store.deploys.record_engine_result(
             deploy_id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
             run_url=outcome.run_url, log_tail=outcome.log_tail, reference=outcome.reference)
-        await self.messages.thread(deploy, engine_log_text(deploy, outcome.succeeded))
+        await self.views.thread(deploy, engine_log_text(deploy, outcome.succeeded))
         if not outcome.succeeded:
-            await self._finish(deploy, "failed", f"deploy engine: {outcome.summary}")
+            await self._finish(deploy, DeployStatus.FAILED, f"deploy engine: {outcome.summary}")
             return
-        deploy = self.store.transition(deploy_id, allowed_from=("deploying",), to="verifying", actor=None,
-                                       action="verifying")
-        self.messages.refresh(deploy_id)
+        deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.DEPLOYING,),
+                                               to=DeployStatus.VERIFYING, actor=None, action="verifying")
+        self.events.publish(DeployChanged(deploy_id))
         await self._verify(deploy, job)
 
     def _backup_for(self, deploy: Deploy) -> Backup | None:
@@ -208,22 +227,22 @@ class DeployRunner:
         backup = self._backup_for(deploy)
         if backup is None:
             return True
-        await self.messages.thread(deploy, f":card_file_box: Taking a backup before the migration: "
+        await self.views.thread(deploy, f":card_file_box: Taking a backup before the migration: "
                                            f"`{shlex.join(backup.command)}`")
         result = await run_process(backup.command, env=job.environ, timeout=backup.timeout, cwd=backup.working_dir,
                                    withhold=job.withhold)
-        self.store.remember_reference(deploy.id, spec.kind, {"backup": {"succeeded": result.succeeded,
+        self.store.deploys.remember_reference(deploy.id, spec.kind, {"backup": {"succeeded": result.succeeded,
                                                                        "summary": result.summary}})
-        self.store.record_event(deploy.id, None, "backup", {"command": backup.command, "summary": result.summary,
+        self.store.audit.record(deploy.id, None, "backup", {"command": backup.command, "summary": result.summary,
                                                             "exit_code": result.exit_code,
                                                             "succeeded": result.succeeded})
         if result.succeeded:
-            self.messages.refresh(deploy.id)
+            self.events.publish(DeployChanged(deploy.id))
             return True
         tail = result.output_tail.strip()[-MAX_LOG_TAIL:]
-        await self.messages.thread(deploy, f":x: Backup failed ({result.summary}); the deploy engine was not run."
+        await self.views.thread(deploy, f":x: Backup failed ({result.summary}); the deploy engine was not run."
                                            + (f"\n```{tail}```" if tail else ""))
-        await self._finish(self.store.get_deploy(deploy.id), "failed",
+        await self._finish(self.store.deploys.get(deploy.id), DeployStatus.FAILED,
                            f"backup failed ({result.summary}); the engine was not run")
         return False
 
@@ -241,7 +260,7 @@ class DeployRunner:
                                   claimed_runs=self._claimed_runs)
 
         async def remember(reference: dict) -> None:
-            self.store.remember_reference(deploy.id, spec.kind, reference)
+            self.store.deploys.remember_reference(deploy.id, spec.kind, reference)
 
         import time
 
@@ -250,8 +269,7 @@ class DeployRunner:
         try:
             if not resume:
                 await remember({"engine_started_at": job.started_at.isoformat()})
-                if self.on_executor_start is not None:
-                    self.on_executor_start(deploy.id)
+                self.events.publish(ExecutorStarted(deploy.id))
                 result = await executor.run(job, remember)
             else:
                 try:
@@ -275,35 +293,36 @@ class DeployRunner:
         from bot.deploys.verification import verify
 
         checks = self.config.services[deploy.service].verify.get(deploy.environment)
-        result = await verify(checks, job)
-        deploy = self.store.record_verification(deploy.id, result.as_records())
+        result = await verify(checks, job, sleep=self.verify_sleep, clock=self.verify_clock)
+        deploy = self.store.deploys.record_verification(deploy.id, result.as_records())
         if result.checks:
-            await self.messages.thread(deploy, verification_text(deploy))
+            await self.views.thread(deploy, verification_text(deploy))
         if result.passed:
-            await self._finish(deploy, "succeeded", None)
+            await self._finish(deploy, DeployStatus.SUCCEEDED, None)
         else:
             failed = next(c for c in result.checks if not c.passed)
-            await self._finish(deploy, "failed", f"verification: {failed.name} — {failed.detail}")
+            await self._finish(deploy, DeployStatus.FAILED, f"verification: {failed.name} — {failed.detail}")
 
-    async def _finish(self, deploy: Deploy, status: str, reason: str | None,
-                      allowed_from: tuple[str, ...] = ("deploying", "verifying")) -> None:
+    async def _finish(self, deploy: Deploy, status: DeployStatus, reason: str | None,
+                      allowed_from: tuple[DeployStatus, ...] = (DeployStatus.DEPLOYING,
+                                                                DeployStatus.VERIFYING)) -> None:
         try:
-            deploy = self.store.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
-                                           action=status, reason=reason)
+            deploy = self.store.deploys.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
+                                                   action=status, reason=reason)
         except StateConflict:
             return
-        self.messages.refresh(deploy.id)
-        if status == "cancelled":
-            await self.messages.thread(deploy, f":heavy_multiplication_x: {deploy.status_reason}.")
+        self.events.publish(DeployChanged(deploy.id))
+        if status == DeployStatus.CANCELLED:
+            await self.views.thread(deploy, f":heavy_multiplication_x: {deploy.status_reason}.")
             return
-        if status == "failed":
-            await self.messages.thread(deploy, failure_text(deploy))
+        if status == DeployStatus.FAILED:
+            await self.views.thread(deploy, failure_text(deploy))
             await self._ship_report(deploy)
             return
-        await self.messages.thread(deploy, success_text(deploy, duration_text(deploy.duration_seconds)))
-        previous = self.store.rollback_target(deploy)
+        await self.views.thread(deploy, success_text(deploy, format_duration(deploy.duration_seconds)))
+        previous = self.store.deploys.rollback_target(deploy)
         if previous is not None:
-            self.messages.refresh(previous.id)  # its Rollback button no longer applies
+            self.events.publish(DeployChanged(previous.id))  # its Rollback button no longer applies
         if deploy.rollback_of is not None:
             await self._mark_rolled_back(deploy)
         await self._ship_report(deploy)
@@ -311,16 +330,18 @@ class DeployRunner:
     async def _ship_report(self, deploy: Deploy) -> None:
         """The ship report, in the thread of a deploy to the last rung (production)."""
         if deploy.environment == self.config.environment_names[-1]:
-            await self.messages.thread(deploy, as_slack_mrkdwn(ship_report(self.store, self.config, deploy)))
+            await self.views.thread(deploy, as_slack_mrkdwn(ship_report(self.store, self.config, deploy)))
 
     async def _mark_rolled_back(self, rollback: Deploy) -> None:
         try:
-            undone = self.store.transition(rollback.rollback_of, allowed_from=("succeeded",), to="rolled_back",
-                                           actor=rollback.requested_by, action="rolled_back",
-                                           reason=f"rolled back to {rollback.display_version} by #{rollback.id}")
+            undone = self.store.deploys.transition(rollback.rollback_of, allowed_from=(DeployStatus.SUCCEEDED,),
+                                                   to=DeployStatus.ROLLED_BACK,
+                                                   actor=rollback.requested_by, action="rolled_back",
+                                                   reason=f"rolled back to {rollback.display_version} "
+                                                          f"by #{rollback.id}")
         except StateConflict:
             return  # a failed deploy stays failed; the rollback record points at it
-        self.messages.refresh(undone.id)
+        self.events.publish(DeployChanged(undone.id))
         # the rollback's own message may have been drawn while the undone deploy
         # still counted as a success, offering to "roll back" to the version just left
-        self.messages.refresh(rollback.id)
+        self.events.publish(DeployChanged(rollback.id))

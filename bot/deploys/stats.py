@@ -28,9 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from store.read_models import DeployTimes
+from store import DeployStatus, DeployTimes
 
-FAILED_STATES = ("failed", "rolled_back")
+FAILED_STATES = (DeployStatus.FAILED, DeployStatus.ROLLED_BACK)
 
 
 @dataclass
@@ -118,9 +118,9 @@ def _count_outages(figures: Figures, history: list[DeployTimes], since: datetime
     for record in history:
         if record.went_live_at is not None:
             events.append((_moment(record.went_live_at), record.id, 0))
-        if record.status == "failed":
+        if record.status == DeployStatus.FAILED:
             events.append((_moment(record.finished_at), record.id, 1))
-        elif record.status == "rolled_back":  # bad from the moment it went live
+        elif record.status == DeployStatus.ROLLED_BACK:  # bad from the moment it went live
             events.append((_moment(record.went_live_at or record.finished_at), record.id, 1))
     started: datetime | None = None
     for moment, _, failure in sorted(events):

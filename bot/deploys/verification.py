@@ -21,8 +21,9 @@ from urllib.parse import quote
 import aiohttp
 
 from bot.config import HealthCheck, SmokeTest, Verification
+from bot.durations import format_duration
 from bot.executors.base import Job
-from bot.executors.process import format_duration, run_process
+from bot.executors.process import run_process
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -132,7 +133,7 @@ async def _check_health(check: HealthCheck, job: Job, session: aiohttp.ClientSes
         passed, seen = await _attempt(session, url, check, expected)
         elapsed = clock() - started
         if passed:
-            return CheckResult(f"GET {url}", True, f"{seen} after {_count(attempts)} ({elapsed:.1f} s)", elapsed)
+            return CheckResult(f"GET {url}", True, f"{seen} after {_count(attempts)} ({format_duration(elapsed)})", elapsed)
         remaining = check.deadline - elapsed
         if remaining <= 0:
             detail = f"{seen} — gave up after {format_duration(check.deadline)}, {_count(attempts)}"

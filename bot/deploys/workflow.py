@@ -14,10 +14,8 @@ from datetime import datetime, timedelta, timezone
 from bot.config import (
     DEFAULT_APPROVAL_VALID_FOR,
     DEFAULT_EXPIRE_AFTER,
-    DURATION,
     Config,
     Environment,
-    parse_duration,
 )
 from bot.deploys.command_text import LockCommand, UnblockCommand, UnlockCommand
 from bot.deploys.policy import (
@@ -32,7 +30,9 @@ from bot.deploys.policy import (
     resolve_service,
     role_holders,
 )
+from bot.deploys.ports import People
 from bot.deploys.versions import parse_version
+from bot.durations import DURATION, format_duration, parse_duration
 from bot.errors import (
     InvalidTransition,
     NotAllowed,
@@ -40,9 +40,15 @@ from bot.errors import (
     SlipwayError,
     UsageError,
 )
-from bot.runtime.tasks import tell_listeners
-from bot.slack.blocks import duration_text, mention, when
-from bot.slack.directory import Directory
+from bot.events import (
+    ChecklistBlocked,
+    DeployChanged,
+    EventBus,
+    LocksChanged,
+    LocksExpired,
+    RequestExpired,
+)
+from bot.slack.mrkdwn import mention, when
 from store import (
     ALL_ENVIRONMENTS,
     AlreadyApproved,
@@ -51,6 +57,7 @@ from store import (
     Deploy,
     DeployInFlight,
     DeployNotFound,
+    DeployStatus,
     DuplicateRequest,
     Lock,
     StateConflict,
@@ -63,20 +70,14 @@ from store import (
 class DeployWorkflow:
     """The rules of a deploy's life before it reaches the deploy engine."""
 
-    def __init__(self, config: Config, store: Store, directory: Directory,
+    def __init__(self, config: Config, store: Store, directory: People, events: EventBus,
                  clock: Callable[[], datetime]) -> None:
         self.config = config
         self.store = store
         self.directory = directory
+        # publishes DeployChanged, RequestExpired, ChecklistBlocked, LocksExpired and LocksChanged
+        self.events = events
         self.clock = clock
-        # told of every request that expires (to update its message and tell its requester)
-        self.on_expired: Callable[[Deploy], None] | None = None
-        # told when someone's approval was refused because the checklist is not done (the requester is needed)
-        self.on_checklist_blocked: Callable[[Deploy, str], None] | None = None
-        # told of locks whose time ran out, once each, when Slipway notices (to say so in the channel)
-        self.on_locks_expired: Callable[[list[Lock]], None] | None = None
-        # told whenever a lock or a version block is placed, lifted or expires (the App Home shows them)
-        self.lock_listeners: list[Callable[[], None]] = []
 
     # -- requests -----------------------------------------------------------------
 
@@ -98,7 +99,7 @@ class DeployWorkflow:
         Raises:
             SlipwayError: the request is refused; the message says why.
         """
-        if trigger_id and (seen := self.store.find_by_trigger(trigger_id)):
+        if trigger_id and (seen := self.store.deploys.find_by_trigger(trigger_id)):
             return seen, False  # the same Slack request again: answer as the first time, change nothing
         now = self.clock()
         self.expire_locks()
@@ -109,7 +110,7 @@ class DeployWorkflow:
             checklist += [item for item in plan.environment.migration_checklist if item not in checklist]
 
         def record() -> Deploy:
-            return self.store.create_deploy(
+            return self.store.deploys.create(
                 service=plan.service,
                 environment=plan.environment.name,
                 version=plan.version.normalised,
@@ -139,7 +140,7 @@ class DeployWorkflow:
         except DeployInFlight as conflict:  # lost a race with another request
             raise PolicyViolation(in_flight_message(conflict.existing)) from None
         if override and not plan.overridden:
-            self.store.record_event(deploy.id, user, "override_unused", {"reason": override}, source)
+            self.store.audit.record(deploy.id, user, "override_unused", {"reason": override}, source)
         return deploy, True
 
     async def check_may_request(self, user: str, service: str, environment: str | None,
@@ -176,20 +177,20 @@ class DeployWorkflow:
 
     def is_expired(self, deploy: Deploy) -> bool:
         """A request awaiting approval past its expiry (the sweeper may not have seen it yet)."""
-        return (deploy.status == "awaiting_approval" and deploy.expires_at is not None
+        return (deploy.status == DeployStatus.AWAITING_APPROVAL and deploy.expires_at is not None
                 and deploy.expires_at <= stamp(self.clock()))
 
     def expire(self, deploy: Deploy) -> Deploy | None:
         """End a request nobody decided on in time; None if it was decided meanwhile."""
-        lifetime = duration_text(self.expire_after(self._environment(deploy)))
+        lifetime = format_duration(self.expire_after(self._environment(deploy)))
         try:
-            expired = self.store.transition(deploy.id, allowed_from=("awaiting_approval",), to="expired", actor=None,
-                                            action="expired",
-                                            reason=f"nobody decided on it within {lifetime} of the request")
+            expired = self.store.deploys.transition(deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,),
+                                                    to=DeployStatus.EXPIRED, actor=None, action="expired",
+                                                    reason=f"nobody decided on it within {lifetime} of the request")
         except StateConflict:
             return None
-        if self.on_expired is not None:
-            self.on_expired(expired)
+        self.events.publish(DeployChanged(expired.id))  # its message says Expired first, then its thread says why
+        self.events.publish(RequestExpired(expired))
         return expired
 
     def _refuse_if_expired(self, deploy: Deploy) -> None:
@@ -214,7 +215,7 @@ class DeployWorkflow:
 
     def get(self, deploy_id: int) -> Deploy:
         try:
-            return self.store.get_deploy(deploy_id)
+            return self.store.deploys.get(deploy_id)
         except DeployNotFound:
             raise SlipwayError(f"There is no deploy #{deploy_id}.") from None
 
@@ -231,7 +232,7 @@ class DeployWorkflow:
         await self._requester_or_approver(deploy, user, "tick", "tick the checklist of", source)
         self._refuse_if_expired(deploy)
         try:
-            return self.store.set_checklist_item(deploy_id, position, ticked, user, source)
+            return self._changed(self.store.deploys.set_checklist_item(deploy_id, position, ticked, user, source))
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
         except LookupError:
@@ -248,7 +249,7 @@ class DeployWorkflow:
         """
         deploy = self.get(deploy_id)
         approvals = self._environment(deploy).approvals
-        if deploy.status != "awaiting_approval" or (approvals is None and not deploy.override_reason):
+        if deploy.status != DeployStatus.AWAITING_APPROVAL or (approvals is None and not deploy.override_reason):
             raise _closed(deploy, deploy.status)
         counts_as = await self._counts_as(deploy, user, source)
         if user == deploy.requested_by and not (approvals and approvals.allow_self_approval):
@@ -264,9 +265,9 @@ class DeployWorkflow:
             raise PolicyViolation(f"#{deploy.id} cannot be approved now: {reason}")
         await self._refuse_if_not_needed(deploy, user, counts_as, source)
         try:
-            return self.store.record_approval(deploy_id, user, required=self._required_normal(deploy),
-                                              counts_as=counts_as, valid_since=self.approvals_valid_since(deploy),
-                                              source=source)
+            return self._changed(self.store.deploys.record_approval(
+                deploy_id, user, required=self._required_normal(deploy), counts_as=counts_as,
+                valid_since=self.approvals_valid_since(deploy), source=source))
         except AlreadyApproved:
             self._refuse(deploy, user, "approve_again", source)
             remaining = self.required_approvals(deploy) - len(self.fresh_approvals(deploy))
@@ -274,10 +275,9 @@ class DeployWorkflow:
                 f"Your approval of #{deploy.id} is already counted; {remaining} more needed."
             ) from None
         except ChecklistIncomplete as incomplete:
-            self.store.record_event(deploy.id, user, "refused", {"attempted": "approve",
+            self.store.audit.record(deploy.id, user, "refused", {"attempted": "approve",
                                                                  "unticked": incomplete.unticked}, source)
-            if self.on_checklist_blocked is not None:
-                self.on_checklist_blocked(deploy, user)
+            self.events.publish(ChecklistBlocked(deploy, user))
             items = "\n".join(f"• {label}" for label in incomplete.unticked)
             raise PolicyViolation(
                 f"Yours would be the final approval of #{deploy.id}, but the checklist is not done. "
@@ -340,26 +340,33 @@ class DeployWorkflow:
             self._refuse(deploy, user, "reject", source)
             raise NotAllowed(f"Only approvers of {deploy.environment} can reject: "
                              f"{await self._approvers_text(deploy)}.")
-        return self._end(deploy, "rejected", user, f"rejected by {mention(user)}", source)
+        return self._end(deploy, DeployStatus.REJECTED, user, f"rejected by {mention(user)}", source)
 
     async def cancel(self, deploy_id: int, user: str, source: str | None = None) -> Deploy:
         """End a request as cancelled (the requester or an approver)."""
         deploy = self.get(deploy_id)
         await self._requester_or_approver(deploy, user, "cancel", "cancel", source)
-        return self._end(deploy, "cancelled", user, f"cancelled by {mention(user)}", source)
+        return self._end(deploy, DeployStatus.CANCELLED, user, f"cancelled by {mention(user)}", source)
 
-    def _end(self, deploy: Deploy, status: str, user: str, reason: str, source: str | None) -> Deploy:
+    def _end(self, deploy: Deploy, status: DeployStatus, user: str, reason: str, source: str | None) -> Deploy:
         try:
-            return self.store.transition(deploy.id, allowed_from=("awaiting_approval",), to=status,
-                                         actor=user, action=status, reason=reason, source=source)
+            return self._changed(self.store.deploys.transition(
+                deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,), to=status, actor=user, action=status,
+                reason=reason, source=source))
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
+
+    def _changed(self, deploy: Deploy) -> Deploy:
+        self.events.publish(DeployChanged(deploy.id))
+        return deploy
 
     def abandon(self, deploy: Deploy, reason: str) -> Deploy:
         """Cancel a request that could not be announced (e.g. the channel is gone),
         so it does not block the service+environment."""
-        return self.store.transition(deploy.id, allowed_from=("awaiting_approval", "approved"), to="cancelled",
-                                     actor=None, action="abandoned", reason=reason)
+        return self.store.deploys.transition(deploy.id,
+                                             allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED),
+                                             to=DeployStatus.CANCELLED,
+                                             actor=None, action="abandoned", reason=reason)
 
     async def _requester_or_approver(self, deploy: Deploy, user: str, what: str, verb: str,
                                      source: str | None) -> None:
@@ -393,22 +400,21 @@ class DeployWorkflow:
         return text
 
     def _refuse(self, deploy: Deploy, user: str, what: str, source: str | None) -> None:
-        self.store.record_event(deploy.id, user, "refused", {"attempted": what}, source)
+        self.store.audit.record(deploy.id, user, "refused", {"attempted": what}, source)
 
     # -- locks --------------------------------------------------------------------
 
     def expire_locks(self) -> list[Lock]:
         """Release the locks whose time ran out, and say so once
-        (``on_locks_expired``); called whenever Slipway reads the locks."""
-        expired = self.store.expire_locks()
-        if expired and self.on_locks_expired is not None:
-            self.on_locks_expired(expired)
+        (``LocksExpired``); called whenever Slipway reads the locks."""
+        expired = self.store.locks.expire()
         if expired:
+            self.events.publish(LocksExpired(tuple(expired)))
             self._locks_changed()
         return expired
 
     def _locks_changed(self) -> None:
-        tell_listeners(self.lock_listeners)
+        self.events.publish(LocksChanged())
 
     async def lock(self, user: str, command: LockCommand, source: str | None = None) -> Lock:
         """Lock a service on one environment, or on all when none is named;
@@ -435,8 +441,8 @@ class DeployWorkflow:
         if not reason:
             raise UsageError("A lock needs a reason, so nobody is left guessing: "
                              '`/deploy lock <service> [environment] [duration] "reason"`.')
-        lock = self.store.acquire_lock(service, environment, user, reason, source=source,
-                                       until=stamp(until) if until else None)
+        lock = self.store.locks.acquire(service, environment, user, reason, source=source,
+                                        until=stamp(until) if until else None)
         self._locks_changed()
         return lock
 
@@ -447,24 +453,42 @@ class DeployWorkflow:
         environment = None
         if command.environment is not None:
             environment = resolve_environment(self.config, service, command.environment).name
-        held = [lock for lock in self.store.all_locks(service) if environment in (None, lock.environment)]
+        held = [lock for lock in self.store.locks.all(service) if environment in (None, lock.environment)]
         for lock in held:
             await self._require_lock_role(user, service, lock.environment, "unlock", source)
-        released = self.store.release_locks(service, environment, user, source)
+        released = self.store.locks.release(service, environment, user, source)
         if not released:
             where = f" on {environment}" if environment else ""
-            remaining = self.store.locks_for(service, environment) if environment else []
+            remaining = self.store.locks.stopping(service, environment) if environment else []
             hint = " (it is locked on every environment: `/deploy unlock " + service + "`)" if remaining else ""
             raise SlipwayError(f"{service} has no lock{where} to release{hint}.")
         self._locks_changed()
         return released
+
+    def history(self, service: str, environment: str | None) -> tuple[str, str | None, list[Deploy]]:
+        """The last deploys of ``service`` (on ``environment``): its name and
+        the environment's as configured, and the deploys, newest first.
+
+        Raises:
+            UnknownService, UnknownEnvironment: with a message for the person.
+        """
+        service = resolve_service(self.config, service)
+        env = resolve_environment(self.config, service, environment).name if environment else None
+        return service, env, self.store.deploys.history(service, env)
+
+    def locks_holding(self, blocks: list[BlockedVersion]) -> list[Lock]:
+        """The locks still in place where these blocks were lifted (so the
+        person knows the version is allowed but the environment still locked)."""
+        held = {(lock.service, lock.environment): lock for block in blocks
+                for lock in self.store.locks.stopping(block.service, block.environment)}
+        return list(held.values())
 
     def locks(self, service: str | None = None) -> tuple[list[Lock], list[BlockedVersion]]:
         """Every lock and blocked version (of ``service``)."""
         self.expire_locks()
         if service is not None:
             service = resolve_service(self.config, service)
-        return self.store.all_locks(service), self.store.all_blocks(service)
+        return self.store.locks.all(service), self.store.locks.all_blocks(service)
 
     async def unblock(self, user: str, command: UnblockCommand, source: str | None = None) -> list[BlockedVersion]:
         """Allow a version that was rolled back on an environment (every
@@ -478,16 +502,16 @@ class DeployWorkflow:
         environment = None
         if command.environment is not None:
             environment = resolve_environment(self.config, service, command.environment).name
-        blocks = [b for b in self.store.all_blocks(service)
+        blocks = [b for b in self.store.locks.all_blocks(service)
                   if b.version == version.normalised and environment in (None, b.environment)]
         if not blocks:
             where = f" on {environment}" if environment else ""
-            others = ", ".join(f"{b.version} on {b.environment}" for b in self.store.all_blocks(service))
+            others = ", ".join(f"{b.version} on {b.environment}" for b in self.store.locks.all_blocks(service))
             raise SlipwayError(f"{service} {version.display} is not blocked{where}; nothing to lift."
                                + (f" Blocked: {others}." if others else ""))
         for block in blocks:
             await self._require_lock_role(user, service, block.environment, "unblock", source)
-        lifted = self.store.unblock_version(service, version.normalised, environment, user, source)
+        lifted = self.store.locks.unblock_version(service, version.normalised, environment, user, source)
         self._locks_changed()
         return lifted
 

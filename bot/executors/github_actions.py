@@ -53,6 +53,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from bot.config import DeployExecutor
+from bot.durations import format_duration
 from bot.executors.base import Job, Outcome, RememberReference
 
 log = logging.getLogger(__name__)
@@ -419,7 +420,7 @@ class _JobTracker:
     def _concluded(self, conclusion: str | None) -> Outcome:
         elapsed = (_now() - _aware(self.job.started_at)).total_seconds()
         return Outcome(conclusion == "success", f"run {self.run_id} {conclusion or 'completed'} after "
-                                                f"{format_elapsed(elapsed)}",
+                                                f"{format_duration(elapsed)}",
                        run_url=self.run_url, reference={"run_id": self.run_id, "conclusion": conclusion})
 
     def refused(self, refused: _Refused) -> Outcome:
@@ -446,7 +447,7 @@ class _JobTracker:
 
     def timed_out(self) -> Outcome:
         where = f"run {self.run_id} still {self.status}" if self.run_id is not None else self.waiting_for
-        return Outcome(False, f"timed out after {format_elapsed(self.timeout)}; {where}",
+        return Outcome(False, f"timed out after {format_duration(self.timeout)}; {where}",
                        run_url=self.run_url, reference=self._reference())
 
     def _reference(self) -> dict[str, Any]:
@@ -460,17 +461,6 @@ class _JobTracker:
         else:
             web = f"{api.scheme}://{api.netloc}{api.path.rstrip('/').removesuffix('/api/v3')}"
         return f"{web}/{self.spec.repository}/actions/workflows/{self.spec.workflow}"
-
-
-def format_elapsed(seconds: float) -> str:
-    """``"4.2s"``, ``"45s"``, ``"2m 5s"``, ``"10m"``, ``"1h 30m"``."""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs and not hours else ""]
-    return " ".join(part for part in parts if part)
 
 
 def _run_details(body: Any) -> dict[str, Any] | None:

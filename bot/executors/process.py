@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.durations import format_duration
+
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 DRAIN_GRACE = 2.0  # how long output may still arrive once the program has exited
 
@@ -51,31 +53,20 @@ class ProcessResult:
 
     @property
     def summary(self) -> str:
-        """One line: "exit 0 after 3.2 s", "timed out after 10m (killed)", "cannot run …"."""
+        """One line: "exit 0 after 3.2s", "timed out after 10m (killed)", "cannot run …"."""
         if self.error is not None:
             return self.error
         if self.timed_out:
-            limit = format_duration(self.timeout) if self.timeout else f"{self.duration:.1f} s"
-            return f"timed out after {limit} (killed)"
+            return f"timed out after {format_duration(self.timeout or self.duration)} (killed)"
         if self.exit_code is not None and self.exit_code < 0:
-            return f"killed by {_signal_name(-self.exit_code)} after {self.duration:.1f} s"
-        return f"exit {self.exit_code} after {self.duration:.1f} s"
+            return f"killed by {_signal_name(-self.exit_code)} after {format_duration(self.duration)}"
+        return f"exit {self.exit_code} after {format_duration(self.duration)}"
 
     @property
     def last_line(self) -> str:
         """The last non-blank line of output ("" when there was none)."""
         lines = [line for line in self.output_tail.splitlines() if line.strip()]
         return lines[-1].strip() if lines else ""
-
-
-def format_duration(seconds: float) -> str:
-    """``600`` → ``"10m"``, ``5400`` → ``"1h30m"``, ``0.5`` → ``"0.5s"``: the
-    way durations are written in the config file."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value)
 
 
 async def run_process(

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from bot.config import DeployExecutor
+from bot.durations import format_duration
 from bot.executors.base import Job, Outcome, RememberReference
 from bot.executors.signing import signed_headers
 from store import EngineReport, Store
@@ -42,7 +43,7 @@ class EngineReports:
         """
         if status not in REPORT_STATUSES:
             raise ValueError(f"status must be one of {', '.join(REPORT_STATUSES)}")
-        report = self._store.record_engine_report(deploy_id, status, log_url, message, source)
+        report = self._store.deploys.record_engine_report(deploy_id, status, log_url, message, source)
         if event := self._events.get(deploy_id):
             event.set()
         return report
@@ -55,7 +56,7 @@ class EngineReports:
         try:
             while True:
                 event.clear()
-                final = next((r for r in self._store.engine_reports(deploy_id) if r.terminal), None)
+                final = next((r for r in self._store.deploys.engine_reports(deploy_id) if r.terminal), None)
                 if final is not None:
                     return final
                 remaining = deadline - loop.time()
@@ -69,7 +70,7 @@ class EngineReports:
             self._events.pop(deploy_id, None)
 
     def latest_log_url(self, deploy_id: int) -> str | None:
-        urls = [r.log_url for r in self._store.engine_reports(deploy_id) if r.log_url]
+        urls = [r.log_url for r in self._store.deploys.engine_reports(deploy_id) if r.log_url]
         return urls[-1] if urls else None
 
 
@@ -123,13 +124,8 @@ class WebhookExecutor:
         report = await self._reports.wait_terminal(job.deploy_id, max(0.0, self._spec.timeout - elapsed))
         log_url = self._reports.latest_log_url(job.deploy_id)
         if report is None:
-            return Outcome(False, f"no report from the engine within {_human(self._spec.timeout)}; it may still be "
+            return Outcome(False, f"no report from the engine within {format_duration(self._spec.timeout)}; it may still be "
                                   "running: check it before a fix or a rollback", run_url=log_url)
         summary = f"engine reported {report.status}" + (f": {report.message}" if report.message else "")
         return Outcome(report.status == "succeeded", summary, run_url=report.log_url or log_url,
                        log_tail=report.message or "")
-
-
-def _human(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m {secs}s" if minutes else f"{secs}s"

@@ -101,7 +101,7 @@ def print_report(args: argparse.Namespace) -> int:
         return 2
     store = Store.open(args.db)
     try:
-        print(ship_report(store, config, store.get_deploy(args.deploy_id)))
+        print(ship_report(store, config, store.deploys.get(args.deploy_id)))
     except DeployNotFound:
         print(f"slipway: there is no deploy #{args.deploy_id} in {args.db}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 from datetime import datetime
 
 import aiohttp
@@ -25,27 +26,45 @@ import handlers.webhooks
 from bot.alerts.relay import AlertRelay
 from bot.config import Config
 from bot.deploys.nudges import Nudges
-from bot.deploys.rollbacks import Rollbacks
+from bot.deploys.rollbacks import RollbackPlans, Rollbacks
 from bot.deploys.runner import DeployRunner
 from bot.deploys.workflow import DeployWorkflow
-from bot.errors import SlipwayError
+from bot.events import (
+    AlertsRelayed,
+    ChecklistBlocked,
+    DeployChanged,
+    DeployPosted,
+    EventBus,
+    LocksChanged,
+    LocksExpired,
+    RequestExpired,
+    SlackWorkQueued,
+)
 from bot.executors import EngineReports
 from bot.runtime.health import Health
 from bot.runtime.logs import deploy_context
 from bot.runtime.metrics import Metrics, surface_of
 from bot.runtime.settings import Settings
 from bot.runtime.tasks import BackgroundTasks
-from bot.slack.blocks import mention, rollback_plan_text
 from bot.slack.deploy_messages import DeployMessages
 from bot.slack.directory import Directory
+from bot.slack.home import HomeTabs
 from bot.slack.outbox import Outbox
+from bot.slack.status_replies import StatusReplies
 from handlers.errors import deploy_of_click
-from store import Deploy, Store, utc_now
+from store import Store, utc_now
 
 log = logging.getLogger(__name__)
 
 SLACK_EVENTS_PATH = "/slack/events"
-AUTO_ROLLBACK_ACTOR = "slipway"  # who the audit log says started an automatic rollback
+
+
+class WaitingClock(Protocol):
+    """A sleep and a monotonic clock that agree with each other."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def monotonic(self) -> float: ...
 
 
 @dataclass
@@ -56,6 +75,7 @@ class Slipway:
     store: Store
     client: AsyncWebClient
     bolt: AsyncApp
+    events: EventBus
     workflow: DeployWorkflow
     messages: DeployMessages
     tasks: BackgroundTasks
@@ -65,71 +85,12 @@ class Slipway:
     outbox: Outbox
     alert_relay: AlertRelay | None
     nudges: Nudges
+    home_tabs: HomeTabs
+    status_replies: StatusReplies  # /deploy status and stats, the App Home
+    metrics: Metrics  # GET /metrics
+    health: Health  # GET /healthz
     socket_mode: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
-    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics
-    health: Health | None = None  # GET /healthz
-
-    async def start_rollback(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
-        """Record, announce and run a rollback the person confirmed.
-
-        Raises:
-            SlipwayError: refused (who, what, or a deploy in the way).
-        """
-        rollback, undone, superseded = await self.rollbacks.start(deploy_id, target, user, source)
-        await self._superseded(superseded)
-        rollback = await self.messages.announce(rollback)
-        self.runner.start(rollback.id)  # before the thread note: speed matters more than the note
-        plan = rollback_plan_text(undone, rollback.version)
-        await self.messages.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
-                                           f"<{rollback.permalink or ''}|Follow it here>.")
-        self.messages.refresh(undone.id)
-        return rollback
-
-    def alerts_follow(self, deploy_id: int) -> None:
-        """Once a deploy is rolled back, the alert messages tied to it stop
-        offering to roll it back (a deploy-change listener)."""
-        if self.alert_relay is not None and self.store.status_of(deploy_id) == "rolled_back":
-            self.tasks.spawn(self._redraw_alerts(deploy_id), name=f"redraw-alerts-{deploy_id}")
-
-    async def oncall_mention(self) -> str | None:
-        """How a page notifies the on-call (``alerts.oncall``), e.g. ``<!subteam^S0ONCALL>``."""
-        oncall = self.config.alerts.oncall if self.config.alerts is not None else None
-        return await self.workflow.directory.mention(oncall) if oncall else None
-
-    async def _redraw_alerts(self, deploy_id: int) -> None:
-        assert self.alert_relay is not None
-        if self.alert_relay.redraw_for_deploy(deploy_id, oncall=await self.oncall_mention()):
-            self.outbox.notify()
-
-    async def _superseded(self, request: Deploy | None) -> None:
-        """A request waiting on the environment a rollback took: its message and thread say it was cancelled."""
-        if request is not None:
-            self.messages.refresh(request.id)
-            await self.messages.thread(request, f":heavy_multiplication_x: Cancelled: {request.status_reason}.")
-
-    async def auto_rollback(self, deploy_id: int) -> None:
-        """Roll back a deploy a page-level alert was tied to, where the
-        environment asks for it (``auto_rollback: true``), and say so."""
-        with deploy_context(deploy_id):
-            await self._auto_rollback(deploy_id)
-
-    async def _auto_rollback(self, deploy_id: int) -> None:
-        deploy = self.store.get_deploy(deploy_id)
-        try:
-            plan = self.rollbacks.plan(deploy_id)
-            rollback, undone, superseded = await self.rollbacks.start(
-                deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
-        except SlipwayError as refusal:
-            await self.messages.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
-                                               f"#{deploy_id}, but it cannot run: {refusal.message}")
-            return
-        # as for a clicked rollback: the request it supersedes says so, announce, start the engine, tell the thread
-        await self._superseded(superseded)
-        rollback = await self.messages.announce(rollback)
-        self.runner.start(rollback.id)
-        await self.messages.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
-                                           f"{undone.environment}, page-level alert): {plan.text}.")
 
     async def close(self) -> None:
         await self.nudges.close()
@@ -137,6 +98,34 @@ class Slipway:
         await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
+
+
+def subscribe(slipway: Slipway) -> None:
+    """Who listens to what: every subscriber of every event, in one list.
+
+    Subscribers of one event are told in this order (see ``bot.events``).
+    """
+    bus, relay = slipway.events, slipway.alert_relay
+    # a deploy's message is in the channel
+    bus.subscribe(DeployPosted, slipway.runner.start_if_approved)  # a request that needs no approval starts now
+    bus.subscribe(DeployPosted, slipway.home_tabs.changed)
+    # a deploy's record changed (state, ticks, approvals)
+    bus.subscribe(DeployChanged, slipway.messages.deploy_changed)  # its message is redrawn
+    bus.subscribe(DeployChanged, slipway.nudges.deploy_changed)  # its requester is told of news by DM
+    bus.subscribe(DeployChanged, slipway.home_tabs.changed)
+    bus.subscribe(DeployChanged, slipway.runner.start_if_approved)  # the final approval starts it
+    if relay is not None:
+        bus.subscribe(DeployChanged, relay.deploy_changed)  # rolled back: its alerts stop offering a rollback
+    # requests that wait
+    bus.subscribe(RequestExpired, slipway.nudges.request_expired)  # its thread says so
+    bus.subscribe(ChecklistBlocked, slipway.nudges.checklist_blocked)  # the requester is asked to tick
+    # locks and blocked versions
+    bus.subscribe(LocksExpired, slipway.nudges.locks_expired)  # the channel is told
+    bus.subscribe(LocksChanged, slipway.home_tabs.changed)
+    # monitors' alerts
+    bus.subscribe(AlertsRelayed, slipway.metrics.count_alerts)
+    bus.subscribe(AlertsRelayed, slipway.rollbacks.auto_rollback_pages)  # where auto_rollback is on
+    bus.subscribe(SlackWorkQueued, lambda event: slipway.outbox.notify())
 
 
 def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
@@ -159,10 +148,12 @@ def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> A
 
 def create_slipway(config: Config, store: Store, settings: Settings,
                    clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None,
-                   outbox_interval: float = 1.0) -> Slipway:
+                   outbox_interval: float = 1.0, verify_time: WaitingClock | None = None) -> Slipway:
     """Wire a Slipway from its parts (the store is owned by the caller).
     ``outbox_interval``: seconds between two outbox posts to one channel
-    (Slack allows about one a second)."""
+    (Slack allows about one a second). ``verify_time``: how verification
+    waits between health-check attempts and tells its deadline (default:
+    real time; tests pass a clock that moves instantly)."""
     metrics = Metrics()
     client = create_slack_client(settings, metrics)
     bolt = AsyncApp(
@@ -173,25 +164,29 @@ def create_slipway(config: Config, store: Store, settings: Settings,
         process_before_response=False,
     )
     tasks = BackgroundTasks()
+    events = EventBus()
     directory = Directory(client)
-    workflow = DeployWorkflow(config, store, directory, clock)
-    rollbacks = Rollbacks(config, store, directory)
-    messages = DeployMessages(client, workflow, tasks, rollback_offer=rollbacks.offer)
-    reports = EngineReports(store)
     environ = os.environ if environ is None else environ
-    runner = DeployRunner(config, store, messages, tasks, reports, environ=environ)
-    runner.blocked_reason = workflow.blocked_reason
-    runner.observe_executor = metrics.observe_executor
+    workflow = DeployWorkflow(config, store, directory, events, clock)
+    plans = RollbackPlans(config, store)
+    messages = DeployMessages(client, workflow, tasks, events, rollback_offer=plans.offer)
+    rollbacks = Rollbacks(plans, directory, messages, events, tasks)
+    nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
+    reports = EngineReports(store)
+    runner = DeployRunner(config, store, messages, events, tasks, reports, blocked_reason=workflow.blocked_reason,
+                          reopen_if_stale=nudges.reopen_if_stale, observe_executor=metrics.observe_executor,
+                          environ=environ, **({"verify_sleep": verify_time.sleep,
+                                               "verify_clock": verify_time.monotonic} if verify_time else {}))
     metrics.watch_store(store, config.environment_names)
     outbox = Outbox(store, client, interval=outbox_interval, metrics=metrics)
-    relay = AlertRelay(config, store, rollbacks.offer, clock) if config.alerts is not None else None
-    nudges = Nudges(config, store, workflow, messages, directory, tasks, clock)
-    runner.reopen_if_stale = nudges.reopen_if_stale
-    slipway = Slipway(config, store, client, bolt, workflow, messages, tasks, reports, rollbacks, runner,
-                      outbox, relay, nudges, settings.socket_mode, environ, metrics=metrics,
-                      health=Health(store, client))
-    if relay is not None:
-        messages.listeners.append(slipway.alerts_follow)
+    relay = AlertRelay(config, store, plans.offer, clock, directory=directory, events=events,
+                       tasks=tasks) if config.alerts is not None else None
+    status_replies = StatusReplies(config, store, clock)
+    home_tabs = HomeTabs(client, status_replies.home, tasks)
+    slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
+                      outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
+                      environ)
+    subscribe(slipway)
     handlers.register(bolt, slipway)
     return slipway
 
@@ -230,7 +225,7 @@ def create_web_app(slipway: Slipway) -> web.Application:
             bolt_response = await slipway.bolt.async_dispatch(bolt_request)
         return surface, await to_aiohttp_response(bolt_response)
 
-    health = slipway.health or Health(slipway.store, slipway.client)
+    health = slipway.health
 
     async def healthz(request: web.Request) -> web.Response:
         status, body = await health.report()

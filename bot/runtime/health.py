@@ -19,6 +19,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.durations import format_duration
 from bot.runtime.metrics import impatient
 from store import Store
 
@@ -48,7 +49,7 @@ class Health:
         """``ok``, or ``error: …`` saying why the database cannot be read."""
         try:
             with impatient(self.store):
-                version = self.store.db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+                version = self.store.database.schema_version()
         except Exception as exc:  # noqa: BLE001 — reported, not raised: this endpoint says what is wrong
             return f"error: {type(exc).__name__}: {exc}"
         return OK if version is not None else "error: the database has no schema"
@@ -76,7 +77,7 @@ class Health:
         except SlackApiError as exc:
             status = f"error: {_slack_error(exc.response)}"
         except TimeoutError:
-            status = f"error: no answer from Slack within {self.timeout:g}s"
+            status = f"error: no answer from Slack within {format_duration(self.timeout)}"
         except Exception as exc:  # noqa: BLE001 — unreachable, refused, TLS …: all are "Slack is not reachable"
             status = f"error: {type(exc).__name__}: {exc}".rstrip(": ")
         return SlackCheck(status, self.monotonic())

@@ -33,9 +33,10 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
+from bot.events import AlertsRelayed
 from store import Store
 from store.outbox import FAILED, PENDING, SENDING
-from store.schema import ACTIVE_STATES, FINISHED_STATES
+from store.status import ACTIVE_STATES, FINISHED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,14 @@ class Metrics:
         self.slack_requests.labels(surface, http_outcome(status)).inc()
         self.slack_ack_seconds.labels(surface).observe(seconds)
 
+    def count_alerts(self, event: AlertsRelayed) -> None:
+        """Count a monitor's delivery: received, relayed, and deduplicated (repeats and stale firings)."""
+        self.alerts_received.labels(event.source).inc(event.received)
+        self.alerts_relayed.labels(event.source).inc(event.relayed)
+        if event.duplicates:
+            self.alerts_deduplicated.labels(event.source, "repeat").inc(event.duplicates - event.stale)
+            self.alerts_deduplicated.labels(event.source, "stale").inc(event.stale)
+
     def observe_executor(self, kind: str, outcome: str, seconds: float) -> None:
         self.executor_duration.labels(kind, outcome).observe(seconds)
 
@@ -199,22 +208,10 @@ class StoreCollector(Collector):
         yield self._up(readable)
 
     def _deploy_counts(self) -> dict[tuple[str, ...], int]:
-        # Grouped in the order of the (service, environment, status) index, which
-        # covers the query, then summed here: grouping by (status, environment)
-        # in SQL sorts a temporary B-tree and took ~6x longer (9.4 ms against
-        # 1.7 ms over 20,000 deploys).
-        counts: dict[tuple[str, ...], int] = {}
-        rows = self.store.db.execute(
-            "SELECT environment, status, count(*) FROM deploys GROUP BY service, environment, status")
-        for environment, status, count in rows:
-            counts[(status, environment)] = counts.get((status, environment), 0) + count
-        return counts
+        return dict(self.store.reads.deploy_counts())
 
     def _outbox_counts(self) -> dict[tuple[str, ...], int]:
-        placeholders = ", ".join("?" for _ in OUTBOX_STATES)
-        rows = self.store.db.execute(
-            f"SELECT state, count(*) FROM outbox WHERE state IN ({placeholders}) GROUP BY state", OUTBOX_STATES)
-        return {(state,): count for state, count in rows}
+        return {(state,): count for state, count in self.store.outbox.depth(OUTBOX_STATES).items()}
 
     def _deploys(self, counts: dict[tuple[str, ...], int]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("slipway_deploys", "Deploy records by state and environment (read at scrape)",

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,3 @@ async def until_stopped() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
-
-def tell_listeners(listeners: Iterable[Callable[..., None]], *args: Any) -> None:
-    """Call each listener with ``args``. A listener (a view: App Home, DMs,
-    alert messages) that fails is logged and never stops the change it
-    follows, nor the listeners after it."""
-    for listener in listeners:
-        try:
-            listener(*args)
-        except Exception:  # noqa: BLE001 — see above
-            log.exception("listener %r failed for %r", listener, args)

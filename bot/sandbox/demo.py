@@ -12,9 +12,9 @@ from string import Template
 from typing import Any
 
 from bot.config import Config, parse_config
-from bot.sandbox.demo_deploy import record_version
+from bot.sandbox.demo_deploy import PACE, record_version
 from bot.sandbox.fake_slack import usergroup_id
-from store import Store
+from store import DeployStatus, Store
 
 SERVICE = "demo"
 CHANNEL_NAME = "deployments"
@@ -41,22 +41,24 @@ PEOPLE = (
 PEOPLE_BY_ID = {person.id: person for person in PEOPLE}
 
 
-def config_text(sandbox_url: str, state_dir: Path) -> str:
-    """The demo config, with the sandbox's own paths and URL filled in."""
+def config_text(sandbox_url: str, state_dir: Path, pace: float = PACE) -> str:
+    """The demo config, with the sandbox's own paths and URL filled in;
+    ``pace``: seconds per step of the demo deploy script."""
     template = resources.files("bot.sandbox").joinpath("demo.yml").read_text(encoding="utf-8")
     # JSON strings are YAML strings: a path with spaces or quotes stays one value
     return Template(template).substitute(
         python=json.dumps(sys.executable), deploy_script=json.dumps(str(DEPLOY_SCRIPT)),
-        state_dir=json.dumps(str(state_dir)), health_url=json.dumps(f"{sandbox_url}/demo/health/{{environment}}"))
+        state_dir=json.dumps(str(state_dir)), pace=json.dumps(str(pace)),
+        health_url=json.dumps(f"{sandbox_url}/demo/health/{{environment}}"))
 
 
-def load(sandbox_url: str, state_dir: Path) -> Config:
+def load(sandbox_url: str, state_dir: Path, pace: float = PACE) -> Config:
     """The demo config, validated as ``slipway check-config`` would.
 
     Raises:
         ConfigError: the shipped template is broken (a bug in Slipway).
     """
-    return parse_config(config_text(sandbox_url, state_dir), "<sandbox demo config>")
+    return parse_config(config_text(sandbox_url, state_dir, pace), "<sandbox demo config>")
 
 
 def directory(config: Config) -> dict[str, Any]:
@@ -73,15 +75,16 @@ def seed_history(store: Store, config: Config, state_dir: Path) -> None:
     every environment before the sandbox started (through the store's own
     transitions, as ``slipway`` would have recorded them), and have the demo
     service run it."""
-    if store.history(SERVICE, limit=1):
+    if store.deploys.history(SERVICE, limit=1):
         return
     for environment in config.environments_of(SERVICE):
-        deploy = store.create_deploy(service=SERVICE, environment=environment, version=STARTING_VERSION,
-                                     version_prefixed=False, requested_by=PEOPLE[0].id, previous_version=None,
-                                     checklist=[], needs_approval=False, source="sandbox:history")
-        for state in ("deploying", "verifying", "succeeded"):
-            deploy = store.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None, action=state,
-                                      source="sandbox:history")
+        deploy = store.deploys.create(service=SERVICE, environment=environment, version=STARTING_VERSION,
+                                      version_prefixed=False, requested_by=PEOPLE[0].id, previous_version=None,
+                                      checklist=[], needs_approval=False, source="sandbox:history")
+        for state in (DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.SUCCEEDED):
+            deploy = store.deploys.transition(deploy.id, allowed_from=(deploy.status,), to=state, actor=None,
+                                              action=state,
+                                              source="sandbox:history")
         # its requester was "told" then: without this, the next redraw of the deploy would DM her about it now
-        store.claim_notification(deploy.id, deploy.status)
+        store.deploys.claim_notification(deploy.id, deploy.status)
         record_version(state_dir, environment, STARTING_VERSION, str(deploy.id))

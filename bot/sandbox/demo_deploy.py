@@ -27,6 +27,7 @@ STEPS = (
     "waiting for the instances to report ready",
 )
 EX_USAGE = 64
+PACE = 0.4  # seconds per step, so that a person sees the deploy message go through 'deploying'
 
 
 def record_version(state_dir: Path, environment: str, version: str, deploy_id: str = "") -> None:
@@ -50,8 +51,9 @@ def deployed_version(state_dir: Path, environment: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The sandbox demo service's deploy engine (run by Slipway).")
     parser.add_argument("--state-dir", required=True, type=Path, help="where the deployed versions are recorded")
-    parser.add_argument("--pace", type=float, default=0.4,
-                        help="seconds per step, so the deploy message visibly goes through 'deploying' (default 0.4)")
+    parser.add_argument("--pace", type=float, default=PACE,
+                        help=f"seconds per step, so the deploy message visibly goes through 'deploying' "
+                             f"(default {PACE})")
     args = parser.parse_args(argv)
     version, environment = os.environ.get("SLIPWAY_VERSION"), os.environ.get("SLIPWAY_ENVIRONMENT")
     if not version or not environment:

@@ -80,10 +80,11 @@ class Sandbox:
     """Slipway with a fake Slack and the page that shows it."""
 
     def __init__(self, db_path: Path, state_dir: Path, *, outbox_interval: float = 0.25,
-                 long_poll: float = 25.0) -> None:
+                 long_poll: float = 25.0, deploy_pace: float = demo.PACE) -> None:
         self.db_path = db_path
         self.state_dir = state_dir
         self.outbox_interval = outbox_interval
+        self.deploy_pace = deploy_pace  # seconds per step of the demo deploy, slow enough to watch
         self.long_poll = long_poll  # how long a state request waits for something new
         self.url = ""
         self.slipway_url = ""
@@ -124,7 +125,7 @@ class Sandbox:
         self.url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
         await self.fake.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config = demo.load(self.url, self.state_dir)
+        self.config = demo.load(self.url, self.state_dir, self.deploy_pace)
         self.store = Store.open(self.db_path)
         demo.seed_history(self.store, self.config, self.state_dir)
         settings = Settings(bot_token=self.fake.token, signing_secret=self._signing_secret, api_url=self.fake.api_url)
@@ -206,7 +207,7 @@ class Sandbox:
     async def simulate_alert(self) -> dict[str, Any]:
         """Post a page-level error-rate alert for the demo service, as a monitor
         would, on the environment of the latest deploy; Slipway's answer."""
-        latest = self.store.history(demo.SERVICE, limit=1)
+        latest = self.store.deploys.history(demo.SERVICE, limit=1)
         environment = latest[0].environment if latest else self.config.environment_names[-1]
         self._alerts_sent += 1
         alert = {

@@ -18,15 +18,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deploys.workflow import DeployWorkflow
 from bot.errors import SlipwayError
-from bot.runtime.tasks import BackgroundTasks, tell_listeners
-from bot.slack.blocks import deploy_blocks, deploy_fallback_text
-from store import Deploy
+from bot.events import DeployChanged, DeployPosted, EventBus
+from bot.runtime.tasks import BackgroundTasks
+from bot.slack.blocks import deploy_blocks
+from bot.slack.mrkdwn import deploy_fallback_text
+from store import Deploy, DeployStatus
 
 log = logging.getLogger(__name__)
 
 
 class DeployMessages:
-    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks,
+    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks, events: EventBus,
                  rollback_offer: Callable[[Deploy], tuple[str | None, str | None]] | None = None) -> None:
         self._client = client
         self._workflow = workflow
@@ -34,17 +36,12 @@ class DeployMessages:
         self._rollback_offer = rollback_offer or (lambda deploy: (None, None))
         self._dirty: set[int] = set()
         self._updating: set[int] = set()
-        # called with a deploy's id whenever it is posted or changes state
-        # (App Home, metrics); a listener must be quick and must not raise
-        self.listeners: list[Callable[[int], None]] = []
+        self._events = events  # publishes DeployPosted once a deploy's message is in the channel
         self._dm_channels: dict[str, str] = {}  # user -> their direct-message channel with the bot
-
-    def _changed(self, deploy_id: int) -> None:
-        tell_listeners(self.listeners, deploy_id)
 
     def _render(self, deploy: Deploy) -> dict:
         target, note = self._rollback_offer(deploy)
-        stale = () if deploy.status != "awaiting_approval" else tuple(
+        stale = () if deploy.status != DeployStatus.AWAITING_APPROVAL else tuple(
             a.user_id for a in deploy.approvals if a.user_id not in self._workflow.fresh_approvals(deploy))
         blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
                                rollback_to=target, rollback_note=note, stale_approvals=stale)
@@ -76,13 +73,16 @@ class DeployMessages:
             permalink = (await self._client.chat_getPermalink(channel=response["channel"], message_ts=ts))["permalink"]
         except SlackApiError as exc:  # the link is a convenience; the deploy stands without it
             log.warning("no permalink for deploy %s: %s", deploy.id, exc.response.get("error"))
-        deploy = self._workflow.store.attach_message(deploy.id, response["channel"], ts, permalink)
-        self._changed(deploy.id)
+        deploy = self._workflow.store.deploys.attach_message(deploy.id, response["channel"], ts, permalink)
+        self._events.publish(DeployPosted(deploy.id))
         return deploy
+
+    def deploy_changed(self, event: DeployChanged) -> None:
+        """A deploy changed: its message is redrawn from the store, soon."""
+        self.refresh(event.deploy_id)
 
     def refresh(self, deploy_id: int) -> None:
         """Bring the deploy's message up to date with the store, soon."""
-        self._changed(deploy_id)
         self._dirty.add(deploy_id)
         if deploy_id not in self._updating:
             self._updating.add(deploy_id)
@@ -93,7 +93,7 @@ class DeployMessages:
             while deploy_id in self._dirty:
                 await self._tasks.ack_first.wait_turn()
                 self._dirty.discard(deploy_id)
-                deploy = self._workflow.store.get_deploy(deploy_id)
+                deploy = self._workflow.store.deploys.get(deploy_id)
                 if deploy.channel is None or deploy.message_ts is None:
                     return
                 try:

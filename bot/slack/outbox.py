@@ -40,9 +40,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime.metrics import Metrics
-from store import Store
-from store import outbox as queue
-from store.outbox import POST, Delivery, OutboxItem
+from store import Delivery, OutboxItem, Store
+from store.outbox import POST
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class Outbox:
 
         async def settled() -> None:
             async with self._progress:
-                await self._progress.wait_for(lambda: queue.pending_count(self.store) == 0)
+                await self._progress.wait_for(lambda: self.store.outbox.pending_count() == 0)
 
         await asyncio.wait_for(settled(), timeout)
 
@@ -184,23 +183,23 @@ class Outbox:
 
     def _release_claims(self) -> None:
         try:
-            queue.requeue_interrupted(self.store)
+            self.store.outbox.requeue_interrupted()
         except Exception:
             log.exception("outbox: could not put an item in flight back in the queue")
 
     def _resume(self) -> None:
-        if interrupted := queue.requeue_interrupted(self.store):
+        if interrupted := self.store.outbox.requeue_interrupted():
             log.warning("outbox: %d item(s) were in flight when Slipway stopped; sending them again", interrupted)
         now = self._monotonic()
-        for channel, wait in queue.retry_waits(self.store).items():
+        for channel, wait in self.store.outbox.retry_waits().items():
             self._retry_at[channel] = now + min(wait, self.max_backoff)
 
     async def _step(self) -> float | None:
         """Send one item if a channel is ready; else how long until one is
         (None: nothing is waiting)."""
-        for item in queue.fail_dead_updates(self.store):
+        for item in self.store.outbox.fail_dead_updates():
             log.error("outbox: gave up editing %r in %s: %s", item.message_key, item.channel, item.last_error)
-        deliveries = queue.next_deliveries(self.store)
+        deliveries = self.store.outbox.next_deliveries()
         if not deliveries:
             return None
         now = self._monotonic()
@@ -233,7 +232,7 @@ class Outbox:
 
     async def _deliver(self, delivery: Delivery) -> None:
         item = delivery.item
-        if not queue.claim(self.store, item.id):
+        if not self.store.outbox.claim(item.id):
             return
         self._last_call[item.channel] = self._monotonic()
         self._turns[item.channel] = next(self._turn)
@@ -248,13 +247,13 @@ class Outbox:
             # close() ran out of patience: back in the queue (or, if even that
             # fails, left in flight for the next start to requeue).
             with contextlib.suppress(Exception):
-                queue.mark_retry(self.store, item.id, 0, "interrupted by shutdown", count_attempt=False)
+                self.store.outbox.mark_retry(item.id, 0, "interrupted by shutdown", count_attempt=False)
             raise
         except Exception as error:  # a bug of ours must not silently stall a message
             log.exception("outbox: unexpected error sending %r", item.message_key)
             self._retry(item, f"{type(error).__name__}: {error}")
         else:
-            queue.mark_sent(self.store, item.id, channel=response.get("channel") or delivery.slack_channel,
+            self.store.outbox.mark_sent(item.id, channel=response.get("channel") or delivery.slack_channel,
                             ts=response.get("ts"))
         finally:
             self._in_call = False
@@ -278,7 +277,7 @@ class Outbox:
         if status == 429 or code == "ratelimited":
             wait = 1.0 if retry_after is None else retry_after
             self._retry_at[item.channel] = self._monotonic() + wait
-            queue.mark_retry(self.store, item.id, wait, f"ratelimited (Retry-After {wait:g}s)", count_attempt=False)
+            self.store.outbox.mark_retry(item.id, wait, f"ratelimited (Retry-After {wait:g}s)", count_attempt=False)
             if self.metrics is not None:
                 self.metrics.outbox_rate_limited.inc()
             log.warning("outbox: Slack rate-limited %s; waiting %gs", item.channel, wait)
@@ -288,7 +287,7 @@ class Outbox:
                  else None if code is None or code in NEEDS_A_PERSON or (status or 0) >= 500
                  else UNKNOWN_ERRORS_AFTER)
         if limit is not None and item.attempts + 1 >= limit:
-            queue.mark_failed(self.store, item.id, reason, count_attempt=True)
+            self.store.outbox.mark_failed(item.id, reason, count_attempt=True)
             log.error("outbox: gave up on %s of %r in %s after %d attempts: %s",
                       item.op, item.message_key, item.channel, item.attempts + 1, reason)
             return
@@ -299,7 +298,7 @@ class Outbox:
         attempts = item.attempts + 1
         wait = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
         self._retry_at[item.channel] = self._monotonic() + wait
-        queue.mark_retry(self.store, item.id, wait, reason)
+        self.store.outbox.mark_retry(item.id, wait, reason)
         log.log(level, "outbox: %s of %r in %s failed (attempt %d): %s; retrying in %gs",
                 item.op, item.message_key, item.channel, attempts, reason, wait)
 

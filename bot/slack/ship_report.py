@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 
 from bot.config import Config
-from bot.slack.blocks import duration_text
+from bot.durations import format_duration
 from store import Deploy, Store
 
 
 def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
     """Version, times, approvals, checks and the rollback procedure for
     exactly this deploy, in Markdown."""
-    target = store.rollback_target(deploy)
+    target = store.deploys.rollback_target(deploy)
     service = config.services.get(deploy.service)
     lines = [
         f"# Ship report: {deploy.service} {deploy.display_version} → {deploy.environment}",
@@ -25,7 +25,7 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
         f"- **Requested:** {deploy.requested_at} by {deploy.requested_by}",
         f"- **Approved:** {_approvals(deploy)}",
         f"- **Started:** {deploy.started_at or '—'}",
-        f"- **Finished:** {deploy.finished_at or '—'} ({duration_text(deploy.duration_seconds)})",
+        f"- **Finished:** {deploy.finished_at or '—'} ({format_duration(deploy.duration_seconds)})",
         f"- **Engine:** {deploy.executor_kind or '—'}: {deploy.engine_summary or '—'}"
         + (f" ([run]({deploy.run_url}))" if deploy.run_url else ""),
         "",

@@ -2,10 +2,11 @@
 and the DORA figures (`/deploy stats`), gathered from the store and
 rendered as Block Kit.
 
-Gathering is a few set-based queries (store/read_models.py); rendering is pure
-and keeps to Block Kit's limits (50 blocks a message, 100 a view, 10
-fields a section, 2000 characters a field, 3000 a section), saying what
-it left out rather than letting Slack refuse the whole reply.
+Gathering is a few set-based queries (``store.reads``, store/read_models.py); rendering is pure,
+builds slack_sdk's typed blocks (which check Block Kit's limits as they
+become dicts) and keeps to those limits gracefully (50 blocks a message,
+100 a view, 10 fields a section, 2000 characters a field, 3000 a section),
+saying what it left out rather than letting Slack refuse the whole reply.
 """
 
 from __future__ import annotations
@@ -15,42 +16,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from slack_sdk.models.blocks import Block, DividerBlock, SectionBlock
+from slack_sdk.models.views import View
+
 from bot.config import Config
 from bot.deploys.policy import resolve_service
 from bot.deploys.stats import Figures, dora
-from bot.slack.blocks import (
-    MAX_BLOCKS,
-    MAX_HEADER_TEXT,
-    MAX_SECTION_TEXT,
-    duration_text,
-    mention,
-    when,
-)
-from store import ALL_ENVIRONMENTS, Deploy, Lock, Store, stamp
-from store.read_models import (
-    deploys_finished_since,
-    deploys_in_flight,
-    live_deploys,
-    recent_deploys,
-)
+from bot.durations import format_duration
+from bot.slack.blocks import MAX_BLOCKS, as_dicts, context, header, section
+from bot.slack.mrkdwn import ago, clip, mention, when
+from store import ALL_ENVIRONMENTS, Deploy, DeployStatus, Lock, Store, stamp
 
-MAX_VIEW_BLOCKS = 100
-MAX_FIELDS = 10
-MAX_FIELD_TEXT = 2000
+MAX_VIEW_BLOCKS = View.blocks_max_length  # slack_sdk refuses more; we leave the rest out first
+MAX_FIELDS = SectionBlock.fields_max_length  # a row of more environments takes several sections
 MAX_REASON = 150  # characters of a lock or freeze reason shown in a cell
 HOME_MATRIX_BLOCKS = 60  # the rest of the Home tab's 100 is for the recent deploys
 HOME_RECENT_DEPLOYS = 15
 
 IN_FLIGHT_WORDS = {
-    "awaiting_approval": "awaiting approval",
-    "approved": "approved, starting",
-    "deploying": "deploying",
-    "verifying": "verifying",
+    DeployStatus.AWAITING_APPROVAL: "awaiting approval",
+    DeployStatus.APPROVED: "approved, starting",
+    DeployStatus.DEPLOYING: "deploying",
+    DeployStatus.VERIFYING: "verifying",
 }
 STATUS_MARKS = {
-    "awaiting_approval": ":hourglass_flowing_sand:", "approved": ":white_check_mark:", "deploying": ":rocket:",
-    "verifying": ":mag:", "succeeded": ":large_green_circle:", "failed": ":red_circle:", "rejected": ":no_entry:",
-    "cancelled": ":heavy_multiplication_x:", "rolled_back": ":rewind:", "expired": ":hourglass:",
+    DeployStatus.AWAITING_APPROVAL: ":hourglass_flowing_sand:", DeployStatus.APPROVED: ":white_check_mark:",
+    DeployStatus.DEPLOYING: ":rocket:", DeployStatus.VERIFYING: ":mag:",
+    DeployStatus.SUCCEEDED: ":large_green_circle:", DeployStatus.FAILED: ":red_circle:",
+    DeployStatus.REJECTED: ":no_entry:", DeployStatus.CANCELLED: ":heavy_multiplication_x:",
+    DeployStatus.ROLLED_BACK: ":rewind:", DeployStatus.EXPIRED: ":hourglass:",
 }
 
 
@@ -116,8 +110,8 @@ def build_matrix(config: Config, store: Store, now: datetime, service: str | Non
     environments = config.environment_names
     fits = max(1, max_blocks // blocks_per_service(len(environments)))
     shown, hidden = names[:fits], names[fits:]
-    live, flying = live_deploys(store, shown, environments), deploys_in_flight(store, shown)
-    locks = [lock for lock in store.all_locks() if lock.service in set(shown)]
+    live, flying = store.reads.live(shown, environments), store.reads.in_flight(shown)
+    locks = [lock for lock in store.locks.all() if lock.service in set(shown)]
     freezes = {env: note for env in environments if (note := active_freeze(config, env, now)) is not None}
     rows = []
     for name in shown:
@@ -128,17 +122,6 @@ def build_matrix(config: Config, store: Store, now: datetime, service: str | Non
                  freezes.get(env))
             for env in environments)))
     return Matrix(rows, hidden, freezes, single=service is not None)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def ago(iso: str) -> str:
-    """How long ago, as each reader's Slack client says it (so a Home tab
-    published hours ago still reads right), with the date as fallback."""
-    moment = datetime.fromisoformat(iso)
-    return f"<!date^{int(moment.timestamp())}^{{ago}}|{moment.strftime('%Y-%m-%d %H:%M UTC')}>"
 
 
 def deploy_ref(deploy: Deploy) -> str:
@@ -161,47 +144,53 @@ def cell_text(cell: Cell) -> str:
     if cell.on_ladder:
         for lock in cell.locks:
             until = f" until {when(lock.until)}" if lock.until else ""
-            lines.append(f":lock: locked by {mention(lock.locked_by)}{until}: “{_clip(lock.reason, MAX_REASON)}”")
+            lines.append(f":lock: locked by {mention(lock.locked_by)}{until}: “{clip(lock.reason, MAX_REASON)}”")
         if cell.freeze is not None:
             lines.append(f":snowflake: frozen until {when(cell.freeze.until)}")
-    return _clip("\n".join(lines), MAX_FIELD_TEXT)
+    return "\n".join(lines)
 
 
-def service_blocks(service: str, cells: tuple[Cell, ...]) -> list[dict[str, Any]]:
-    """One section per ten environments (a section holds ten fields)."""
-    fields = [{"type": "mrkdwn", "text": cell_text(cell)} for cell in cells]
-    blocks = []
-    for start in range(0, max(1, len(fields)), MAX_FIELDS):
-        block: dict[str, Any] = {"type": "section", "fields": fields[start:start + MAX_FIELDS]}
-        if start == 0:
-            block["text"] = {"type": "mrkdwn", "text": f"*{service}*"}
-        blocks.append(block)
-    return blocks
+def service_blocks(service: str, cells: tuple[Cell, ...]) -> list[SectionBlock]:
+    """One section per ten environments (a section holds ten fields), each
+    cell clipped to a field's 2000 characters."""
+    texts = [cell_text(cell) for cell in cells]
+    return [section(f"*{service}*" if start == 0 else None, fields=texts[start:start + MAX_FIELDS])
+            for start in range(0, max(1, len(texts)), MAX_FIELDS)]
 
 
-def matrix_blocks(matrix: Matrix) -> list[dict[str, Any]]:
-    """The matrix without a header: freezes, one row per service, and what
-    was left out."""
-    blocks: list[dict[str, Any]] = []
+def matrix_blocks(matrix: Matrix, max_blocks: int) -> list[Block]:
+    """The matrix without a header, in at most ``max_blocks`` blocks:
+    freezes, one row per service, and what was left out (the services
+    ``build_matrix`` left out, and any whose rows do not fit here)."""
+    blocks: list[Block] = []
     if matrix.freezes:
-        lines = [f":snowflake: *{env}* is frozen until {when(note.until)}: {_clip(note.reason, MAX_REASON)}"
+        lines = [f":snowflake: *{env}* is frozen until {when(note.until)}: {clip(note.reason, MAX_REASON)}"
                  for env, note in matrix.freezes.items()]
-        blocks.append(_context(" \n".join(lines)))
+        blocks.append(context(" \n".join(lines)))
     if matrix.empty and not matrix.single:
-        blocks.append(_section("Nothing deployed yet. `/deploy <service> <version>` requests the first deploy."))
-    for service, cells in matrix.services:
-        blocks.extend(service_blocks(service, cells))
-    if matrix.hidden:
-        names = ", ".join(matrix.hidden)
-        blocks.append(_context(f"…and {len(matrix.hidden)} more service(s) not shown here ({names}): "
-                               "`/deploy status <service>` shows one."))
+        blocks.append(section("Nothing deployed yet. `/deploy <service> <version>` requests the first deploy."))
+    rows = [(service, service_blocks(service, cells)) for service, cells in matrix.services]
+    room = max_blocks - len(blocks)
+    if matrix.hidden or sum(len(row) for _, row in rows) > room:
+        room -= 1  # for the line that names what is left out
+    left_out: list[str] = []
+    for service, row in rows:
+        if left_out or len(row) > room:  # once one is left out, the rest follow it, in config order
+            left_out.append(service)
+        else:
+            blocks.extend(row)
+            room -= len(row)
+    left_out += matrix.hidden
+    if left_out:
+        blocks.append(context(f"…and {len(left_out)} more service(s) not shown here ({', '.join(left_out)}): "
+                              "`/deploy status <service>` shows one."))
     return blocks
 
 
 def status_blocks(matrix: Matrix) -> list[dict[str, Any]]:
     """`/deploy status`: the matrix as an ephemeral message (≤ 50 blocks)."""
     title = "Deploy status" + (f": {matrix.services[0][0]}" if matrix.single else "")
-    return [_header(title), *matrix_blocks(matrix)]
+    return as_dicts([header(title), *matrix_blocks(matrix, MAX_BLOCKS - 1)])
 
 
 def status_fallback(matrix: Matrix) -> str:
@@ -224,34 +213,27 @@ def status_reply(config: Config, store: Store, now: datetime, service: str | Non
 # -- the App Home tab -------------------------------------------------------------------
 
 
-def recent_deploy_block(deploy: Deploy) -> dict[str, Any]:
+def recent_deploy_block(deploy: Deploy) -> SectionBlock:
     mark = STATUS_MARKS.get(deploy.status, "")
     rollback = f" (rollback of #{deploy.rollback_of})" if deploy.rollback_of is not None else ""
     text = (f"{mark} {deploy_ref(deploy)} *{deploy.service}* `{deploy.display_version}` → {deploy.environment}: "
             f"{deploy.status.replace('_', ' ')}{rollback} · by {mention(deploy.requested_by)} "
             f"{ago(deploy.requested_at)}")
-    return _section(text)
+    return section(text)
 
 
 def home_view(config: Config, store: Store, now: datetime) -> dict[str, Any]:
     """The App Home tab: the matrix and the last deploys (≤ 100 blocks)."""
     matrix = build_matrix(config, store, now, max_blocks=HOME_MATRIX_BLOCKS)
-    recent = recent_deploys(store, HOME_RECENT_DEPLOYS)
-    blocks = [_header("What runs where"),
-              _context("Refreshed whenever a deploy changes state. `/deploy help` lists the commands."),
-              *matrix_blocks(matrix), {"type": "divider"}, _header("Recent deploys")]
-    blocks += [recent_deploy_block(deploy) for deploy in recent] or [_section("No deploys yet.")]
-    return {"type": "home", "blocks": blocks[:MAX_VIEW_BLOCKS]}
+    recent = [recent_deploy_block(deploy) for deploy in store.reads.recent(HOME_RECENT_DEPLOYS)]
+    top: list[Block] = [header("What runs where"),
+                        context("Refreshed whenever a deploy changes state. `/deploy help` lists the commands.")]
+    bottom: list[Block] = [DividerBlock(), header("Recent deploys"), *(recent or [section("No deploys yet.")])]
+    matrix_room = MAX_VIEW_BLOCKS - len(top) - len(bottom)
+    return View(type="home", blocks=[*top, *matrix_blocks(matrix, matrix_room), *bottom]).to_dict()
 
 
 # -- DORA figures -----------------------------------------------------------------------
-
-
-def span_text(seconds: float) -> str:
-    if seconds >= 86400:
-        days, rest = divmod(int(round(seconds)), 86400)
-        return f"{days}d {rest // 3600}h"
-    return duration_text(seconds)
 
 
 def frequency_text(figures: Figures) -> str:
@@ -264,7 +246,7 @@ def frequency_text(figures: Figures) -> str:
 def lead_time_text(figures: Figures) -> str:
     if figures.lead_time_median is None or figures.lead_time_p90 is None:
         return "no data"
-    return (f"median {span_text(figures.lead_time_median)} · p90 {span_text(figures.lead_time_p90)} "
+    return (f"median {format_duration(figures.lead_time_median)} · p90 {format_duration(figures.lead_time_p90)} "
             f"({len(figures.lead_times)} deploy(s))")
 
 
@@ -278,25 +260,25 @@ def restore_text(figures: Figures) -> str:
     still = f"; {figures.unrestored} not restored yet" if figures.unrestored else ""
     if figures.restore_median is None:
         return "no data" + still
-    return f"median {span_text(figures.restore_median)} ({len(figures.restore_times)} outage(s)){still}"
+    return f"median {format_duration(figures.restore_median)} ({len(figures.restore_times)} outage(s)){still}"
 
 
 def stats_blocks(figures: list[Figures], service: str | None, days: int) -> list[dict[str, Any]]:
     """`/deploy stats`: one section of four figures per environment."""
-    blocks = [_header(f"Deploy stats: last {days} day(s)"),
-              _context(f"*{service}*" if service else "All services")]
+    blocks: list[Block] = [header(f"Deploy stats: last {days} day(s)"),
+                           context(f"*{service}*" if service else "All services")]
     room = MAX_BLOCKS - len(blocks) - 1
     for env in figures[:room]:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{env.environment}*"}, "fields": [
-            {"type": "mrkdwn", "text": f"*Deploy frequency*\n{frequency_text(env)}"},
-            {"type": "mrkdwn", "text": f"*Lead time* (request → success)\n{lead_time_text(env)}"},
-            {"type": "mrkdwn", "text": f"*Change failure rate*\n{failure_rate_text(env)}"},
-            {"type": "mrkdwn", "text": f"*Time to restore*\n{restore_text(env)}"},
-        ]})
+        blocks.append(section(f"*{env.environment}*", fields=[
+            f"*Deploy frequency*\n{frequency_text(env)}",
+            f"*Lead time* (request → success)\n{lead_time_text(env)}",
+            f"*Change failure rate*\n{failure_rate_text(env)}",
+            f"*Time to restore*\n{restore_text(env)}",
+        ]))
     left_out = f" {len(figures) - room} more environment(s) not shown." if len(figures) > room else ""
-    blocks.append(_context("Rollbacks count as restorations, not changes; cancelled, rejected and expired requests "
-                           f"never ran and are not counted.{left_out}"))
-    return blocks
+    blocks.append(context("Rollbacks count as restorations, not changes; cancelled, rejected and expired requests "
+                          f"never ran and are not counted.{left_out}"))
+    return as_dicts(blocks)
 
 
 def stats_reply(config: Config, store: Store, now: datetime, service: str | None, days: int) -> dict[str, Any]:
@@ -309,21 +291,6 @@ def stats_reply(config: Config, store: Store, now: datetime, service: str | None
         service = resolve_service(config, service)
     environments = config.environments_of(service) if service else config.environment_names
     since = stamp(now - timedelta(days=days))
-    figures = dora(deploys_finished_since(store, since, service), environments, now, days)
+    figures = dora(store.reads.finished_since(since, service), environments, now, days)
     where = service or "all services"
     return {"text": f"Deploy stats for {where}, last {days} day(s)", "blocks": stats_blocks(figures, service, days)}
-
-
-# -- small Block Kit pieces -------------------------------------------------------------
-
-
-def _header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": {"type": "plain_text", "emoji": True, "text": _clip(text, MAX_HEADER_TEXT)}}
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, MAX_SECTION_TEXT)}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text, MAX_SECTION_TEXT)}]}
