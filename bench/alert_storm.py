@@ -107,6 +107,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import pstats
 import random
 import resource
@@ -134,7 +135,8 @@ from bot.runtime.composition import (
     create_web_app,
 )
 from bot.runtime.settings import Settings
-from bot.sandbox.fake_slack import Call, FakeSlack, SlackSender
+from bot.sandbox.fake_slack import Call, FakeSlack, Message, SlackSender
+from bot.slack.blocks import ACTION_APPROVE
 from store import Store
 
 SIGNING_SECRET = "bench-signing-secret"
@@ -143,7 +145,12 @@ AM_TOKEN = "bench-alertmanager-token"
 DEPLOY_CHANNEL = "C0DEPLOYS"
 ALERT_CHANNEL = "C0ALERTS"
 REQUESTER = "U0DAVE"
+APPROVER = "U0ALICE"
 ENVIRONMENT = "production"
+PROBE_ENV = "gated"  # where the /deploy probes request (two approvals needed)
+HELD_DEPLOYS = 5  # deploys in flight during the storm
+# The engine of the held deploys: runs until the file named in its argv exists.
+HOLD = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]):\n    time.sleep(0.05)"
 WAVES = ("fire", "repeat", "escalate", "resolve")
 SLACK_WRITES = ("chat.postMessage", "chat.update")
 
@@ -160,16 +167,28 @@ KIND_SHARES = ["HighErrorRate"] * 5 + ["ErrorRateQuiet", "HighLatency", "HighLat
 LOUDER_SEVERITY = {"info": "warning", "warning": "critical", "critical": "critical"}
 
 
-def config_text(services: int, engine: list[str]) -> str:
+def config_text(services: int, engine: list[str], probes: int = 0, held_engine: list[str] | None = None) -> str:
+    """The storm's services ``svcN``; ``probes`` services ``probeN`` for the
+    acks measured (requested on ``gated``, which needs two approvals), and
+    ``heldN`` services whose engine runs until the bench releases it (the
+    deploys in flight during the storm)."""
     lines = [
         f"channel: {DEPLOY_CHANNEL}",
         "environments:",
         "  - name: staging",
         f"  - name: {ENVIRONMENT}",  # no approvals: the pre-storm ships run at once
+        f"  - name: {PROBE_ENV}",
+        "    approvals:",
+        "      required: 2",  # an Approve probe gives the first: recorded and redrawn, nothing runs
+        f"      approvers: [{APPROVER}, U0BOB]",
         "services:",
     ]
     for i in range(services):
         lines += [f"  svc{i}:", "    deploy:", f"      command: {json.dumps(engine)}"]
+    for i in range(probes):
+        lines += [f"  probe{i}:", "    deploy:", f"      command: {json.dumps(engine)}"]
+    for i in range(HELD_DEPLOYS if held_engine else 0):
+        lines += [f"  held{i}:", "    deploy:", f"      command: {json.dumps(held_engine)}"]
     lines += ["alerts:", f"  channel: {ALERT_CHANNEL}", '  oncall: "@oncall"']
     return "\n".join(lines) + "\n"
 
@@ -394,6 +413,66 @@ async def send_wave(session: aiohttp.ClientSession, url: str, posts: list[Post],
     return answers
 
 
+# -- the acks measured during the storm ---------------------------------------------------------
+
+
+class AckProbe:
+    """Slack requests sent one at a time, as people would, each timed from
+    sending the POST to reading its response (the ack): alternately
+    ``/deploy probeN 1.0.0 gated`` (an accepted request: checked, recorded,
+    its message queued, acked with "waiting for approval") and an Approve
+    click on a deploy awaiting approval on ``gated`` (the first of two
+    approvals: recorded and redrawn after the ack, nothing runs). A request
+    starts ``every`` seconds after the previous one started, or when it was
+    answered if that took longer. Signing is not timed."""
+
+    def __init__(self, url: str, fake: FakeSlack, commands: list[str], targets: list[Message],
+                 every: float) -> None:
+        self.url = url
+        self.sender = SlackSender(url, SIGNING_SECRET, fake)  # builds and signs bodies only
+        self.commands = commands  # services never requested yet
+        self.targets = targets  # posted messages of deploys awaiting approval, never clicked yet
+        self.every = every
+        self.refused: list[str] = []
+
+    async def run(self, session: aiohttp.ClientSession, per_surface: int,
+                  until: asyncio.Event | None = None) -> dict[str, list[float]]:
+        """Up to ``per_surface`` requests of each kind (fewer if ``until`` is
+        set first); their ack latencies by surface."""
+        latencies: dict[str, list[float]] = {"/deploy": [], "Approve": []}
+        for _ in range(per_surface):
+            for surface in latencies:
+                if until is not None and until.is_set():
+                    return latencies
+                if surface == "/deploy":
+                    body = self.sender.command_body(f"{self.commands.pop(0)} 1.0.0 {PROBE_ENV}", REQUESTER)
+                else:
+                    body = self.sender.click_body(self.targets.pop(0), APPROVER, ACTION_APPROVE)
+                headers = self.sender.signed_headers(body)
+                started = time.perf_counter()
+                async with session.post(self.url, data=body.encode(), headers=headers) as response:
+                    text = await response.text()
+                latency = time.perf_counter() - started
+                if response.status != 200 or (surface == "/deploy" and "waiting for approval" not in text):
+                    self.refused.append(f"{surface}: HTTP {response.status} {text[:160]}")
+                else:
+                    latencies[surface].append(latency)
+                await asyncio.sleep(max(0.0, self.every - latency))
+        return latencies
+
+
+def ack_summary(idle: dict[str, list[float]], storm: dict[str, list[float]]) -> list[dict[str, Any]]:
+    rows = []
+    for surface in idle:
+        a, b = latency_summary(idle[surface]), latency_summary(storm[surface])
+        rows.append({"surface": surface, "idle_n": len(idle[surface]), "storm_n": len(storm[surface]),
+                     "idle_p50_ms": a["p50_ms"], "idle_p99_ms": a["p99_ms"], "idle_max_ms": a["max_ms"],
+                     "storm_p50_ms": b["p50_ms"], "storm_p99_ms": b["p99_ms"], "storm_max_ms": b["max_ms"],
+                     "ratio_p50": round(b["p50_ms"] / a["p50_ms"], 2) if a["p50_ms"] and b["p50_ms"] else None,
+                     "ratio_p99": round(b["p99_ms"] / a["p99_ms"], 2) if a["p99_ms"] and b["p99_ms"] else None})
+    return rows
+
+
 # -- statistics ----------------------------------------------------------------------------------
 
 
@@ -473,6 +552,9 @@ class Results:
     other_calls: dict[str, int] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
     stored: dict[str, Any] = field(default_factory=dict)
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    idle_loop: dict[str, Any] = field(default_factory=dict)  # the loop's lag while the idle acks were measured
+    load: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     profile: str = ""
     elapsed: float = 0.0
@@ -489,6 +571,8 @@ class Bench:
         self.url = ""
         self.results = Results()
         self.outbox_starts: list[tuple[float, str, str | None]] = []
+        self.release: Path | None = None  # created when the held deploys may finish
+        self.probe: AckProbe | None = None
 
     async def start(self, workdir: Path) -> None:
         self.fake = await TimedFakeSlack(token=BOT_TOKEN, usergroups={"oncall": ["U0PAGER"]}).start()
@@ -497,7 +581,9 @@ class Bench:
         settings = Settings(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=self.fake.api_url)
         self.store = Store.open(workdir / "slipway.db")
         engine = [shutil.which("true") or "/bin/true"]
-        config = parse_config(config_text(self.args.services, engine))
+        self.release = workdir / "release"
+        held = [sys.executable, "-S", "-c", HOLD, str(self.release)]
+        config = parse_config(config_text(self.args.services, engine, 4 * self.args.probes, held))
         self.slipway = create_slipway(config, self.store, settings, environ={"SLIPWAY_ALERTMANAGER_TOKEN": AM_TOKEN},
                                       outbox_interval=self.args.interval)
         self.outbox_starts = time_outbox_calls(self.slipway)
@@ -532,15 +618,82 @@ class Bench:
         bad = [r for r in rows if r[2] != "succeeded"]
         if bad:
             self.results.notes.append(f"setup: {len(bad)} pre-storm deploy(s) did not succeed: {bad[:5]}")
-        await self.slipway.outbox.drain(timeout=60)
+        await self.quickly_drained()
         return shipped
+
+    async def quickly_drained(self) -> None:
+        """Unmeasured: deliver everything queued without the outbox's pacing
+        (set back to --interval before anything is measured)."""
+        assert self.slipway is not None
+        await self.slipway.tasks.wait_idle()
+        self.slipway.outbox.interval = 0.0
+        try:
+            await self.slipway.outbox.drain(timeout=120)
+        finally:
+            self.slipway.outbox.interval = self.args.interval
+        await self.slipway.tasks.wait_idle()
+
+    async def prepare_acks(self) -> None:
+        """Unmeasured: 2 x --probes deploys awaiting approval on ``gated``
+        (what the Approve probes click), their messages posted."""
+        assert self.fake is not None and self.slipway is not None and self.store is not None
+        if self.args.probes <= 0:
+            return
+        services = [f"probe{i}" for i in range(4 * self.args.probes)]
+        waiting, fresh = services[:2 * self.args.probes], services[2 * self.args.probes:]
+        async with SlackSender(self.url + SLACK_EVENTS_PATH, SIGNING_SECRET, self.fake) as slack:
+            for service in waiting:
+                status, text = await slack.command(f"{service} 1.0.0 {PROBE_ENV}", REQUESTER)
+                if status != 200 or "waiting for approval" not in text:
+                    self.results.notes.append(f"setup: {service} not accepted: HTTP {status} {text[:200]}")
+        await self.quickly_drained()
+        targets = []
+        for (deploy_id,) in self.store.db.execute(
+                "SELECT id FROM deploys WHERE environment = ? AND status = 'awaiting_approval' ORDER BY id",
+                [PROBE_ENV]).fetchall():
+            deploy = self.store.deploys.get(deploy_id)
+            message = self.fake.messages.get((deploy.channel, deploy.message_ts))
+            if message is not None:
+                targets.append(message)
+        if len(targets) < len(waiting):
+            self.results.notes.append(f"setup: only {len(targets)} of {len(waiting)} probe deploys were posted")
+        self.probe = AckProbe(self.url + SLACK_EVENTS_PATH, self.fake, fresh, targets, self.args.probe_every)
+
+    async def hold_deploys(self) -> None:
+        """Unmeasured: HELD_DEPLOYS deploys on staging whose engine runs until
+        released; returns once every one is deploying."""
+        assert self.fake is not None and self.store is not None
+        async with SlackSender(self.url + SLACK_EVENTS_PATH, SIGNING_SECRET, self.fake) as slack:
+            for i in range(HELD_DEPLOYS):
+                await slack.command(f"held{i} 1.0.0 staging", REQUESTER)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            running = self.store.db.execute("SELECT count(*) FROM deploys WHERE service LIKE 'held%' "
+                                            "AND status = 'deploying'").fetchone()[0]
+            if running == HELD_DEPLOYS:
+                return
+            await asyncio.sleep(0.05)
+        self.results.notes.append(f"setup: only {running} of {HELD_DEPLOYS} held deploys were in flight")
 
     async def run(self) -> None:
         assert self.fake is not None and self.store is not None and self.slipway is not None
         args, res = self.args, self.results
         t_begin = time.perf_counter()
+        res.load["at_start"] = os.getloadavg()
         shipped = await self.ship()
-        storm = Storm(args, datetime.now(UTC))
+        await self.prepare_acks()
+        await self.quickly_drained()
+        idle_acks: dict[str, list[float]] = {"/deploy": [], "Approve": []}
+        if self.probe is not None:  # the idle Slipway: nothing else going on
+            async with aiohttp.ClientSession() as session:
+                idle_lag = LoopLag()
+                idle_lag.start()
+                idle_acks = await self.probe.run(session, args.probes)
+                res.idle_loop = idle_lag.stop()
+            await self.quickly_drained()
+            await self.hold_deploys()
+        # built in a thread: a second of JSON that would otherwise hold the loop (and show in its stall figures)
+        storm = await asyncio.to_thread(Storm, args, datetime.now(UTC))
         res.setup = {
             "services": args.services, "groups": len(storm.groups), "distinct_alerts": storm.distinct,
             "shipped_services": len(shipped), "kinds": dict(Counter(g.kind for g in storm.groups)),
@@ -561,10 +714,12 @@ class Bench:
 
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         answers: list[Answer] = []
-        async with aiohttp.ClientSession(connector=connector) as session:
+        storm_over = asyncio.Event()
+        async with aiohttp.ClientSession(connector=connector) as session, aiohttp.ClientSession() as probing:
             lag = LoopLag()
             lag.start()
             cpu0, wall0 = time.process_time(), time.perf_counter()
+            acks = asyncio.create_task(self.probe.run(probing, args.probes, until=storm_over)) if self.probe else None
             if profiler:
                 profiler.enable()
             for wave in WAVES:
@@ -594,6 +749,17 @@ class Bench:
                 profiler.disable()
             ingest_wall, ingest_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             lags = lag.stop()
+            storm_over.set()
+            storm_acks = await acks if acks is not None else {"/deploy": [], "Approve": []}
+            metrics_stall = await self._scrape_stall(session)
+        if self.release is not None:
+            self.release.touch()  # the held deploys may finish now
+        res.load["after_ingest"] = os.getloadavg()
+        if self.probe is not None:
+            res.acks = ack_summary(idle_acks, storm_acks)
+            if self.probe.refused:
+                res.notes.append(f"{len(self.probe.refused)} probe request(s) not accepted, e.g. "
+                                 f"{self.probe.refused[0]}")
         errors = [a for a in answers if a.status != 200]
         notifications = sum(p.alerts for posts in storm.waves.values() for p in posts)
         res.ingest = {
@@ -604,6 +770,7 @@ class Bench:
             "notifications_per_s": round(notifications / ingest_wall, 1),
             "posts_per_s": round(len(answers) / ingest_wall, 1),
             **latency_summary([a.latency for a in answers if a.status == 200]), **lags,
+            "metrics_stall_max_ms": metrics_stall,
         }
         if errors:
             res.notes.append(f"{len(errors)} POST(s) not answered 200, e.g. {errors[0].status} {errors[0].error}")
@@ -646,7 +813,17 @@ class Bench:
         self._channels(self.fake.stamps[calls_before:], drain_t0, drain_t1,
                        [o for o in self.outbox_starts if o[0] >= storm_t0])
         self._loss(storm, answers)
+        res.load["at_end"] = os.getloadavg()
         res.elapsed = time.perf_counter() - t_begin
+
+    async def _scrape_stall(self, session: aiohttp.ClientSession) -> float | None:
+        """``slipway_event_loop_stall_max_seconds`` as GET /metrics reports it (ms)."""
+        async with session.get(self.url + "/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("slipway_event_loop_stall_max_seconds "):
+                return round(float(line.split()[1]) * 1000, 1)
+        return None
 
     async def _progress(self, t0: float) -> None:
         assert self.store is not None
@@ -718,11 +895,13 @@ class Bench:
             "SELECT DISTINCT message_key FROM alerts WHERE level != 'quiet' AND message_key IS NOT NULL")]
         known = {r[0]: (r[1], r[2]) for r in db.execute("SELECT key, channel, ts FROM slack_messages")}
         never_posted = [k for k in loud_keys if k not in known]
-        # What Slack shows now vs the last text queued for each message the outbox posted.
+        # What Slack shows now vs the last text queued for each alert message the outbox posted
+        # (a deploy's message and its DMs are drawn from the deploy when sent: their queued text is not it).
         last_text = {}
         for key, text in db.execute(
                 "SELECT message_key, text FROM outbox WHERE id IN (SELECT max(id) FROM outbox "
-                "WHERE state = 'sent' GROUP BY message_key)"):
+                "WHERE state = 'sent' AND (message_key LIKE 'alert-%' OR message_key LIKE 'digest-%') "
+                "GROUP BY message_key)"):
             last_text[key] = text
         stale = []
         for key, text in last_text.items():
@@ -814,7 +993,23 @@ def print_report(bench: Bench, env: dict[str, Any], warnings: WarningCounter) ->
           f"{i['posts_per_s']} POSTs/s); process CPU {i['cpu_s']:.2f}s over that span")
     print(f"Event loop held during ingest (a 10 ms sleep woke this late; Slack acks share the loop): p50 "
           f"{i['loop_lag_p50_ms']} ms, p99 {i['loop_lag_p99_ms']} ms, max {i['loop_lag_max_ms']} ms; "
-          f"{i['loop_blocked_over_1s']} stall(s) > 1 s, {i['loop_blocked_over_3s']} > 3 s")
+          f"{i['loop_blocked_over_1s']} stall(s) > 1 s, {i['loop_blocked_over_3s']} > 3 s; GET /metrics "
+          f"slipway_event_loop_stall_max_seconds after the storm: {fmt(i.get('metrics_stall_max_ms'))} ms")
+    if res.acks:
+        il = res.idle_loop
+        print(f"Acks, one request every {args.probe_every:g}s, alternately /deploy (accepted, awaiting approval) "
+              f"and Approve (first of two approvals), on the idle Slipway and while the storm ran with "
+              f"{HELD_DEPLOYS} deploys in flight (loop lag while idle: p99 {il.get('loop_lag_p99_ms')} ms, "
+              f"max {il.get('loop_lag_max_ms')} ms):")
+        header = (f"{'ack':<8} {'idle n':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'storm n':>7} {'p50 ms':>7} "
+                  f"{'p99 ms':>7} {'max ms':>7} {'x p50':>6} {'x p99':>6}")
+        print(header)
+        print("-" * len(header))
+        for a in res.acks:
+            print(f"{a['surface']:<8} {a['idle_n']:>6} {fmt(a['idle_p50_ms']):>7} {fmt(a['idle_p99_ms']):>7} "
+                  f"{fmt(a['idle_max_ms']):>7} {a['storm_n']:>7} {fmt(a['storm_p50_ms']):>7} "
+                  f"{fmt(a['storm_p99_ms']):>7} {fmt(a['storm_max_ms']):>7} {fmt(a['ratio_p50']):>6} "
+                  f"{fmt(a['ratio_p99']):>6}")
     m = res.memory
     if m.get("tracemalloc"):
         print(f"Memory: tracemalloc peak {m['traced_peak_mb']} MB during the storm (traced {m['traced_at_storm_start_mb']} "
@@ -847,7 +1042,7 @@ def print_report(bench: Bench, env: dict[str, Any], warnings: WarningCounter) ->
           f"stored; {lo['fingerprints_missing']} fingerprints missing); outbox rows not sent {lo['outbox_not_sent']} "
           f"{lo['outbox_by_state']}; loud messages never posted {lo['loud_messages_never_posted']} of "
           f"{lo['loud_messages']}; POSTs refused {lo['posts_not_200']}")
-    print(f"Consistency: alerts not in their last-sent state {lo['alerts_not_in_last_sent_state']}; messages whose "
+    print(f"Consistency: alerts not in their last-sent state {lo['alerts_not_in_last_sent_state']}; alert messages whose "
           f"Slack text is not the last queued {lo['messages_not_showing_last_text']}; duplicates reported "
           f"{lo['duplicates_reported']} vs expected {lo['duplicates_expected']}")
     st = res.stored
@@ -858,6 +1053,15 @@ def print_report(bench: Bench, env: dict[str, Any], warnings: WarningCounter) ->
         print(f"Slipway log warnings/errors: {dict(warnings.counts)}; e.g. {warnings.samples[:3]}")
     for note in res.notes:
         print(f"note: {note}")
+    lo, ld = res.loss, res.load
+    acks = "; ".join(f"{a['surface']} x{a['ratio_p50']} p50, x{a['ratio_p99']} p99" for a in res.acks) or "not measured"
+    print(f"Summary: {i['distinct_alerts_per_s']} distinct alerts/s; POST p50 {i['p50_ms']} ms, p99 {i['p99_ms']} ms; "
+          f"loop stall max {i['loop_lag_max_ms']} ms, p99 {i['loop_lag_p99_ms']} ms; lost "
+          f"{lo['alerts_lost'] + lo['fingerprints_missing'] + lo['outbox_not_sent'] + lo['loud_messages_never_posted'] + lo['posts_not_200']}; "
+          f"acks during the storm vs idle: {acks}")
+    print("Load average (1, 5, 15 min): " + ", ".join(
+        f"{when.replace('_', ' ')} {' '.join(f'{x:.2f}' for x in ld[when])}" for when in ("at_start", "after_ingest", "at_end")
+        if when in ld) + f" on {os.cpu_count()} CPUs (other processes share them: read the figures with it)")
     print(f"(total run {res.elapsed:.1f}s)")
     if res.profile:
         print()
@@ -872,7 +1076,7 @@ async def main(args: argparse.Namespace) -> int:
     for name in ("bot", "handlers", "store"):
         logging.getLogger(name).setLevel(logging.WARNING)
     env = environment()
-    if not args.no_tracemalloc:
+    if args.tracemalloc:
         tracemalloc.start()
     bench = Bench(args, warnings)
     with tempfile.TemporaryDirectory(prefix="slipway-storm-") as workdir:
@@ -887,6 +1091,7 @@ async def main(args: argparse.Namespace) -> int:
         payload = {"environment": env, "parameters": vars(args), "setup": res.setup, "waves": res.waves,
                    "ingest": res.ingest, "memory": res.memory, "drain": res.drain, "channels": res.channels,
                    "other_calls": res.other_calls, "loss": res.loss, "stored": res.stored, "notes": res.notes,
+                   "acks": res.acks, "idle_loop": res.idle_loop, "load": res.load,
                    "log_warnings": dict(warnings.counts), "elapsed_s": round(res.elapsed, 1)}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
@@ -908,8 +1113,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-limit-every", type=int, default=0,
                         help="the fake Slack answers every Nth call 429 with Retry-After 1 (default: never)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the kinds and the waves' choices and order")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace allocations for the memory figure (slows Python several times: the rates, "
+                             "latencies and stalls then measure tracemalloc, not Slipway)")
     parser.add_argument("--no-tracemalloc", action="store_true",
-                        help="do not trace allocations (faster; memory from maxrss only)")
+                        help="the default (kept so older command lines still run)")
+    parser.add_argument("--probes", type=int, default=40,
+                        help="/deploy and Approve acks measured on the idle Slipway, and at most as many of each "
+                             "during the storm (0: none)")
+    parser.add_argument("--probe-every", type=float, default=0.05,
+                        help="seconds between the starts of two probe requests (one at a time)")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest phase and print the top")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -93,6 +93,28 @@ class SlackWorkQueued:
 
 
 @dataclass(frozen=True)
+class MessagePosted:
+    """The outbox posted the message known as ``key`` (drawn from ``view``)."""
+
+    key: str
+    view: str | None
+    channel: str
+    ts: str
+    permalink: str | None
+
+
+@dataclass(frozen=True)
+class MessageRefused:
+    """Slack refused (or never answered) a call for the message known as
+    ``key``; the outbox has already settled when to try again, or given up."""
+
+    key: str
+    view: str | None
+    code: str | None  # Slack's error code; None: no JSON answer (connection, timeout, a proxy's page)
+    detail: str
+
+
+@dataclass(frozen=True)
 class ExecutorStarted:
     """The deploy engine was handed a deploy (a probe for benchmarks)."""
 

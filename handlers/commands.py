@@ -40,6 +40,7 @@ from bot.slack.mrkdwn import (
     record_text,
     request_accepted_text,
     unblocked_text,
+    unescape,
 )
 from handlers.errors import after_ack
 from store import Deploy
@@ -56,7 +57,7 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         with deploy_context(deploy.id):  # every log line of the announcement (and the run it starts) names it
             try:
-                await slipway.messages.announce(deploy)  # one that needs no approval starts once it is posted
+                await slipway.runner.announce_and_start(deploy)
             except SlipwayError as failure:
                 await respond(text=failure.message, response_type="ephemeral", replace_original=False)
 
@@ -99,7 +100,9 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         user = command["user_id"]
         source = f"slack:{COMMAND}:{command.get('trigger_id', '')}"
         try:
-            parsed = parse_command(command.get("text", ""))
+            # Slack sends the text with &, < and > escaped; it is escaped again,
+            # once, wherever it enters a message (bot.slack.mrkdwn.escape)
+            parsed = parse_command(unescape(command.get("text", "")))
             if isinstance(parsed, StatsCommand):
                 if parsed.service is not None:
                     resolve_service(slipway.config, parsed.service)  # a typo is refused in the ack itself

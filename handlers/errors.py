@@ -3,7 +3,9 @@ and the person is told something went wrong, with that id to quote.
 
 Two doors lead here: bolt's error handler (a failure before the ack) and
 :func:`after_ack` (a failure in the work a listener does once Slack has
-its answer). The HTTP door dispatches a click on a deploy's message inside
+its answer). Only a request Slack vouched for (signed, or over the Socket
+Mode connection) is answered in Slack: the ``user_id`` and ``channel_id`` in
+any other body are an attacker's to choose. The HTTP door dispatches a click on a deploy's message inside
 that deploy's log context (:func:`deploy_of_click`), so every line it leads
 to, a failure's included, names the deploy, in the background work too.
 """
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime.tasks import BackgroundTasks
@@ -23,12 +25,34 @@ from bot.runtime.tasks import BackgroundTasks
 log = logging.getLogger("slipway.errors")
 
 
+AUTHENTICATED = "slipway_authenticated"  # set in a request's context once bolt's own middleware let it through
+
+
 def register(app: AsyncApp) -> None:
+    @app.middleware
+    async def authenticated(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
+        """Runs after bolt's built-in middleware (request verification
+        first): a request that gets here was signed by Slack, or came over
+        the Socket Mode connection."""
+        context[AUTHENTICATED] = True
+        await next()
+
     @app.error
-    async def on_error(error: Exception, body: dict[str, Any], client: AsyncWebClient) -> None:
-        user = (body.get("user") or {}).get("id") or body.get("user_id")
-        channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
-        await report(error, client, channel, user)
+    async def on_error(error: Exception, body: Any, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        # The body names a user and a channel; only a request Slack vouched for
+        # may make Slipway write to them (the HTTP door refuses unsigned ones
+        # before bolt sees them; this holds whatever the door).
+        if not context.get(AUTHENTICATED) or not isinstance(body, dict):
+            await report(error, client, None, None)
+            return
+        user = _id_of(body.get("user")) or body.get("user_id")
+        channel = _id_of(body.get("channel")) or body.get("channel_id")
+        await report(error, client, channel if isinstance(channel, str) else None,
+                     user if isinstance(user, str) else None)
+
+
+def _id_of(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else None
 
 
 def deploy_of_click(body: dict[str, Any]) -> int | None:

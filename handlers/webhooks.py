@@ -3,7 +3,9 @@
 The request must be signed with the service's webhook secret (see
 ``bot/executors/signing.py``) and name its deploy (``deploy_id``), and the
 deploy must be waiting for its engine; the report is stored before it is
-answered, so an engine that got a 200 can forget about it.
+answered, so an engine that got a 200 can forget about it. Its ``log_url``
+must be a plain http(s) URL (it becomes a link); its ``message`` is stored
+as written and escaped wherever Slack shows it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp import web
 from bot.executors import signing
 from bot.executors.webhook import REPORT_STATUSES
 from bot.runtime.logs import deploy_context
+from bot.slack.mrkdwn import web_url
 from handlers.http import problem, read_bounded
 from store import DeployNotFound, DeployStatus
 
@@ -25,12 +28,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 64 * 1024
+MAX_ID_DIGITS = 18  # below 2**63, SQLite's largest integer
 
 
 def register(app: web.Application, slipway: "Slipway") -> None:
     async def deploy_report(request: web.Request) -> web.Response:
         raw_id = request.match_info["deploy_id"]
-        if not raw_id.isdigit():
+        # ASCII digits that fit SQLite's integer: "²" passes str.isdigit() and
+        # int() refuses it; 30 digits overflow the query. Neither names a deploy.
+        if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > MAX_ID_DIGITS:
             return problem(404, "no such deploy")
         with deploy_context(int(raw_id)):
             return await receive_report(request, int(raw_id))
@@ -54,13 +60,21 @@ def register(app: web.Application, slipway: "Slipway") -> None:
             log.warning("refused report for deploy %s from %s: %s", deploy.id, request.remote, refused)
             return problem(401, refused)
         try:
-            report = json.loads(body)
+            try:
+                report = json.loads(body)
+            except RecursionError:  # signed, but nested beyond what the parser follows
+                raise ValueError("not JSON Slipway can read (nested too deeply)") from None
+            if not isinstance(report, dict):
+                raise ValueError("a report is a JSON object")
             status = report["status"]
             log_url, message = report.get("log_url"), report.get("message")
             if status not in REPORT_STATUSES:
                 raise ValueError(f"status must be one of {', '.join(REPORT_STATUSES)}")
             if not all(v is None or isinstance(v, str) for v in (log_url, message)):
                 raise ValueError("log_url and message must be strings")
+            if log_url is not None and web_url(log_url) is None:
+                # it becomes a link in the deploy's message: nothing but a plain web address
+                raise ValueError("log_url must be an http(s) URL (http:// or https://, a host, no spaces or <>|)")
             if report.get("deploy_id") != deploy.id:
                 # binds a signed report to its deploy: one captured for deploy N
                 # cannot be replayed against deploy M sharing the secret

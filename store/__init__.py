@@ -13,6 +13,8 @@ database object, behind methods named after what they mean.
 ``store.audit``            :class:`AuditLog`: the append-only audit log
 ``store.alerts``           :class:`Alerts`: alert occurrences from monitors
 ``store.outbox``           :class:`OutboxQueue`: Slack messages waiting to be sent
+``store.lease``            :class:`Lease`: which process owns the database (and
+                           alone migrates it)
 ``store.read_models``      :class:`ReadModels`: the views' set-based reads
 ``store.records``          the frozen dataclasses the repositories hand out
 ``store.errors``           the named errors, all :class:`StoreError`
@@ -20,8 +22,8 @@ database object, behind methods named after what they mean.
 =========================  ====================================================
 
 :class:`Store` puts them together on one connection: ``store.deploys``,
-``store.locks``, ``store.audit``, ``store.alerts``, ``store.outbox`` and
-``store.reads``. A repository writes in a transaction of its own, or joins
+``store.locks``, ``store.audit``, ``store.alerts``, ``store.outbox``,
+``store.lease`` and ``store.reads``. A repository writes in a transaction of its own, or joins
 the one a caller opened with ``store.transaction()``, so several writes
 (of one repository or several) can be one atomic change.
 """
@@ -38,6 +40,8 @@ from store.audit import AuditLog
 from store.database import Clock, Database, stamp, utc_now
 from store.deploys import Deploys, approval_slots
 from store.errors import *  # noqa: F403 — every named error is part of the store's interface
+from store.intents import Intents
+from store.lease import Lease, LeaseHolder
 from store.locks import ALL_ENVIRONMENTS, Locks
 from store.outbox import OutboxQueue, deploy_message_key
 from store.read_models import ReadModels
@@ -60,7 +64,7 @@ __all__ = [
     "ALL_ENVIRONMENTS", "AlreadyApproved", "Alerts", "Approval", "AuditEvent", "AuditLog", "BlockedVersion",
     "ChecklistIncomplete", "ChecklistItem", "Clock", "Database", "Delivery", "Deploy", "DeployInFlight",
     "DeployNotFound", "DeployStatus", "DeployTimes", "Deploys", "DuplicateRequest", "EngineReport",
-    "IllegalTransition", "Lock", "Locks", "OutboxItem", "OutboxQueue", "ReadModels", "StateConflict", "Store",
+    "IllegalTransition", "Lease", "LeaseHolder", "Lock", "Locks", "OutboxItem", "OutboxQueue", "ReadModels", "StateConflict", "Store",
     "StoreError", "StoredAlert", "UnknownMessage", "approval_slots", "deploy_message_key", "stamp", "utc_now",
 ]
 
@@ -77,11 +81,15 @@ class Store:
         self.locks = Locks(database, self.audit)
         self.alerts = Alerts(database)
         self.reads = ReadModels(database)
+        self.intents = Intents(database)
+        self.lease = Lease(database)
 
     @classmethod
-    def open(cls, path: str | Path, clock: Clock = utc_now) -> Store:
-        """Open (creating and migrating as needed) the database at ``path``."""
-        return cls(Database.open(path, clock))
+    def open(cls, path: str | Path, clock: Clock = utc_now, *, migrate: bool = True) -> Store:
+        """Open the database at ``path`` (created 0600 when missing), migrating
+        it as needed; ``migrate=False`` leaves the schema to whoever takes
+        the lease (``store.lease.acquire``), as ``slipway serve`` does."""
+        return cls(Database.open(path, clock, migrate=migrate))
 
     @property
     def path(self) -> str | None:

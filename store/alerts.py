@@ -3,14 +3,23 @@ duplicates of the same alert land on the same row and are recognised."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from store.database import Database
 from store.records import StoredAlert
 
 CHANGES = ("new", "duplicate", "changed", "resolved", "louder", "quieter")
+_CHUNK = 500  # values per IN (...) list: well under SQLite's limit on bound parameters
+_UNKNOWN: Any = object()  # ``upsert`` looks the occurrence up itself
+
+
+def episode_base(message_key: str | None) -> str | None:
+    """The base of an episode's message key ``{base}-{N}`` (None: not such a key)."""
+    base, _, episode = (message_key or "").rpartition("-")
+    return base if base and episode.isdigit() else None
 
 
 def _row(row: dict[str, Any]) -> StoredAlert:
@@ -46,30 +55,55 @@ class Alerts:
                                    [source, fingerprint, starts_at]))
         return _row(rows[0]) if rows else None
 
+    def find_many(self, source: str, occurrences: Iterable[tuple[str, str | None]]
+                  ) -> dict[tuple[str, str | None], StoredAlert]:
+        """Of the occurrences ``(fingerprint, starts_at)`` of ``source``'s
+        alerts, those recorded, by occurrence: one query per
+        :data:`_CHUNK` fingerprints (a delivery's worth), not one per alert."""
+        wanted = set(occurrences)
+        fingerprints = sorted({fingerprint for fingerprint, _ in wanted})
+        found: dict[tuple[str, str | None], StoredAlert] = {}
+        for start in range(0, len(fingerprints), _CHUNK):
+            chunk = fingerprints[start:start + _CHUNK]
+            for row in self._db.query(
+                    f"SELECT * FROM alerts WHERE source = ? AND fingerprint IN ({', '.join('?' for _ in chunk)})",
+                    [source, *chunk]):
+                occurrence = (row["fingerprint"], row["starts_at"])
+                if occurrence in wanted:
+                    found[occurrence] = _row(row)
+        return found
+
     def latest_firing(self, source: str, fingerprint: str) -> StoredAlert | None:
         """The newest occurrence of that alert that still fires, if any."""
         rows = list(self._db.query("SELECT * FROM alerts WHERE source = ? AND fingerprint = ? AND status = 'firing' "
                                    "ORDER BY id DESC LIMIT 1", [source, fingerprint]))
         return _row(rows[0]) if rows else None
 
-    def upsert(self, fields: dict[str, Any], payload: dict[str, Any], *,
-               levels: Sequence[str]) -> tuple[StoredAlert, str]:
+    def upsert(self, fields: dict[str, Any], payload: dict[str, Any] | str, *, levels: Sequence[str],
+               existing: StoredAlert | None = _UNKNOWN, at: str | None = None) -> tuple[StoredAlert, str]:
         """Record an alert occurrence (inside the caller's transaction, or one
         of its own) and say how it changed: new, duplicate (same status and
         level, or a stale firing of an occurrence that already resolved:
         nothing to tell), changed, resolved, louder or quieter. ``levels``
         ranks the alert levels, loudest first (the rules' business, not the
-        store's)."""
+        store's). ``payload``: the monitor's own fields, or their JSON.
+        ``existing``: the occurrence as the caller just read it in the same
+        transaction (None: not recorded), to spare a second look. ``at``: the
+        moment recorded (default: now; a delivery's alerts share one)."""
+        if not isinstance(payload, str):
+            payload = json.dumps(payload, default=str)
         with self._database.transaction():
-            now = self._database.now()
-            existing = self.find(fields["source"], fields["fingerprint"], fields["starts_at"])
+            now = at or self._database.now()
+            if existing is _UNKNOWN:
+                existing = self.find(fields["source"], fields["fingerprint"], fields["starts_at"])
             if existing is None:
-                columns = {**fields, "received_at": now, "updated_at": now,
-                           "payload": json.dumps(payload, default=str)}
+                columns = {**fields, "message_base": episode_base(fields.get("message_key")), "received_at": now,
+                           "updated_at": now, "payload": payload}
                 cursor = self._db.execute(
                     f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                     list(columns.values()))
                 alert_id, change = cursor.lastrowid, "new"
+                stored = _row({**columns, "id": alert_id})
             else:
                 alert_id = existing.id
                 change = _change_between(existing, fields, levels)
@@ -80,10 +114,12 @@ class Alerts:
                 self._db.execute(
                     f"UPDATE alerts SET {', '.join(f'{k} = ?' for k in updates)}, updated_at = ?, payload = ? "
                     "WHERE id = ?",
-                    [*updates.values(), now, json.dumps(payload, default=str), alert_id])
+                    [*updates.values(), now, payload, alert_id])
+                stored = dataclasses.replace(existing, **{k: v for k, v in updates.items()
+                                                          if k in StoredAlert.__dataclass_fields__})
             self._db.execute("INSERT INTO alert_events (alert_id, at, status, level, value) VALUES (?, ?, ?, ?, ?)",
                              [alert_id, now, fields["status"], fields["level"], fields.get("value")])
-        return self.get(alert_id), change
+        return stored, change
 
     def get(self, alert_id: int) -> StoredAlert:
         """The alert occurrence with that id (LookupError when there is none)."""
@@ -96,10 +132,9 @@ class Alerts:
 
     def latest_episode(self, base: str) -> tuple[str, bool] | None:
         """The newest message key ``{base}-N`` and whether any of its alerts
-        still fires."""
-        row = self._db.execute(
-            "SELECT message_key FROM alerts WHERE message_key LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT 1",
-            [base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"]).fetchone()
+        still fires (two index lookups)."""
+        row = self._db.execute("SELECT message_key FROM alerts WHERE message_base = ? ORDER BY id DESC LIMIT 1",
+                               [base]).fetchone()
         if row is None:
             return None
         firing = self._db.execute("SELECT 1 FROM alerts WHERE message_key = ? AND status = 'firing' LIMIT 1",
@@ -112,7 +147,8 @@ class Alerts:
             "SELECT DISTINCT message_key FROM alerts WHERE deploy_id = ? AND message_key IS NOT NULL", [deploy_id])]
 
     def recent_threads(self, service: str | None, since: str) -> int:
-        """How many alert messages of their own ``service`` opened since ``since``."""
+        """How many alert messages of their own ``service`` opened since ``since``
+        (a range of the ``alerts_own_threads`` index)."""
         row = self._db.execute(
             "SELECT count(DISTINCT message_key) FROM alerts WHERE deploy_id IS NULL AND service IS ? "
             "AND received_at >= ? AND message_key NOT LIKE 'digest-%'", [service, since]).fetchone()

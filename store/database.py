@@ -4,6 +4,7 @@ dates rows with, and transactions. Every repository is built over it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -12,7 +13,8 @@ from typing import Any
 
 import sqlite_utils
 
-from store.schema import migrate
+from store.schema import MIGRATIONS
+from store.schema import migrate as apply_migrations
 
 Clock = Callable[[], datetime]
 
@@ -27,6 +29,18 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _create_private(path: Path) -> None:
+    """Create an empty database file readable and writable by its owner only
+    (0600), whatever the umask: it holds command output and the audit log.
+    SQLite gives the ``-wal`` and ``-shm`` files it makes next to it the main
+    file's mode. An existing file keeps the mode it has."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(descriptor)
+
+
 class Database:
     """A connection to Slipway's SQLite file, its clock and its transactions.
 
@@ -37,10 +51,21 @@ class Database:
     def __init__(self, db: sqlite_utils.Database, clock: Clock = utc_now) -> None:
         self.db = db
         self.clock = clock
+        # Taken around every write transaction: by default nothing; with a
+        # store writer thread, the turn it shares with this connection (store/writer.py).
+        self.write_turn: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     @classmethod
-    def open(cls, path: str | Path, clock: Clock = utc_now) -> Database:
-        """Open (creating and migrating as needed) the database at ``path``."""
+    def open(cls, path: str | Path, clock: Clock = utc_now, *, migrate: bool = True) -> Database:
+        """Open the database at ``path``, creating it when missing (readable
+        by its owner only), and with ``migrate`` bring its schema up to date.
+
+        ``slipway serve`` passes ``migrate=False``: only the process that
+        holds the lease may migrate, and it does so as it takes the lease
+        (``store.lease``); a standby changes nothing.
+        """
+        if str(path) != ":memory:":
+            _create_private(Path(path))
         conn = sqlite3.connect(str(path), timeout=10)
         db = sqlite_utils.Database(conn)
         if str(path) != ":memory:":
@@ -48,8 +73,22 @@ class Database:
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses no committed transaction
         database = cls(db, clock)
-        migrate(db, database.now())
+        if migrate:
+            database.migrate()
         return database
+
+    def migrate(self) -> int:
+        """Apply every migration not yet applied, all in one write
+        transaction (BEGIN IMMEDIATE), so two processes opening a new file at
+        once migrate it once: the second waits, then finds nothing to do.
+        Returns the schema version."""
+        try:
+            if self.schema_version() == len(MIGRATIONS):
+                return len(MIGRATIONS)  # the usual case: a second connection takes no write lock
+        except sqlite3.OperationalError:  # a new file: no schema_migrations yet
+            pass
+        with self.transaction():
+            return apply_migrations(self.db, self.now())
 
     @property
     def path(self) -> str | None:
@@ -84,11 +123,12 @@ class Database:
             return
         # BEGIN IMMEDIATE takes the write lock before the state is read, so
         # the check-then-write below cannot interleave with another writer.
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.conn.rollback()
-            raise
-        else:
-            self.db.conn.commit()
+        with self.write_turn():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            else:
+                self.db.conn.commit()

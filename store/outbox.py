@@ -31,6 +31,10 @@ from store.records import Delivery, OutboxItem
 
 POST = "post"
 UPDATE = "update"
+DM = "dm"  # a direct message: ``channel`` holds the user id; the worker opens the conversation
+PUBLISH = "publish"  # an App Home view: ``channel`` holds the user id
+PERMALINK = "permalink"  # ask Slack the permalink of a posted message (paced and retried like the rest)
+PERMALINK_LANE = "(permalinks)"  # the ``channel`` permalink requests are paced in
 
 PENDING = "pending"
 SENDING = "sending"
@@ -43,6 +47,13 @@ UNSETTLED = (PENDING, SENDING)
 def deploy_message_key(deploy_id: int) -> str:
     """The outbox's name for a deploy's message."""
     return f"deploy-{deploy_id}"
+
+
+def deploy_of_key(key: str) -> int | None:
+    """The deploy a message belongs to, by its key (its message, or a note in its thread)."""
+    prefix, _, rest = key.partition("-")
+    number = rest.partition("-")[0]
+    return int(number) if prefix == "deploy" and number.isdigit() else None
 
 
 def _item(row: dict[str, Any]) -> OutboxItem:
@@ -74,8 +85,8 @@ class OutboxQueue:
 
     # -- writing: what callers queue ------------------------------------------------------
 
-    def enqueue_post(self, key: str, channel: str, text: str,
-                     blocks: list[dict[str, Any]] | None = None, thread_key: str | None = None) -> int | None:
+    def enqueue_post(self, key: str, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+                     thread_key: str | None = None, view: str | None = None) -> int | None:
         """Queue a new message known as ``key`` in ``channel``; with
         ``thread_key``, as a reply in the thread of the message known by that key
         (which may itself still be queued: the reply waits for it).
@@ -83,19 +94,51 @@ class OutboxQueue:
         A key names one message: when a post for ``key`` is already queued, in
         flight or sent, nothing is queued and None is returned. Otherwise the
         new item's id. (After a post failed for good, the key may be posted
-        again.)
+        again.) ``view``: the text and blocks are drawn when it is sent (see
+        :class:`bot.slack.outbox.Outbox`), ``text`` is only a fallback.
         """
         with self._database.transaction():
             if self.has_message(key):
                 return None
-            cursor = self._db.execute(
-                "INSERT INTO outbox (message_key, op, channel, thread_key, text, blocks, state, attempts, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                [key, POST, channel, thread_key, text, _blocks_json(blocks), PENDING, self._database.now()],
-            )
-            return cursor.lastrowid
+            return self._insert(key, POST, channel, text, blocks, thread_key=thread_key, view=view)
 
-    def enqueue_update(self, key: str, text: str, blocks: list[dict[str, Any]] | None = None) -> int:
+    def enqueue_dm(self, key: str, user: str, text: str) -> int | None:
+        """Queue a direct message to ``user`` known as ``key`` (once per key, as a post)."""
+        with self._database.transaction():
+            if self._db.execute("SELECT 1 FROM outbox WHERE message_key = ? AND state != ? LIMIT 1",
+                                [key, FAILED]).fetchone() is not None:
+                return None
+            return self._insert(key, DM, user, text, None)
+
+    def enqueue_publish(self, user: str, view: str) -> int:
+        """Queue publishing ``user``'s App Home tab, drawn from ``view`` when
+        sent; coalesced: one waiting publish per person carries the latest."""
+        key = f"home-{user}"
+        with self._database.transaction():
+            waiting = self._db.execute("SELECT id FROM outbox WHERE message_key = ? AND state = ? LIMIT 1",
+                                       [key, PENDING]).fetchone()
+            if waiting is not None:
+                return waiting[0]
+            return self._insert(key, PUBLISH, user, "", None, view=view)
+
+    def enqueue_permalink(self, key: str, view: str | None) -> int:
+        """Queue asking Slack for the permalink of the message known as ``key``
+        (posted). Permalinks wait in a lane of their own, not in the message's
+        channel: a link that cannot be had must not hold up the messages."""
+        with self._database.transaction():
+            return self._insert(key, PERMALINK, PERMALINK_LANE, "", None, view=view)
+
+    def _insert(self, key: str, op: str, channel: str, text: str, blocks: list[dict[str, Any]] | None, *,
+                thread_key: str | None = None, view: str | None = None) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO outbox (message_key, op, channel, thread_key, text, blocks, view, state, attempts, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            [key, op, channel, thread_key, text, _blocks_json(blocks), view, PENDING, self._database.now()],
+        )
+        return cursor.lastrowid
+
+    def enqueue_update(self, key: str, text: str, blocks: list[dict[str, Any]] | None = None,
+                       view: str | None = None) -> int:
         """Queue an edit of the message known as ``key`` (sent or still queued).
 
         Edits coalesce: when an edit of ``key`` is still waiting, its text and
@@ -111,16 +154,10 @@ class OutboxQueue:
                 [key, UPDATE, PENDING],
             ).fetchone()
             if waiting is not None:
-                self._db.execute("UPDATE outbox SET text = ?, blocks = ? WHERE id = ?",
-                                 [text, _blocks_json(blocks), waiting[0]])
+                self._db.execute("UPDATE outbox SET text = ?, blocks = ?, view = ? WHERE id = ?",
+                                 [text, _blocks_json(blocks), view, waiting[0]])
                 return waiting[0]
-            channel = self._channel_of(key)
-            cursor = self._db.execute(
-                "INSERT INTO outbox (message_key, op, channel, text, blocks, state, attempts, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                [key, UPDATE, channel, text, _blocks_json(blocks), PENDING, self._database.now()],
-            )
-            return cursor.lastrowid
+            return self._insert(key, UPDATE, self._channel_of(key), text, blocks, view=view)
 
     def has_message(self, key: str) -> bool:
         """Whether a message is known as ``key``: sent, or queued and not failed."""
@@ -152,10 +189,35 @@ class OutboxQueue:
                              [key, channel, ts])
 
     def fresh_number(self) -> int:
-        """A number no earlier item had, for a new message's key (a thread line's)."""
-        return self._db.execute("SELECT count(*) + 1 FROM outbox").fetchone()[0]
+        """A number no earlier item had, for a new message's key (a thread line's):
+        the id the next row will get (the rowid's maximum, one index step;
+        ``count(*)`` read the whole table for every thread line of an alert storm)."""
+        return self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM outbox").fetchone()[0]
 
     # -- reading --------------------------------------------------------------------------
+
+    def fail_post(self, key: str, error: str) -> None:
+        """Give up the waiting post known as ``key`` (its purpose is gone)."""
+        with self._database.transaction():
+            self._db.execute("UPDATE outbox SET state = ?, next_attempt_at = NULL, last_error = ? "
+                             "WHERE message_key = ? AND op = ? AND state IN (?, ?)",
+                             [FAILED, error, key, POST, PENDING, SENDING])
+
+    def remember_permalink(self, key: str, permalink: str) -> None:
+        """Keep the permalink Slack gave the message known as ``key``."""
+        with self._database.transaction():
+            self._db.execute("UPDATE slack_messages SET permalink = ? WHERE key = ?", [permalink, key])
+
+    def permalink(self, key: str) -> str | None:
+        """The permalink of the message known as ``key``, once known."""
+        row = self._db.execute("SELECT permalink FROM slack_messages WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def post_state(self, key: str) -> str | None:
+        """The state of the latest post queued as ``key`` (None: none was queued)."""
+        row = self._db.execute("SELECT state FROM outbox WHERE message_key = ? AND op IN (?, ?) "
+                               "ORDER BY id DESC LIMIT 1", [key, POST, DM]).fetchone()
+        return row[0] if row else None
 
     def message_ts(self, key: str) -> str | None:
         """The Slack ts of the message known as ``key``, once it is posted."""
@@ -211,7 +273,7 @@ class OutboxQueue:
             "WHERE o.state = 'pending' AND ("
             "  (o.op = 'post' AND (o.thread_key IS NULL OR p.ts IS NOT NULL "
             f"    OR {_NO_LIVE_POST.format(key='o.thread_key')}))"
-            "  OR (o.op = 'update' AND m.ts IS NOT NULL)) "
+            "  OR (o.op IN ('update', 'permalink') AND m.ts IS NOT NULL) OR o.op IN ('dm', 'publish')) "
             "ORDER BY o.id",
         )
         heads: dict[str, Delivery] = {}
@@ -221,6 +283,8 @@ class OutboxQueue:
             item = _item(row)
             if item.op == POST:
                 heads[item.channel] = Delivery(item, row["parent_ts"], item.channel, bool(row["orphaned"]))
+            elif item.op in (DM, PUBLISH):
+                heads[item.channel] = Delivery(item, None, item.channel)
             else:
                 heads[item.channel] = Delivery(item, row["message_ts"], row["message_channel"])
         return list(heads.values())

@@ -184,7 +184,7 @@ class OutboxItem:
 
     id: int
     message_key: str
-    op: str  # post | update
+    op: str  # post | update | dm (channel: a user id) | publish (App Home; channel: a user id)
     channel: str
     thread_key: str | None
     text: str
@@ -195,6 +195,7 @@ class OutboxItem:
     created_at: str
     sent_at: str | None
     last_error: str | None
+    view: str | None = None  # drawn when sent (``kind:argument``), instead of ``text``/``blocks``
 
 
 @dataclass(frozen=True)

@@ -186,10 +186,55 @@ def _m8_rolled_back_at(db: sqlite_utils.Database) -> None:
         "AND json_extract(audit.detail, '$.to') = 'succeeded'), finished_at) WHERE status = 'rolled_back'")
 
 
+def _m9_slack_views(db: sqlite_utils.Database) -> None:
+    """Every Slack write goes through the outbox: an item may name a view
+    (``deploy:12``, ``home:U0ALICE``) drawn from the stored state when it is
+    sent, instead of carrying its text; a posted message keeps its permalink."""
+    db["outbox"].add_column("view", str)
+    db["slack_messages"].add_column("permalink", str)
+    # work decided with a change and done after it (store/intents.py): one pending per kind and deploy
+    db["intents"].create({"id": int, "kind": str, "deploy_id": int, "created_at": str, "settled_at": str,
+                          "outcome": str}, pk="id", not_null={"kind", "deploy_id", "created_at"})
+    db.execute("CREATE UNIQUE INDEX one_pending_intent ON intents(kind, deploy_id) WHERE settled_at IS NULL")
+
+
+def _m10_lease(db: sqlite_utils.Database) -> None:
+    """Issue 11: one instance owns the database (a lease with holder, heartbeat and expiry)."""
+    # One row at most: which `slipway serve` process owns the database (runs
+    # the workers) and until when (store/lease.py). A standby reads it before
+    # it may migrate anything, so whatever the schema's version: never change
+    # this table's columns, in this migration or a later one.
+    db["lease"].create(
+        {"name": str, "holder": str, "acquired_at": str, "heartbeat_at": str, "expires_at": str},
+        pk="name",
+        not_null={"holder", "acquired_at", "heartbeat_at", "expires_at"},
+    )
+
+
+def _m11_alert_relay_indexes(db: sqlite_utils.Database) -> None:
+    """Issue 11: the alert relay's queries, indexed and per batch."""
+    # A message key is ``{base}-{episode}``. Which episode a new alert joins
+    # was found with ``message_key LIKE 'base-%'``: a scan of every alert
+    # ever stored, for every new alert (bench/alert_storm.py: quadratic in
+    # the storm). The base gets a column of its own, found through an index
+    # (whose rowid order is the newest-first the relay asks for).
+    db["alerts"].add_column("message_base", str)
+    keys = [row[0] for row in db.execute("SELECT DISTINCT message_key FROM alerts WHERE message_key IS NOT NULL")]
+    for key in keys:
+        base, _, episode = key.rpartition("-")
+        if base and episode.isdigit():
+            db.execute("UPDATE alerts SET message_base = ? WHERE message_key = ?", [base, key])
+    db["alerts"].create_index(["message_base"])
+    # How many threads of its own a service opened lately (the storm digest's
+    # threshold): only alerts tied to no deploy count, so only they are indexed.
+    db.execute("CREATE INDEX alerts_own_threads ON alerts(service, received_at, message_key) "
+               "WHERE deploy_id IS NULL")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
     _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy,
-    _m8_rolled_back_at]
+    _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

@@ -163,13 +163,15 @@ class Harness:
         self._runner: web.AppRunner | None = None
         self.slack: SlackSender | None = None
         self.verify_time = FakeTime()
+        self.outbox_time: FakeTime | None = None  # None: the outbox paces and retries in real time
 
     async def start(self) -> "Harness":
         self.store = Store.open(self.db_path, clock=self.clock)
         # the outbox's pacing is tested on its own (tests/test_outbox.py) with a clock it is given;
         # here it only needs to stay out of the way
         self.slipway = create_slipway(self.config, self.store, self.settings, clock=self.clock, environ=self.environ,
-                                      outbox_interval=0.01, verify_time=self.verify_time)
+                                      outbox_interval=0.01, verify_time=self.verify_time,
+                                      outbox_time=self.outbox_time)
         self._runner = web.AppRunner(create_web_app(self.slipway))
         await self._runner.setup()
         if self._sock is not None:  # the first start listens where the config says Slipway is
@@ -197,9 +199,14 @@ class Harness:
         await self.start()
 
     async def settle(self) -> None:
-        """Wait for the background work the last request started."""
+        """Wait for the background work the last request started, and for
+        the outbox to send what it can send now (each may give the other work)."""
         assert self.slipway is not None
-        await self.slipway.tasks.wait_idle()
+        while True:
+            await self.slipway.tasks.wait_idle()
+            await self.slipway.outbox.wait_quiet()
+            if self.slipway.tasks.pending == 0:
+                return
 
     # -- conveniences that read like what a person does ---------------------------
 
@@ -344,6 +351,13 @@ async def serve(fake_slack: FakeSlack) -> AsyncIterator[Callable[..., "SlipwayPr
 
 
 @pytest.fixture
+def outbox_time() -> FakeTime | None:
+    """The outbox's clock: real time (None), unless a test module overrides
+    this fixture with a FakeTime to see every wait the outbox asks for."""
+    return None
+
+
+@pytest.fixture
 def slack_sdk_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every wait slack_sdk's rate-limit handler (the app client's, as
     Slipway attaches it) asks for after a 429: Retry-After plus up to a
@@ -383,7 +397,10 @@ def environ() -> dict[str, str] | None:
 
 @pytest.fixture
 async def harness(fake_slack: FakeSlack, tmp_path: Path, config_text: str, clock: Clock,
-                  slipway_socket: socket.socket, environ: dict[str, str] | None) -> AsyncIterator[Harness]:
-    running = await Harness(fake_slack, tmp_path / "slipway.db", config_text, clock, slipway_socket, environ).start()
+                  slipway_socket: socket.socket, environ: dict[str, str] | None,
+                  outbox_time: FakeTime | None) -> AsyncIterator[Harness]:
+    harness = Harness(fake_slack, tmp_path / "slipway.db", config_text, clock, slipway_socket, environ)
+    harness.outbox_time = outbox_time
+    running = await harness.start()
     yield running
     await running.stop()

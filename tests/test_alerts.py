@@ -14,6 +14,7 @@ import pytest
 
 from bot.slack.blocks import ACTION_APPROVE, ACTION_ROLLBACK
 from store import Deploy
+from store.intents import AUTO_ROLLBACK
 from tests.conftest import Harness, approvals, config_yaml, engine
 
 AM_TOKEN = "am-token"
@@ -323,6 +324,30 @@ async def test_auto_rollback_on_a_page_tied_to_a_deploy(harness: Harness, clock)
     notes = [c.args["text"] for c in harness.fake.calls_to("chat.postMessage")
              if c.args.get("thread_ts") == deploy.message_ts]
     assert any(f"Automatic rollback #{rollback.id}" in n for n in notes)
+
+
+@pytest.mark.parametrize("auto_rollback", [True])
+async def test_an_auto_rollback_decided_before_a_crash_is_carried_out_after_the_restart(
+        harness: Harness, clock) -> None:
+    """The decision is a row recorded with the alert: a Slipway that dies
+    before acting on it leaves it to the next, and Alertmanager's repeat
+    (deduplicated) does not have to bring it back."""
+    await ship(harness, "2.6.3")
+    deploy = await ship(harness, "2.7.0")
+    # as if the alert had just been stored and Slipway killed before the rollback started:
+    # the intent is there, nothing else happened
+    with harness.store.transaction():
+        harness.store.intents.add(AUTO_ROLLBACK, deploy.id)
+    assert [i.deploy_id for i in harness.store.intents.pending(AUTO_ROLLBACK)] == [deploy.id]
+    await harness.restart()
+    await harness.settle()
+    rollback = harness.latest_deploy()
+    assert rollback.rollback_of == deploy.id and rollback.requested_by == "slipway"
+    assert rollback.status == "succeeded" and harness.deploy(deploy.id).status == "rolled_back"
+    assert harness.store.intents.pending(AUTO_ROLLBACK) == []  # settled with the rollback, carried out once
+    await harness.restart()
+    await harness.settle()
+    assert harness.latest_deploy().id == rollback.id
 
 
 async def test_a_stale_firing_after_the_resolve_is_ignored(harness: Harness, clock) -> None:

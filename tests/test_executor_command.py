@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,11 +90,14 @@ async def test_a_successful_command_gets_the_deploy_in_its_environment(tmp_path:
     assert outcome.succeeded and outcome.exit_code == 0
     assert re.fullmatch(r"exit 0 after \d+(\.\d)?s", outcome.summary)  # e.g. "exit 0 after 0.1s"
     assert seen["argv"] == ["--flag"] and seen["has_path"]
+    launch = remember.references[0]["launch"]
     assert seen["env"] == {"SLIPWAY_DEPLOY_ID": "42", "SLIPWAY_SERVICE": "api",
                            "SLIPWAY_ENVIRONMENT": "production", "SLIPWAY_VERSION": "2.7.0",
-                           "SLIPWAY_PREVIOUS_VERSION": "2.6.3"}
-    assert remember.references == [{"pid": seen["pid"], "process_start": remember.references[0]["process_start"]}]
-    assert isinstance(remember.references[0]["process_start"], int)
+                           "SLIPWAY_PREVIOUS_VERSION": "2.6.3", "SLIPWAY_LAUNCH_ID": launch}
+    # the intent before the program, then its pid
+    assert remember.references == [{"launch": launch},
+                                   {"pid": seen["pid"], "process_start": remember.references[1]["process_start"]}]
+    assert isinstance(remember.references[1]["process_start"], int)
     assert outcome.reference["pid"] == seen["pid"]
     assert isinstance(outcome.reference["spawned_at_monotonic"], float)
     # stdout and stderr both land in the tail, in order
@@ -230,7 +234,7 @@ async def test_a_command_that_cannot_start_fails_with_a_clear_message(command: l
 
     assert not outcome.succeeded and outcome.exit_code is None
     assert outcome.summary == expected
-    assert remember.references == []
+    assert [reference for reference in remember.references if "pid" in reference] == []  # only the intent
 
 
 async def test_a_missing_working_dir_is_named(tmp_path: Path) -> None:
@@ -246,6 +250,8 @@ async def test_a_failing_remember_stops_the_command(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
 
     async def broken(reference: dict[str, Any]) -> None:
+        if "pid" not in reference:
+            return  # the intent is recorded; recording the pid fails
         await read_pids(pids)  # let the script start its grandchild first
         raise RuntimeError("database is locked")
 
@@ -253,6 +259,82 @@ async def test_a_failing_remember_stops_the_command(tmp_path: Path) -> None:
         await executor(SLEEP_WITH_CHILD, str(pids)).run(job(), broken)
 
     assert await wait_until_dead(*await read_pids(pids)) == []
+
+
+async def test_a_failing_intent_starts_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "record.json"
+
+    async def broken(reference: dict[str, Any]) -> None:
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="database is locked"):
+        await executor(RECORD, str(out), "0").run(job(), broken)
+
+    assert not out.exists()
+
+
+async def test_the_intent_is_recorded_before_the_program_exists(tmp_path: Path) -> None:
+    out = tmp_path / "record.json"
+    existed_at_intent: list[bool] = []
+
+    async def remember(reference: dict[str, Any]) -> None:
+        if "launch" in reference:
+            existed_at_intent.append(out.exists())
+
+    await executor(RECORD, str(out), "0").run(job(), remember)
+
+    assert existed_at_intent == [False] and out.exists()
+
+
+# A Slipway that dies after spawning the program and before recording its pid:
+# a real process, killed (os._exit) in that very window, leaving the program running.
+DIES_IN_THE_WINDOW = """
+import asyncio, json, os, sys
+from datetime import datetime, timezone
+from bot.config import DeployExecutor
+from bot.executors.base import Job
+from bot.executors.command import CommandExecutor
+
+reference_file, *command = sys.argv[1:]
+
+async def remember(reference):
+    if "pid" in reference:
+        os._exit(9)
+    with open(reference_file, "w") as f:
+        json.dump(reference, f)
+
+job = Job(deploy_id=42, service="api", environment="production", version="2.7.0", previous_version=None,
+          rollback_of=None, started_at=datetime.now(timezone.utc))
+asyncio.run(CommandExecutor(DeployExecutor(command=command)).run(job, remember))
+"""
+
+
+async def test_a_program_started_just_before_slipway_died_is_found_by_its_mark_and_stopped(tmp_path: Path) -> None:
+    pids, reference_file = tmp_path / "pids", tmp_path / "reference.json"
+    root = Path(__file__).resolve().parent.parent
+    slipway = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DIES_IN_THE_WINDOW, str(reference_file), SLEEP_WITH_CHILD, str(pids),
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert await slipway.wait() == 9
+    script, grandchild = await read_pids(pids)
+    reference = json.loads(reference_file.read_text())
+    try:
+        assert set(reference) == {"launch"}  # the intent, and no pid
+        assert alive(script) and alive(grandchild)  # the program outlived the Slipway that started it
+
+        with pytest.raises(NotResumable, match=rf"\(pid {script}\) was starting .* and was stopped"):
+            await executor(SLEEP_WITH_CHILD).resume(job(), reference, Remembered())
+
+        assert await wait_until_dead(script, grandchild) == []
+    finally:
+        for pid in (script, grandchild):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_an_intent_with_no_program_left_says_whether_it_ran_is_unknown() -> None:
+    with pytest.raises(NotResumable, match="no process of it is left; whether it ran is unknown"):
+        await executor(RECORD).resume(job(), {"launch": "0" * 32}, Remembered())
 
 
 async def test_a_command_deploy_cannot_be_resumed() -> None:

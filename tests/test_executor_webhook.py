@@ -27,9 +27,12 @@ class CiEngine(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[dict] = []
+        self.headers: list[dict[str, str]] = []
         self.refused = 0
         self.answer_status = 202
         self.arrived = asyncio.Event()
+        self.on_arrival = lambda request_body: None  # a test's look at Slipway when a request lands
+        self.held: asyncio.Event | None = None  # set: requests wait for it before they are answered
 
     def web_app(self) -> web.Application:
         app = web.Application()
@@ -42,7 +45,11 @@ class CiEngine(FakeServer):
             self.refused += 1
             return web.json_response({"error": "bad signature"}, status=401)
         self.requests.append(json.loads(body))
-        self.arrived.set()
+        self.headers.append(dict(request.headers))
+        self.on_arrival(self.requests[-1])
+        await self.changed(self.arrived.set)
+        if self.held is not None:
+            await self.held.wait()
         return web.json_response({"accepted": True}, status=self.answer_status)
 
 
@@ -105,7 +112,9 @@ async def test_the_signed_request_reaches_the_engine_and_its_report_finishes_the
     deploy_id, callback = await request_deploy(harness, engine)
     assert engine.requests[-1] == {"deploy_id": deploy_id, "service": "api", "environment": "staging",
                                    "version": "2.7.0", "previous_version": None, "rollback_of": None,
-                                   "callback_url": f"{slipway_url}/webhooks/deploys/{deploy_id}"}
+                                   "callback_url": f"{slipway_url}/webhooks/deploys/{deploy_id}",
+                                   "idempotency_key": f"slipway-deploy-{deploy_id}"}
+    assert engine.headers[-1]["Idempotency-Key"] == f"slipway-deploy-{deploy_id}"
     assert engine.refused == 0
     assert harness.deploy(deploy_id).status == "deploying"
     assert await report(callback, {"status": "running", "log_url": "https://ci.example/run/7"}) == (200, {"ok": True})
@@ -258,3 +267,49 @@ async def test_a_report_arriving_in_several_pieces_is_read_whole(harness: Harnes
             assert answer.status == 200, await answer.text()
     await harness.settle()
     assert harness.deploy(deploy_id).status == "succeeded"
+
+
+# -- the dispatch is an intent recorded before the POST (at least once, one key) ------
+
+
+async def test_the_dispatch_is_recorded_before_the_request_leaves(harness: Harness, engine: CiEngine) -> None:
+    seen_by_engine: list[dict] = []
+    engine.on_arrival = lambda body: seen_by_engine.append(harness.deploy(body["deploy_id"]).reference)
+    deploy_id, callback = await request_deploy(harness, engine)
+    # when the request reached the engine, Slipway had already written down that it was sending it
+    [seen] = seen_by_engine
+    assert seen["dispatched"] == f"slipway-deploy-{deploy_id}" and "requested" not in seen
+    await report(callback, {"status": "succeeded"})
+    await harness.settle()
+    assert harness.deploy(deploy_id).reference["requested"] is True  # and that the engine took it
+
+
+async def test_a_restart_before_the_engine_answered_sends_the_request_again_under_the_same_key(
+        harness: Harness, engine: CiEngine) -> None:
+    engine.held = asyncio.Event()  # the engine takes the request but has not answered when Slipway stops
+    deploy_id, callback = await request_deploy(harness, engine)
+    assert "requested" not in harness.deploy(deploy_id).reference
+    engine.arrived.clear()
+    await harness.restart()
+    await asyncio.wait_for(engine.wait_for(lambda e: len(e.requests) == 2), 10)
+    engine.held.set()
+    assert engine.requests[0] == engine.requests[1]  # the same request, the same idempotency key
+    assert [h["Idempotency-Key"] for h in engine.headers] == [f"slipway-deploy-{deploy_id}"] * 2
+    await report(callback, {"status": "succeeded"})
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == "succeeded"
+    assert len(engine.requests) == 2
+
+
+async def test_a_restart_after_the_engine_reported_does_not_send_the_request_again(
+        harness: Harness, engine: CiEngine) -> None:
+    engine.held = asyncio.Event()
+    deploy_id, callback = await request_deploy(harness, engine)
+    # the engine has the request, as its report shows, though its answer to the POST never came back
+    assert await report(callback, {"status": "running"}) == (200, {"ok": True})
+    await harness.restart()
+    engine.held.set()
+    await report(callback, {"status": "succeeded"})
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == "succeeded"
+    assert len(engine.requests) == 1

@@ -118,6 +118,8 @@ async def test_a_refused_publish_is_logged_and_the_deploy_goes_on(harness: Harne
             await harness.settle()
     finally:
         harness.fake.token = "xoxb-test-token"
-    assert any("views.publish for U0BAD failed: invalid_auth" in r.getMessage() for r in caplog.records)
+    # the publish is a row in the outbox: refused, logged, and retried until it gets through
+    assert any("publish of 'home-U0BAD' in U0BAD failed" in r.getMessage() and "invalid_auth" in r.getMessage()
+               for r in caplog.records)
     assert "needs no approval" in await harness.command("web 1.0.0")  # the bot keeps serving
     await harness.fake.wait_for(lambda fake: "`1.0.0`" in text_of(fake.home_views["U0BAD"]))

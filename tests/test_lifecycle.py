@@ -84,7 +84,8 @@ async def test_a_staging_deploy_runs_the_engine_with_the_deploy_in_its_environme
     [call] = engine_calls(record)
     assert call["env"] == {"SLIPWAY_DEPLOY_ID": str(deploy.id), "SLIPWAY_SERVICE": "api",
                            "SLIPWAY_ENVIRONMENT": "staging", "SLIPWAY_VERSION": "2.7.0",
-                           "SLIPWAY_PREVIOUS_VERSION": ""}
+                           "SLIPWAY_PREVIOUS_VERSION": "",
+                           "SLIPWAY_LAUNCH_ID": deploy.reference["launch"]}  # the mark recorded before it started
     replies = thread(harness, deploy)
     assert "Handing api v2.7.0 to the command engine" in replies[0]
     assert "Deploy engine (command): exit 0" in replies[1] and "engine line 5: deploying api 2.7.0" in replies[1]

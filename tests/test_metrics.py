@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.slack.blocks import ACTION_APPROVE
 from tests.conftest import Harness, approvals, config_yaml, engine
 from tests.test_alerts import ALERTS, AM_TOKEN, am_alert, am_payload, send
 
@@ -79,8 +80,9 @@ async def test_refused_and_malformed_slack_requests_are_counted_with_their_outco
     await harness.command("help")
 
     samples = await scrape(harness)
-    assert value(samples, "slipway_slack_requests_total", surface="command", outcome="unauthorized") == 1
-    assert value(samples, "slipway_slack_requests_total", surface="other", outcome="unauthorized") == 1
+    # an unsigned body is never parsed, not even to label it: both refusals are "other"
+    assert value(samples, "slipway_slack_requests_total", surface="command", outcome="unauthorized") == 0
+    assert value(samples, "slipway_slack_requests_total", surface="other", outcome="unauthorized") == 2
     assert value(samples, "slipway_slack_requests_total", surface="other", outcome="invalid") == 1
     assert value(samples, "slipway_slack_requests_total", surface="command", outcome="ok") == 1
     assert value(samples, "slipway_slack_ack_seconds_count") == 4
@@ -172,13 +174,20 @@ async def test_every_429_is_counted_once_where_it_was_seen(harness: Harness, clo
     assert value(samples, "slipway_outbox_rate_limited_total") == by_outbox
     assert value(samples, "slipway_slack_api_rate_limited_total") == 0
 
-    # the app's own client (slack_sdk retries after Retry-After): post, permalink, updates, thread replies
-    await harness.command("web 1.0.0 staging")
-    by_client = [c for c in harness.fake.calls if c.status == 429][by_outbox:]
+    # the calls made on the spot, by the app's own client (slack_sdk retries after Retry-After): here the
+    # ephemeral answers to refused clicks, every other one of which meets a 429
+    await harness.slipway.outbox.wait_quiet()
+    harness.fake.rate_limit_methods = {"chat.postEphemeral"}
+    harness.mark_succeeded("web", "staging", "1.0.0")
+    await harness.command("web 1.0.0 production")
+    before = len([c for c in harness.fake.calls if c.status == 429])
+    for _ in range(2):  # the requester may not approve their own deploy: refused, told ephemerally
+        await harness.click(harness.message_of(harness.latest_deploy()), "U0DAVE", ACTION_APPROVE)
+    by_client = [c for c in harness.fake.calls if c.status == 429][before:]
     samples = await scrape(harness)
-    assert by_client and len(slack_sdk_waits) == len(by_client)  # the outbox's own 429s never reach slack_sdk
+    assert by_client and {c.method for c in by_client} == {"chat.postEphemeral"}
+    assert len(slack_sdk_waits) == len(by_client)  # the outbox's own 429s never reach slack_sdk
     assert value(samples, "slipway_slack_api_rate_limited_total") == len(by_client)
-    for method in {c.method for c in by_client}:
-        assert value(samples, "slipway_slack_api_rate_limited_total", method=method) == len(
-            [c for c in by_client if c.method == method])
+    assert value(samples, "slipway_slack_api_rate_limited_total", method="chat.postEphemeral") == len(by_client)
+    by_outbox = len([c for c in harness.fake.calls if c.status == 429]) - len(by_client)
     assert value(samples, "slipway_outbox_rate_limited_total") == by_outbox

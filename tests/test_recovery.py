@@ -65,8 +65,10 @@ async def test_a_killed_slipway_marks_an_interrupted_command_deploy_failed_and_k
         api = store.deploys.history("api")[0]
         assert api.status == "failed" and api.status_reason.startswith("deploy engine: interrupted by restart")
         store.close()
-        assert any("interrupted by restart" in c.args.get("text", "") and c.args.get("thread_ts") == api_message.ts
-                   for c in fake_slack.calls_to("chat.postMessage"))
+        # the thread says why, queued after the edit (so it may arrive a moment later)
+        await fake_slack.wait_for(lambda f: any(
+            "interrupted by restart" in c.args.get("text", "") and c.args.get("thread_ts") == api_message.ts
+            for c in f.calls_to("chat.postMessage")))
         # the engine outlived the killed Slipway (its own session); it was stopped before the
         # environment was freed, so nothing runs alongside the next deploy
         orphan = int(files["started"].read_text().split()[0])

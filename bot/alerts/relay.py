@@ -11,7 +11,9 @@ Slack is slow, rate-limits, or Slipway restarts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,12 +22,15 @@ from bot.alerts import render
 from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import Alert
 from bot.alerts.rules import LEVELS, Judgement, judge
-from bot.config import Config
+from bot.config import AlertLabels, Config
 from bot.deploys.ports import People
 from bot.durations import format_duration
 from bot.events import AlertsRelayed, DeployChanged, EventBus, SlackWorkQueued
 from bot.runtime.tasks import BackgroundTasks
 from store import Deploy, DeployStatus, Store, StoredAlert, deploy_message_key, stamp
+from store.alerts import episode_base
+from store.intents import AUTO_ROLLBACK
+from store.writer import StoreWriter
 
 STORM_WINDOW = timedelta(minutes=10)
 
@@ -42,35 +47,71 @@ class Receipt:
     page_deploys: list[int] = field(default_factory=list)  # deploys an auto-rollback should undo
 
 
+RollbackOffer = Callable[[Store, Deploy], tuple[str | None, str | None]]
+
+
 class AlertRelay:
-    def __init__(self, config: Config, store: Store,
-                 rollback_offer: Callable[[Deploy], tuple[str | None, str | None]],
+    """Monitors' deliveries in; the alerts and the Slack work they call for
+    recorded together, off the event loop when a writer is given."""
+
+    def __init__(self, config: Config, store: Store, rollback_offer: RollbackOffer,
                  clock: Callable[[], datetime], *, directory: People, events: EventBus,
-                 tasks: BackgroundTasks) -> None:
+                 tasks: BackgroundTasks, writer: StoreWriter | None = None) -> None:
         assert config.alerts is not None
         self.config = config
         self.settings = config.alerts
         self.store = store
-        self.rollback_offer = rollback_offer
+        self.rollback_offer = rollback_offer  # (store, deploy): what a Rollback button would go back to
         self.clock = clock
         self.directory = directory
         self.events = events  # publishes AlertsRelayed, and SlackWorkQueued when the outbox has work
         self.tasks = tasks
+        # Runs each delivery's transaction in a thread on a connection of its
+        # own, so a storm never holds the event loop (None: on the loop, on ``store``).
+        self.writer = writer
 
     async def ingest(self, source: str, group_key: str | None, alerts: list[Alert]) -> Receipt:
         """A monitor's delivery, whole: baselines filled from Prometheus where
         a rule says how, the alerts recorded with the Slack work they call for
-        (one transaction), and ``AlertsRelayed`` told (metrics, auto-rollback)."""
+        (one transaction, in the writer's thread), and, once committed,
+        ``AlertsRelayed`` and ``SlackWorkQueued`` told (metrics,
+        auto-rollback, the outbox worker)."""
         alerts = await fill_baselines(alerts, self.settings, self.store)
-        receipt = self.receive(group_key, alerts, oncall=await self.oncall_mention())
-        self.events.publish(SlackWorkQueued())
-        self.events.publish(AlertsRelayed(source, receipt.received, receipt.relayed, receipt.duplicates,
-                                          receipt.stale, tuple(receipt.page_deploys)))
-        return receipt
+        oncall = await self.oncall_mention()
+
+        def told(receipt: Receipt) -> Receipt:
+            self.events.publish(SlackWorkQueued())
+            self.events.publish(AlertsRelayed(source, receipt.received, receipt.relayed, receipt.duplicates,
+                                              receipt.stale, tuple(receipt.page_deploys)))
+            return receipt
+
+        if self.writer is None:
+            return told(self.receive(group_key, alerts, oncall))
+        recorded = self.writer.submit(lambda store: self.receive(group_key, alerts, oncall, store=store))
+        # Told from the loop as soon as it is committed, even if this request
+        # is cancelled meanwhile: what is stored is always announced.
+        recorded.add_done_callback(lambda done: told(done.result()) if not done.cancelled()
+                                   and done.exception() is None else None)
+        return await asyncio.shield(recorded)
+
+    async def parse(self, parse: Callable[[bytes, AlertLabels], tuple[str | None, list[Alert]]],
+                    body: bytes) -> tuple[str | None, list[Alert]]:
+        """``parse(body, alerts.labels)`` (a monitor's format), in the writer's
+        thread when there is one: checking and reading a 1000-alert body takes
+        tens of milliseconds, which must not hold the event loop. Raises what
+        ``parse`` raises (``MalformedPayload``)."""
+        if self.writer is None:
+            return parse(body, self.settings.labels)
+        return await self.writer.run(lambda store: parse(body, self.settings.labels))
 
     async def oncall_mention(self) -> str | None:
         """How a page notifies the on-call (``alerts.oncall``), e.g. ``<!subteam^S0ONCALL>``."""
         return await self.directory.mention(self.settings.oncall) if self.settings.oncall else None
+
+    async def close(self) -> None:
+        """Let the writer finish the deliveries it was given, then stop it."""
+        if self.writer is not None:
+            await self.writer.close()
 
     def deploy_changed(self, event: DeployChanged) -> None:
         """Once a deploy is rolled back, the alert messages tied to it stop
@@ -79,50 +120,139 @@ class AlertRelay:
             self.tasks.spawn(self._redraw(event.deploy_id), name=f"redraw-alerts-{event.deploy_id}")
 
     async def _redraw(self, deploy_id: int) -> None:
-        if self.redraw_for_deploy(deploy_id, oncall=await self.oncall_mention()):
+        oncall = await self.oncall_mention()
+        if self.writer is None:
+            queued = self.redraw_for_deploy(deploy_id, oncall)
+        else:
+            queued = await self.writer.run(lambda store: self.redraw_for_deploy(deploy_id, oncall, store=store))
+        if queued:
             self.events.publish(SlackWorkQueued())
 
-    def receive(self, group_key: str | None, alerts: list[Alert], oncall: str | None = None) -> Receipt:
-        """Record ``alerts`` and queue what Slack should see, atomically.
+    def receive(self, group_key: str | None, alerts: list[Alert], oncall: str | None = None, *,
+                store: Store | None = None) -> Receipt:
+        """Record ``alerts`` and queue what Slack should see, atomically, on
+        ``store`` (the writer thread's; by default the relay's own).
 
         Each message is rendered once per delivery, however many of its
         alerts changed (a 1000-alert group is one edit and one thread line,
         not a thousand). ``oncall`` is the mention a page carries (resolved by
         the caller, e.g. ``<!subteam^S0ONCALL>``).
         """
+        return _Delivery(self, store or self.store, oncall).record(group_key, alerts)
+
+    def redraw_for_deploy(self, deploy_id: int, oncall: str | None = None, *, store: Store | None = None) -> int:
+        """Queue an edit of every posted alert message tied to ``deploy_id``,
+        e.g. once it is rolled back, so none keeps offering a Rollback that no
+        longer applies. Returns how many edits were queued."""
+        return _Delivery(self, store or self.store, oncall).redraw_for_deploy(deploy_id)
+
+
+@dataclass
+class _Prepared:
+    """An alert, and what is known of it before any stored state is read."""
+
+    alert: Alert
+    judgement: Judgement  # by the rules (a resolution then takes the level it had)
+    starts_at: str | None
+    ends_at: str | None
+    payload: str  # its labels and annotations, as the store keeps them (JSON)
+
+
+class _Delivery:
+    """One delivery's work on one store, in one transaction, with what it has
+    looked up so far.
+
+    The transaction holds SQLite's write lock from its start (``BEGIN
+    IMMEDIATE``), so nobody else changes what was read: a fact is asked of
+    the database once per delivery (the deploy behind a service's alerts,
+    the episode a message is in, how many threads a service opened) instead
+    of once per alert, and kept up to date here as this delivery's own
+    writes change it.
+    """
+
+    def __init__(self, relay: AlertRelay, store: Store, oncall: str | None) -> None:
+        self.relay = relay
+        self.settings = relay.settings
+        self.store = store
+        self.oncall = oncall
+        self._known: dict[tuple[str, str, str | None], StoredAlert | None] = {}  # (source, fingerprint, start)
+        self._deploys: dict[int, Deploy] = {}
+        self._behind: dict[tuple[str, str, str], Deploy | None] = {}
+        self._episodes: dict[str, tuple[str, bool] | None] = {}  # base -> (newest key, any alert firing)
+        self._threads: dict[str | None, int] = {}  # service -> threads of its own opened lately
+        self._offers: dict[int, tuple[str | None, str | None]] = {}
+        self._stamps: dict[datetime | None, str | None] = {}
+        self._now = ""  # the moment the delivery is recorded at (set once its transaction has begun)
+
+    def record(self, group_key: str | None, alerts: list[Alert]) -> Receipt:
         receipt = Receipt(received=len(alerts))
         changed: dict[str, list[tuple[StoredAlert, str, Judgement]]] = {}
         deploys: dict[str, Deploy | None] = {}
+        # What needs no stored state is worked out before the transaction: the
+        # write lock (which the event loop's connection may be waiting for) is
+        # held only for what does.
+        prepared = [self._prepare(alert) for alert in alerts]
         with self.store.transaction():
-            for alert in alerts:
+            self._now = self.store.database.now()
+            self._look_up(prepared)
+            for alert in prepared:
                 stored, change, judgement, deploy = self._record(alert, group_key)
                 if change == "duplicate":
                     receipt.duplicates += 1
-                    receipt.stale += stored.status != alert.status  # a stale firing finds the row resolved
+                    receipt.stale += stored.status != alert.alert.status  # a stale firing finds the row resolved
                     continue
                 changed.setdefault(stored.message_key, []).append((stored, change, judgement))
                 deploys[stored.message_key] = deploy
             for key, changes in changed.items():
-                self._show(key, changes, deploys[key], oncall, receipt)
+                self._show(key, changes, deploys[key], receipt)
         return receipt
 
-    def _record(self, alert: Alert, group_key: str | None) -> tuple[StoredAlert, str, Judgement, Deploy | None]:
-        """Store ``alert``; how it changed what is known (``duplicate``: it
+    def _prepare(self, alert: Alert) -> _Prepared:
+        return _Prepared(alert, judge(alert, self.settings.rules), self._iso(alert.starts_at),
+                         self._iso(alert.ends_at),
+                         json.dumps({"labels": alert.labels, "annotations": alert.annotations}, default=str))
+
+    def _iso(self, moment: datetime | None) -> str | None:
+        """``moment`` as the store writes it (a delivery's alerts mostly share their times)."""
+        if moment not in self._stamps:
+            self._stamps[moment] = _iso(moment)
+        return self._stamps[moment]
+
+    def _look_up(self, prepared: list[_Prepared]) -> None:
+        """Every occurrence the delivery names, read in one query per source.
+        (A generic sender's alert may be a repeat of one still firing under
+        another start: those are looked up one by one, in :meth:`_existing`.)"""
+        by_source: dict[str, set[tuple[str, str | None]]] = {}
+        for alert in prepared:
+            if alert.alert.source != "generic":
+                by_source.setdefault(alert.alert.source, set()).add((alert.alert.fingerprint, alert.starts_at))
+        for source, occurrences in by_source.items():
+            found = self.store.alerts.find_many(source, occurrences)
+            for fingerprint, starts_at in occurrences:
+                self._known[(source, fingerprint, starts_at)] = found.get((fingerprint, starts_at))
+
+    def _existing(self, source: str, fingerprint: str, starts_at: str | None) -> StoredAlert | None:
+        known = (source, fingerprint, starts_at)
+        if known not in self._known:
+            self._known[known] = self.store.alerts.find(source, fingerprint, starts_at)
+        return self._known[known]
+
+    def _record(self, prepared: _Prepared, group_key: str | None) -> tuple[StoredAlert, str, Judgement, Deploy | None]:
+        """Store an alert; how it changed what is known (``duplicate``: it
         changed nothing, and the row it repeats is returned)."""
-        judgement = judge(alert, self.settings.rules)
-        starts_at = _iso(alert.starts_at)
+        alert, judgement, starts_at = prepared.alert, prepared.judgement, prepared.starts_at
         if alert.source == "generic" and (open_alert := self.store.alerts.latest_firing(alert.source,
                                                                                         alert.fingerprint)):
             # a generic sender may leave out started_at (it defaults to now):
             # a repeat or a resolve of an alert still firing is that alert
             starts_at = open_alert.starts_at
-        existing = self.store.alerts.find(alert.source, alert.fingerprint, starts_at)
+        existing = self._existing(alert.source, alert.fingerprint, starts_at)
         if existing is not None and alert.status == "resolved":
             # a resolution ends what was shown: it carries no numbers of its own,
             # and an alert that was never loud must not appear now as "resolved"
             judgement = Judgement(existing.level, judgement.rule_key, None, "resolved")
         deploy = self._deploy_behind(alert) if existing is None else (
-            self.store.deploys.get(existing.deploy_id) if existing.deploy_id else None)
+            self._deploy(existing.deploy_id) if existing.deploy_id else None)
         key = existing.message_key if existing is not None and existing.message_key else self._message_key(
             alert, group_key, judgement, deploy)
         fields = {
@@ -130,35 +260,30 @@ class AlertRelay:
             "status": alert.status, "name": alert.name, "service": alert.service,
             "environment": alert.environment, "metric": alert.metric, "value": alert.value,
             "baseline": alert.baseline, "severity": alert.severity, "level": judgement.level,
-            "starts_at": starts_at, "ends_at": _iso(alert.ends_at), "deploy_id": deploy.id if deploy else None,
+            "starts_at": starts_at, "ends_at": prepared.ends_at, "deploy_id": deploy.id if deploy else None,
             "message_key": key, "summary": alert.summary, "url": alert.url,
         }
-        stored, change = self.store.alerts.upsert(fields, {"labels": alert.labels, "annotations": alert.annotations},
-                                                  levels=LEVELS)
+        stored, change = self.store.alerts.upsert(fields, prepared.payload, levels=LEVELS, existing=existing,
+                                                  at=self._now)
+        if change != "duplicate":
+            self._known[(alert.source, alert.fingerprint, starts_at)] = stored
+            self._episode_written(stored, new=existing is None)
         return stored, change, judgement, deploy
 
-    def auto_rollback_wanted(self, stored: StoredAlert, change: str, deploy: Deploy | None) -> bool:
-        """A page-level breach tied, within the window, to a deploy on an
-        environment with auto_rollback — and not to a rollback (rolling a
-        rollback back would walk further back each time), nor to a deploy
-        already undone."""
-        if deploy is None or stored.status != "firing" or stored.level != "page" or change not in ("new", "louder"):
-            return False
-        if not self.config.environment(deploy.environment).auto_rollback:
-            return False
-        deploy = self.store.deploys.get(deploy.id)
-        if deploy.rollback_of is not None or deploy.status not in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
-            return False
-        if deploy.finished_at and stored.starts_at:
-            gap = (datetime.fromisoformat(stored.starts_at) - datetime.fromisoformat(deploy.finished_at))
-            return gap.total_seconds() <= self.settings.correlation_window
-        return True
+    def _deploy(self, deploy_id: int) -> Deploy:
+        if deploy_id not in self._deploys:
+            self._deploys[deploy_id] = self.store.deploys.get(deploy_id)
+        return self._deploys[deploy_id]
 
     def _deploy_behind(self, alert: Alert) -> Deploy | None:
         if not (alert.service and alert.environment):
             return None
-        moment = _iso(alert.starts_at) or self.store.database.now()
-        return self.store.deploys.behind(alert.service, alert.environment, moment, self.settings.correlation_window)
+        moment = self._iso(alert.starts_at) or self._now
+        where = (alert.service, alert.environment, moment)
+        if where not in self._behind:
+            self._behind[where] = self.store.deploys.behind(alert.service, alert.environment, moment,
+                                                            self.settings.correlation_window)
+        return self._behind[where]
 
     def _message_key(self, alert: Alert, group_key: str | None, judgement: Judgement, deploy: Deploy | None) -> str:
         """One message per (deploy or alert group, rule) and episode: once
@@ -169,7 +294,9 @@ class AlertRelay:
         else:
             group = hashlib.sha256(f"{alert.source}|{group_key or alert.fingerprint}".encode()).hexdigest()[:16]
             base = f"alert-group-{group}-{judgement.rule_key}"
-        episode = self.store.alerts.latest_episode(base)
+        if base not in self._episodes:
+            self._episodes[base] = self.store.alerts.latest_episode(base)
+        episode = self._episodes[base]
         if episode is None:
             return f"{base}-1"
         key, firing = episode
@@ -177,21 +304,47 @@ class AlertRelay:
             return key
         return f"{base}-{int(key.rsplit('-', 1)[1]) + 1}"
 
-    def redraw_for_deploy(self, deploy_id: int, oncall: str | None = None) -> int:
-        """Queue an edit of every posted alert message tied to ``deploy_id``,
-        e.g. once it is rolled back, so none keeps offering a Rollback that no
-        longer applies. Returns how many edits were queued."""
+    def _episode_written(self, stored: StoredAlert, *, new: bool) -> None:
+        """Keep the episodes read so far true after ``stored`` was written."""
+        base = episode_base(stored.message_key)
+        if base is None:
+            return
+        if not new:  # a status changed: whether the episode still fires is asked again
+            self._episodes.pop(base, None)
+            return
+        before = self._episodes.get(base)
+        firing = stored.status == "firing" or (before is not None and before[0] == stored.message_key and before[1])
+        self._episodes[base] = (stored.message_key, firing)
+
+    def auto_rollback_wanted(self, stored: StoredAlert, change: str, deploy: Deploy | None) -> bool:
+        """A page-level breach tied, within the window, to a deploy on an
+        environment with auto_rollback — and not to a rollback (rolling a
+        rollback back would walk further back each time), nor to a deploy
+        already undone."""
+        if deploy is None or stored.status != "firing" or stored.level != "page" or change not in ("new", "louder"):
+            return False
+        if not self.relay.config.environment(deploy.environment).auto_rollback:
+            return False
+        deploy = self._deploy(deploy.id)
+        if deploy.rollback_of is not None or deploy.status not in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
+            return False
+        if deploy.finished_at and stored.starts_at:
+            gap = (datetime.fromisoformat(stored.starts_at) - datetime.fromisoformat(deploy.finished_at))
+            return gap.total_seconds() <= self.settings.correlation_window
+        return True
+
+    def redraw_for_deploy(self, deploy_id: int) -> int:
         queued = 0
         with self.store.transaction():
             keys = self.store.alerts.message_keys_of_deploy(deploy_id)
             if not keys:
                 return 0
-            deploy = self.store.deploys.get(deploy_id)
+            deploy = self._deploy(deploy_id)
             for key in keys:
                 shown = self.store.alerts.with_message(key)
                 if not shown or not self.store.outbox.has_message(key):
                     continue
-                text, blocks = self._render(_visible(shown), deploy, oncall)
+                text, blocks = self._render(_visible(shown), deploy)
                 self.store.outbox.enqueue_update(key, text, blocks)
                 queued += 1
         return queued
@@ -199,19 +352,20 @@ class AlertRelay:
     # -- what Slack sees ---------------------------------------------------------------
 
     def _show(self, key: str, changes: list[tuple[StoredAlert, str, Judgement]], deploy: Deploy | None,
-              oncall: str | None, receipt: Receipt) -> None:
+              receipt: Receipt) -> None:
         shown = self.store.alerts.with_message(key)
         loud_shown = [a for a in shown if a.level != "quiet"]
         posted = self.store.outbox.has_message(key)
         if not loud_shown and not posted:
             return  # below every threshold: recorded, not posted
         receipt.relayed += len(changes)
-        text, blocks = self._render(_visible(shown), deploy, oncall)
+        text, blocks = self._render(_visible(shown), deploy)
         first = changes[0][0]
         channel, thread_key = self._where(first, deploy)
         for stored, change, _ in changes:
             if self.auto_rollback_wanted(stored, change, deploy) and deploy.id not in receipt.page_deploys:
                 receipt.page_deploys.append(deploy.id)
+                self.store.intents.add(AUTO_ROLLBACK, deploy.id)  # with the alert: a crash loses neither
         if not posted:
             self.store.outbox.enqueue_post(key, channel, text, blocks, thread_key=thread_key)
             receipt.posted += 1
@@ -224,8 +378,8 @@ class AlertRelay:
             return
         if len(lines) > 5:
             lines = lines[:5] + [f"…and {len(lines) - 5} more change(s) to this alert group"]
-        if oncall and any(stored.level == "page" and change == "louder" for stored, change, _ in changes):
-            lines.append(f"Paging {oncall}.")
+        if self.oncall and any(stored.level == "page" and change == "louder" for stored, change, _ in changes):
+            lines.append(f"Paging {self.oncall}.")
         line_thread = deploy_message_key(deploy.id) if deploy is not None else key
         line_key = f"{key}-line-{self.store.outbox.fresh_number()}"
         self.store.outbox.enqueue_post(line_key, channel, "\n".join(lines), thread_key=line_thread)
@@ -236,11 +390,14 @@ class AlertRelay:
         the alerts channel, or, in a storm, go into the service's digest thread."""
         if deploy is not None and deploy.channel:
             return deploy.channel, deploy_message_key(deploy.id)
-        since = stamp(self.clock() - STORM_WINDOW)
-        threads = self.store.alerts.recent_threads(stored.service, since)
+        now = self.relay.clock()
+        if stored.service not in self._threads:  # this delivery adds no alert from here on: asked once
+            self._threads[stored.service] = self.store.alerts.recent_threads(stored.service,
+                                                                             stamp(now - STORM_WINDOW))
+        threads = self._threads[stored.service]
         if threads <= self.settings.storm_threshold:
             return self.settings.channel, None
-        bucket = int(self.clock().timestamp() // STORM_WINDOW.total_seconds())
+        bucket = int(now.timestamp() // STORM_WINDOW.total_seconds())
         digest = f"digest-{stored.service or 'unlabelled'}-{bucket}"
         text = render.digest_text(stored.service, threads - self.settings.storm_threshold)
         if self.store.outbox.has_message(digest):
@@ -249,18 +406,19 @@ class AlertRelay:
             self.store.outbox.enqueue_post(digest, self.settings.channel, text)
         return self.settings.channel, digest
 
-    def _render(self, alerts: list[StoredAlert], deploy: Deploy | None,
-                oncall: str | None) -> tuple[str, list[dict]]:
+    def _render(self, alerts: list[StoredAlert], deploy: Deploy | None) -> tuple[str, list[dict]]:
         reasons = {a.id: judge(_as_alert(a), self.settings.rules).reason for a in alerts}
         rollback_to = None
         tie = None
         if deploy is not None:
-            deploy = self.store.deploys.get(deploy.id)
+            deploy = self._deploy(deploy.id)
             if deploy.rollback_of is None:  # an alert after a rollback is no reason to walk further back
-                rollback_to, _ = self.rollback_offer(deploy)
+                if deploy.id not in self._offers:
+                    self._offers[deploy.id] = self.relay.rollback_offer(self.store, deploy)
+                rollback_to, _ = self._offers[deploy.id]
             tie = _tie_text(alerts[0], deploy)
         blocks = render.alert_blocks(alerts, reasons=reasons, tie=tie, deploy=deploy, rollback_to=rollback_to,
-                                     oncall=oncall)
+                                     oncall=self.oncall)
         return render.fallback_text(alerts), blocks
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from slack_sdk.models.blocks import Block
 
 from bot.slack.blocks import as_dicts, context, rollback_button, section
-from bot.slack.mrkdwn import MAX_SECTION_TEXT, clip, escape
+from bot.slack.mrkdwn import MAX_SECTION_TEXT, clip, escape, link
 from store import Deploy, StoredAlert
 
 LEVEL_LABELS = {
@@ -27,10 +27,9 @@ def _who(alert: StoredAlert) -> str:
 
 
 def _link(url: str | None) -> str | None:
-    """A link to the monitor, or None when the URL cannot be one safely."""
-    if not url or len(url) > 1000 or any(c in url for c in "<>| \n"):
-        return None
-    return f"<{url}|open in the monitor>"
+    """A link to the monitor, or None when the URL cannot be one safely
+    (not a plain http(s) URL: see ``bot.slack.mrkdwn.link``)."""
+    return link(url, "open in the monitor")
 
 
 def alert_blocks(alerts: list[StoredAlert], *, reasons: dict[int, str], tie: str | None, deploy: Deploy | None,

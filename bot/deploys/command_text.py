@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from bot.errors import UsageError
+from bot.slack.mrkdwn import escape
 
 HELP_TEXT = """\
 *Slipway — deploys from Slack*
@@ -202,7 +203,7 @@ def parse_command(text: str) -> Command:
     migration = any(word.lower() == MIGRATION for word in words)
     words = [word for word in words if word.lower() != MIGRATION]
     if unknown := [word for word in words if word.startswith("--")]:
-        raise UsageError(f"I don't know the option `{unknown[0]}`. A request takes `--override \"reason\"` "
+        raise UsageError(f"I don't know the option `{escape(unknown[0])}`. A request takes `--override \"reason\"` "
                          f"and `--migration`. Try `/deploy help`.")
     if len(words) not in (2, 3):
         raise UsageError(
@@ -229,5 +230,5 @@ def _parse_stats(words: list[str]) -> StatsCommand:
         return StatsCommand(service, STATS_DEFAULT_DAYS)
     number = days_text.lower().removesuffix("d")
     if not number.isdigit() or not STATS_DAYS[0] <= int(number) <= STATS_DAYS[1]:
-        raise UsageError(f"`{days_text}` is not a number of days from {STATS_DAYS[0]} to {STATS_DAYS[1]}. {usage}")
+        raise UsageError(f"`{escape(days_text)}` is not a number of days from {STATS_DAYS[0]} to {STATS_DAYS[1]}. {usage}")
     return StatsCommand(service, int(number))

@@ -115,7 +115,7 @@ class Nudges:
         else:
             need = "has its approvals but waits on its checklist"
         unticked = f" Unticked: {len(deploy.unticked)} checklist item(s)." if deploy.unticked else ""
-        await self.views.thread(
+        self.views.thread(
             deploy, f":bell: Reminder: #{deploy.id} ({deploy.service} {deploy.display_version} to "
                     f"{deploy.environment}) {need}.{unticked} It expires {when(deploy.expires_at)}.")
 
@@ -124,13 +124,12 @@ class Nudges:
     def request_expired(self, event: RequestExpired) -> None:
         """Say in the thread that a request expired (its message and the DM follow DeployChanged)."""
         deploy = event.deploy
-        self.tasks.spawn(self.views.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
-                                                      f"Request it again if it is still wanted."),
-                         name=f"expired-{deploy.id}")
+        self.views.thread(deploy, f":hourglass: Expired: {deploy.status_reason}. "
+                                  f"Request it again if it is still wanted.")
 
     def locks_expired(self, event: LocksExpired) -> None:
         """An expired lock releases itself when Slipway next reads the locks (or sweeps), and says so once."""
-        self.tasks.spawn(self.views.post(expired_locks_text(list(event.locks))), name="announce-expired-locks")
+        self.views.post(expired_locks_text(list(event.locks)))
 
     def checklist_blocked(self, event: ChecklistBlocked) -> None:
         """Ask the requester to finish the checklist an approver is waiting on."""
@@ -140,14 +139,13 @@ class Nudges:
         # once per state of the checklist: a double click, or a second approver
         # meeting the same unticked items, does not message the requester again
         unticked = ",".join(str(item.position) for item in deploy.checklist if not item.ticked)
-        if not self.store.deploys.claim_notification(deploy.id, f"checklist:{unticked}"):
-            return
         items = "\n".join(f"• {label}" for label in deploy.unticked)
-        self.tasks.spawn(self.views.direct(
-            deploy.requested_by,
-            f":ballot_box_with_check: {mention(approver)} wants to give the final approval of your deploy "
-            f"{_name(deploy)}, but its checklist is not done. Tick these in {_link(deploy)}:\n{items}"),
-            name=f"dm-checklist-{deploy.id}")
+        with self.store.transaction():  # claimed and queued together: told once, never lost
+            if self.store.deploys.claim_notification(deploy.id, f"checklist:{unticked}"):
+                self.views.direct(
+                    deploy.requested_by,
+                    f":ballot_box_with_check: {mention(approver)} wants to give the final approval of your deploy "
+                    f"{_name(deploy)}, but its checklist is not done. Tick these in {_link(deploy)}:\n{items}")
 
     async def reopen_if_stale(self, deploy: Deploy) -> Deploy | None:
         """Just before an approved deploy starts: if its approvals are no longer
@@ -172,13 +170,13 @@ class Nudges:
                                               reason=reason,
                                               detail={"expires_at": expires_at})
                 reopened = self.store.deploys.set_expiry(deploy.id, expires_at)
+                self.events.publish(DeployChanged(deploy.id))
+                self.views.thread(reopened, f":hourglass: Not started: {reason}. Approve it again to deploy.")
+                if _person(deploy.requested_by):
+                    self.views.direct(deploy.requested_by, f":hourglass: Your deploy {_name(deploy)} did not start: "
+                                                           f"{reason}. See {_link(deploy)}.")
         except StateConflict:
             return None
-        self.events.publish(DeployChanged(deploy.id))
-        await self.views.thread(reopened, f":hourglass: Not started: {reason}. Approve it again to deploy.")
-        if _person(deploy.requested_by):
-            await self.views.direct(deploy.requested_by, f":hourglass: Your deploy {_name(deploy)} did not start: "
-                                                            f"{reason}. See {_link(deploy)}.")
         return reopened
 
     def deploy_changed(self, event: DeployChanged) -> None:
@@ -193,8 +191,9 @@ class Nudges:
         text = self._news(deploy)
         if text is None or not _person(deploy.requested_by):
             return
-        if self.store.deploys.claim_notification(deploy.id, deploy.status):
-            self.tasks.spawn(self.views.direct(deploy.requested_by, text), name=f"dm-{deploy.id}-{deploy.status}")
+        with self.store.transaction():  # claimed and queued together: told once, never lost
+            if self.store.deploys.claim_notification(deploy.id, deploy.status):
+                self.views.direct(deploy.requested_by, text)
 
     def _news(self, deploy: Deploy) -> str | None:
         """What the requester is told of ``deploy``'s state, or None."""

@@ -16,7 +16,7 @@ from bot.config import Config, Environment, FreezeWindow
 from bot.deploys.ports import People
 from bot.deploys.versions import Version, bump_kind, parse_version
 from bot.errors import NotAllowed, PolicyViolation, UnknownEnvironment, UnknownService
-from bot.slack.mrkdwn import mention, when
+from bot.slack.mrkdwn import escape, mention, when
 from store import Deploy, Lock, Store
 
 
@@ -35,7 +35,7 @@ class RequestPlan:
 def resolve_service(config: Config, service: str) -> str:
     if service not in config.services:
         known = ", ".join(f"`{name}`" for name in sorted(config.services))
-        raise UnknownService(f"I don't know a service called `{service}`. Known services: {known}.")
+        raise UnknownService(f"I don't know a service called `{escape(service)}`. Known services: {known}.")
     return service
 
 
@@ -46,7 +46,7 @@ def resolve_environment(config: Config, service: str, name: str | None) -> Envir
         return config.environment(rungs[0])
     if name not in config.environment_names:
         ladder = " → ".join(config.environment_names)
-        raise UnknownEnvironment(f"`{name}` is not an environment. The ladder is {ladder}.")
+        raise UnknownEnvironment(f"`{escape(name)}` is not an environment. The ladder is {ladder}.")
     if name not in rungs:
         raise UnknownEnvironment(
             f"`{service}` is not deployed to `{name}`; its environments are {', '.join(rungs)}."

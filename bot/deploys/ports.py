@@ -22,13 +22,17 @@ class DeployViews(Protocol):
             SlipwayError: it could not be shown; the request was cancelled and the message says why.
         """
 
-    async def thread(self, deploy: Deploy, text: str) -> None:
+    # The three below queue what they are given (durably, in the caller's
+    # transaction when one is open) and return at once: the domain never
+    # waits on, nor fails because of, the place people look.
+
+    def thread(self, deploy: Deploy, text: str) -> None:
         """A note under the deploy's message."""
 
-    async def direct(self, user: str, text: str) -> None:
+    def direct(self, user: str, text: str) -> None:
         """A direct message to a person."""
 
-    async def post(self, text: str) -> None:
+    def post(self, text: str) -> None:
         """A message in the deploy channel, outside any thread."""
 
 

@@ -22,7 +22,7 @@ from bot.deploys.policy import (
 )
 from bot.deploys.ports import DeployViews, People
 from bot.errors import PolicyViolation, SlipwayError
-from bot.events import AlertsRelayed, DeployChanged, EventBus
+from bot.events import AlertsRelayed, DeployChanged, DeployPosted, EventBus
 from bot.runtime.logs import deploy_context
 from bot.runtime.tasks import BackgroundTasks
 from bot.slack.mrkdwn import mention, rollback_plan_text
@@ -33,7 +33,9 @@ from store import (
     DuplicateRequest,
     StateConflict,
     Store,
+    deploy_message_key,
 )
+from store.intents import AUTO_ROLLBACK
 
 ROLLBACK_FROM = (DeployStatus.SUCCEEDED, DeployStatus.FAILED)
 
@@ -136,6 +138,7 @@ class Rollbacks:
         self.views = views
         self.events = events  # publishes DeployChanged for what a rollback supersedes and undoes
         self.tasks = tasks
+        self._auto_rolling_back: set[int] = set()  # deploys whose automatic rollback is being carried out
 
     async def start(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
         """Record, announce and run a rollback the person confirmed (the
@@ -146,21 +149,28 @@ class Rollbacks:
             SlipwayError: refused (who, what, or a deploy in the way).
         """
         rollback, undone, superseded = await self.record(deploy_id, target, user, source)
-        rollback = await self._announce(rollback, superseded)
+        rollback = await self._announce(rollback)
         plan = rollback_plan_text(undone, rollback.version)
-        await self.views.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
-                                        f"<{rollback.permalink or ''}|Follow it here>.")
+        self.views.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
+                                        f"<{{permalink:{deploy_message_key(rollback.id)}}}|Follow it here>.")
         self.events.publish(DeployChanged(undone.id))
         return rollback
 
-    def auto_rollback_pages(self, event: AlertsRelayed) -> None:
-        """Roll back, in the background, each deploy a page-level alert was tied to."""
-        for deploy_id in event.page_deploys:
-            self.tasks.spawn(self.auto_rollback(deploy_id), name=f"auto-rollback-{deploy_id}")
+    def auto_rollback_pages(self, event: AlertsRelayed | None = None) -> None:
+        """Carry out, in the background, every pending automatic rollback: the
+        relay records one with each page-level alert tied to a deploy where
+        ``auto_rollback`` is on (also called at start, for those a previous
+        Slipway recorded and did not get to)."""
+        for intent in self.store.intents.pending(AUTO_ROLLBACK):
+            if intent.deploy_id not in self._auto_rolling_back:
+                self._auto_rolling_back.add(intent.deploy_id)
+                task = self.tasks.spawn(self.auto_rollback(intent.deploy_id), name=f"auto-rollback-{intent.deploy_id}")
+                task.add_done_callback(lambda _, deploy_id=intent.deploy_id: self._auto_rolling_back.discard(deploy_id))
 
     async def auto_rollback(self, deploy_id: int) -> None:
         """Roll back a deploy a page-level alert was tied to, where the
-        environment asks for it (``auto_rollback: true``), and say so."""
+        environment asks for it (``auto_rollback: true``), and say so. The
+        intent is settled with the rollback, or with the note saying why not."""
         with deploy_context(deploy_id):
             deploy = self.store.deploys.get(deploy_id)
             try:
@@ -168,19 +178,20 @@ class Rollbacks:
                 rollback, undone, superseded = await self.record(
                     deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
             except SlipwayError as refusal:
-                await self.views.thread(deploy, f":warning: A page-level alert asked for an automatic rollback of "
-                                                f"#{deploy_id}, but it cannot run: {refusal.message}")
+                with self.store.transaction():
+                    if self.store.intents.settle(AUTO_ROLLBACK, deploy_id, f"refused: {refusal.message}"):
+                        self.views.thread(deploy, f":warning: A page-level alert asked for an automatic rollback "
+                                                  f"of #{deploy_id}, but it cannot run: {refusal.message}")
                 return
-            rollback = await self._announce(rollback, superseded)
-            await self.views.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
+            rollback = await self._announce(rollback)
+            self.views.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
                                             f"{undone.environment}, page-level alert): {plan.text}.")
 
-    async def _announce(self, rollback: Deploy, superseded: Deploy | None) -> Deploy:
-        """The request a rollback supersedes says it was cancelled; then the rollback's own message."""
-        if superseded is not None:
-            self.events.publish(DeployChanged(superseded.id))
-            await self.views.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
-        return await self.views.announce(rollback)
+    async def _announce(self, rollback: Deploy) -> Deploy:
+        """The rollback's own message (the runner starts it once posted, or once Slack took too long)."""
+        await self.views.announce(rollback)
+        self.events.publish(DeployPosted(rollback.id))  # started even if Slack has not taken the message yet
+        return self.store.deploys.get(rollback.id)
 
     async def offer_for(self, user: str, service: str, environment: str | None,
                         source: str | None = None) -> RollbackPlan:
@@ -221,15 +232,22 @@ class Rollbacks:
             raise PolicyViolation(
                 f"The rollback target changed since you were asked: it is now {plan.text}. "
                 "Look again and confirm the new one.")
-        superseded = self._clear_the_way(current, user, source)
         try:
-            with self.store.transaction():  # the rollback, its lock and its block: all or nothing
+            # the request it supersedes, the rollback, its lock and its block, and what they
+            # call for in Slack: all or nothing
+            with self.store.transaction():
+                superseded = self._clear_the_way(current, user, source)
+                if superseded is not None:
+                    self.events.publish(DeployChanged(superseded.id))
+                    self.views.thread(superseded, f":heavy_multiplication_x: Cancelled: {superseded.status_reason}.")
                 rollback = self.store.deploys.create(
                     service=current.service, environment=current.environment, version=plan.target.version,
                     version_prefixed=plan.target.version_prefixed, requested_by=user,
                     previous_version=current.version, checklist=[], needs_approval=False,
                     rollback_of=current.id, trigger_id=trigger_id, source=source)
                 self._keep_rolled_back(rollback, current, user, source)
+                if automatic:
+                    self.store.intents.settle(AUTO_ROLLBACK, current.id, f"rollback #{rollback.id}")
         except (DeployInFlight, DuplicateRequest) as conflict:
             existing = conflict.existing
             if existing.rollback_of == current.id:

@@ -26,8 +26,9 @@ from bot.executors import EngineReports, Job, NotResumable, Outcome, build_execu
 from bot.executors.process import run_process
 from bot.runtime.tasks import BackgroundTasks
 from bot.slack.mrkdwn import (
-    MAX_LOG_TAIL,
+    code_block,
     engine_log_text,
+    escape,
     failure_text,
     success_text,
     verification_text,
@@ -73,6 +74,16 @@ class DeployRunner:
     def start(self, deploy_id: int) -> None:
         """Run an approved deploy in the background (once, however often asked)."""
         self._spawn(deploy_id, resume=False)
+
+    async def announce_and_start(self, deploy: Deploy) -> None:
+        """Show a new request (waiting a little for its message) and start it
+        if it needs no approval, whether or not Slack took the message yet.
+
+        Raises:
+            SlipwayError: the channel refused the message; the request is cancelled.
+        """
+        await self.views.announce(deploy)
+        self.start_if_approved(DeployPosted(deploy.id))
 
     def start_if_approved(self, event: DeployPosted | DeployChanged) -> None:
         """Start a deploy once it is approved and shown: a request that needs
@@ -175,12 +186,13 @@ class DeployRunner:
             if await self.reopen_if_stale(deploy) is not None:
                 return
             try:
-                deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.APPROVED,),
-                                                       to=DeployStatus.DEPLOYING, actor=None, action="deploy_started",
-                                                       detail={"engine": spec.kind})
+                with self.store.transaction():  # the state and the redraw it calls for, together
+                    deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.APPROVED,),
+                                                           to=DeployStatus.DEPLOYING, actor=None,
+                                                           action="deploy_started", detail={"engine": spec.kind})
+                    self.events.publish(DeployChanged(deploy_id))
             except StateConflict:
                 return  # another runner got there first
-            self.events.publish(DeployChanged(deploy_id))
         job = self._job(deploy, fresh=not resume)
         if not resume and not await self._back_up(deploy, spec, job):
             return
@@ -189,27 +201,24 @@ class DeployRunner:
             await self._finish(deploy, DeployStatus.FAILED, "interrupted by a restart before its backup finished; "
                                                  "the engine was not run")
             return
-        # The engine starts now; the thread is told alongside, not before (a
-        # rollback should not wait on a Slack round trip), and the note is
-        # posted before the engine's log so the thread reads in order.
-        handing = None if resume else asyncio.ensure_future(self.views.thread(
-            deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
-                    f"{spec.kind.replace('_', ' ')} engine…"))
-        try:
-            outcome = await self._execute(deploy, spec, job, resume)
-        finally:
-            if handing is not None:
-                await handing
+        # The note is queued, never waited on: the engine starts at once, and
+        # the note is still posted before the engine's log, so the thread reads in order.
+        if not resume:
+            self.views.thread(deploy, f":rocket: Handing {deploy.service} {deploy.display_version} to the "
+                                      f"{spec.kind.replace('_', ' ')} engine…")
+        outcome = await self._execute(deploy, spec, job, resume)
         deploy = self.store.deploys.record_engine_result(
             deploy_id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
             run_url=outcome.run_url, log_tail=outcome.log_tail, reference=outcome.reference)
-        await self.views.thread(deploy, engine_log_text(deploy, outcome.succeeded))
+        self.views.thread(deploy, engine_log_text(deploy, outcome.succeeded))
         if not outcome.succeeded:
-            await self._finish(deploy, DeployStatus.FAILED, f"deploy engine: {outcome.summary}")
+            # a status reason is mrkdwn: what the engine said is escaped as it is written in
+            await self._finish(deploy, DeployStatus.FAILED, f"deploy engine: {escape(outcome.summary)}")
             return
-        deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.DEPLOYING,),
-                                               to=DeployStatus.VERIFYING, actor=None, action="verifying")
-        self.events.publish(DeployChanged(deploy_id))
+        with self.store.transaction():
+            deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.DEPLOYING,),
+                                                   to=DeployStatus.VERIFYING, actor=None, action="verifying")
+            self.events.publish(DeployChanged(deploy_id))
         await self._verify(deploy, job)
 
     def _backup_for(self, deploy: Deploy) -> Backup | None:
@@ -227,8 +236,8 @@ class DeployRunner:
         backup = self._backup_for(deploy)
         if backup is None:
             return True
-        await self.views.thread(deploy, f":card_file_box: Taking a backup before the migration: "
-                                           f"`{shlex.join(backup.command)}`")
+        self.views.thread(deploy, f":card_file_box: Taking a backup before the migration: "
+                                           f"`{escape(shlex.join(backup.command))}`")
         result = await run_process(backup.command, env=job.environ, timeout=backup.timeout, cwd=backup.working_dir,
                                    withhold=job.withhold)
         self.store.deploys.remember_reference(deploy.id, spec.kind, {"backup": {"succeeded": result.succeeded,
@@ -239,11 +248,11 @@ class DeployRunner:
         if result.succeeded:
             self.events.publish(DeployChanged(deploy.id))
             return True
-        tail = result.output_tail.strip()[-MAX_LOG_TAIL:]
-        await self.views.thread(deploy, f":x: Backup failed ({result.summary}); the deploy engine was not run."
-                                           + (f"\n```{tail}```" if tail else ""))
+        tail = code_block(result.output_tail)
+        self.views.thread(deploy, f":x: Backup failed ({escape(result.summary)}); the deploy engine was not run."
+                                           + (f"\n{tail}" if tail else ""))
         await self._finish(self.store.deploys.get(deploy.id), DeployStatus.FAILED,
-                           f"backup failed ({result.summary}); the engine was not run")
+                           f"backup failed ({escape(result.summary)}); the engine was not run")
         return False
 
     def _job(self, deploy: Deploy, *, fresh: bool) -> Job:
@@ -296,51 +305,57 @@ class DeployRunner:
         result = await verify(checks, job, sleep=self.verify_sleep, clock=self.verify_clock)
         deploy = self.store.deploys.record_verification(deploy.id, result.as_records())
         if result.checks:
-            await self.views.thread(deploy, verification_text(deploy))
+            self.views.thread(deploy, verification_text(deploy))
         if result.passed:
             await self._finish(deploy, DeployStatus.SUCCEEDED, None)
         else:
             failed = next(c for c in result.checks if not c.passed)
-            await self._finish(deploy, DeployStatus.FAILED, f"verification: {failed.name} — {failed.detail}")
+            await self._finish(deploy, DeployStatus.FAILED, f"verification: {escape(failed.name)} — {escape(failed.detail)}")
 
     async def _finish(self, deploy: Deploy, status: DeployStatus, reason: str | None,
                       allowed_from: tuple[DeployStatus, ...] = (DeployStatus.DEPLOYING,
                                                                 DeployStatus.VERIFYING)) -> None:
+        """End the deploy: its new state, what it undoes (a rollback's), and
+        every note and redraw it calls for, as one transaction."""
         try:
-            deploy = self.store.deploys.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
-                                                   action=status, reason=reason)
+            with self.store.transaction():
+                deploy = self.store.deploys.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
+                                                       action=status, reason=reason)
+                self.events.publish(DeployChanged(deploy.id))
+                self._tell_finished(deploy)
         except StateConflict:
             return
-        self.events.publish(DeployChanged(deploy.id))
-        if status == DeployStatus.CANCELLED:
-            await self.views.thread(deploy, f":heavy_multiplication_x: {deploy.status_reason}.")
+
+    def _tell_finished(self, deploy: Deploy) -> None:
+        if deploy.status == DeployStatus.CANCELLED:
+            self.views.thread(deploy, f":heavy_multiplication_x: {deploy.status_reason}.")
             return
-        if status == DeployStatus.FAILED:
-            await self.views.thread(deploy, failure_text(deploy))
-            await self._ship_report(deploy)
+        if deploy.status == DeployStatus.FAILED:
+            self.views.thread(deploy, failure_text(deploy))
+            self._ship_report(deploy)
             return
-        await self.views.thread(deploy, success_text(deploy, format_duration(deploy.duration_seconds)))
+        self.views.thread(deploy, success_text(deploy, format_duration(deploy.duration_seconds)))
         previous = self.store.deploys.rollback_target(deploy)
         if previous is not None:
             self.events.publish(DeployChanged(previous.id))  # its Rollback button no longer applies
         if deploy.rollback_of is not None:
-            await self._mark_rolled_back(deploy)
-        await self._ship_report(deploy)
+            self._mark_rolled_back(deploy)
+        self._ship_report(deploy)
 
-    async def _ship_report(self, deploy: Deploy) -> None:
+    def _ship_report(self, deploy: Deploy) -> None:
         """The ship report, in the thread of a deploy to the last rung (production)."""
         if deploy.environment == self.config.environment_names[-1]:
-            await self.views.thread(deploy, as_slack_mrkdwn(ship_report(self.store, self.config, deploy)))
+            self.views.thread(deploy, as_slack_mrkdwn(ship_report(self.store, self.config, deploy)))
 
-    async def _mark_rolled_back(self, rollback: Deploy) -> None:
-        try:
-            undone = self.store.deploys.transition(rollback.rollback_of, allowed_from=(DeployStatus.SUCCEEDED,),
-                                                   to=DeployStatus.ROLLED_BACK,
-                                                   actor=rollback.requested_by, action="rolled_back",
-                                                   reason=f"rolled back to {rollback.display_version} "
-                                                          f"by #{rollback.id}")
-        except StateConflict:
+    def _mark_rolled_back(self, rollback: Deploy) -> None:
+        """The deploy a successful rollback undid is now rolled back (in the rollback's transaction)."""
+        undone = self.store.deploys.get(rollback.rollback_of)
+        if undone.status != DeployStatus.SUCCEEDED:
             return  # a failed deploy stays failed; the rollback record points at it
+        undone = self.store.deploys.transition(undone.id, allowed_from=(DeployStatus.SUCCEEDED,),
+                                               to=DeployStatus.ROLLED_BACK, actor=rollback.requested_by,
+                                               action="rolled_back",
+                                               reason=f"rolled back to {rollback.display_version} by #{rollback.id}")
         self.events.publish(DeployChanged(undone.id))
         # the rollback's own message may have been drawn while the undone deploy
         # still counted as a success, offering to "roll back" to the version just left

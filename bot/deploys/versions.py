@@ -43,8 +43,10 @@ def parse_version(text: str) -> Version:
     try:
         return Version(semver.Version.parse(bare), prefixed)
     except (ValueError, TypeError):
+        from bot.slack.mrkdwn import escape  # not at the top: mrkdwn needs bump_kind from here
+
         raise InvalidVersion(
-            f"`{text}` is not a semantic version — use MAJOR.MINOR.PATCH, e.g. `v2.7.0` or `2.7.0-rc.1`."
+            f"`{escape(text)}` is not a semantic version — use MAJOR.MINOR.PATCH, e.g. `v2.7.0` or `2.7.0-rc.1`."
         ) from None
 
 

@@ -48,7 +48,7 @@ from bot.events import (
     LocksExpired,
     RequestExpired,
 )
-from bot.slack.mrkdwn import mention, when
+from bot.slack.mrkdwn import escape, mention, when
 from store import (
     ALL_ENVIRONMENTS,
     AlreadyApproved,
@@ -184,13 +184,14 @@ class DeployWorkflow:
         """End a request nobody decided on in time; None if it was decided meanwhile."""
         lifetime = format_duration(self.expire_after(self._environment(deploy)))
         try:
-            expired = self.store.deploys.transition(deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,),
-                                                    to=DeployStatus.EXPIRED, actor=None, action="expired",
-                                                    reason=f"nobody decided on it within {lifetime} of the request")
+            with self.store.transaction():
+                expired = self.store.deploys.transition(
+                    deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,), to=DeployStatus.EXPIRED, actor=None,
+                    action="expired", reason=f"nobody decided on it within {lifetime} of the request")
+                self.events.publish(DeployChanged(expired.id))  # its message says Expired, then its thread says why
+                self.events.publish(RequestExpired(expired))
         except StateConflict:
             return None
-        self.events.publish(DeployChanged(expired.id))  # its message says Expired first, then its thread says why
-        self.events.publish(RequestExpired(expired))
         return expired
 
     def _refuse_if_expired(self, deploy: Deploy) -> None:
@@ -232,7 +233,7 @@ class DeployWorkflow:
         await self._requester_or_approver(deploy, user, "tick", "tick the checklist of", source)
         self._refuse_if_expired(deploy)
         try:
-            return self._changed(self.store.deploys.set_checklist_item(deploy_id, position, ticked, user, source))
+            return self._changed(lambda: self.store.deploys.set_checklist_item(deploy_id, position, ticked, user, source))
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
         except LookupError:
@@ -265,7 +266,7 @@ class DeployWorkflow:
             raise PolicyViolation(f"#{deploy.id} cannot be approved now: {reason}")
         await self._refuse_if_not_needed(deploy, user, counts_as, source)
         try:
-            return self._changed(self.store.deploys.record_approval(
+            return self._changed(lambda: self.store.deploys.record_approval(
                 deploy_id, user, required=self._required_normal(deploy), counts_as=counts_as,
                 valid_since=self.approvals_valid_since(deploy), source=source))
         except AlreadyApproved:
@@ -350,14 +351,18 @@ class DeployWorkflow:
 
     def _end(self, deploy: Deploy, status: DeployStatus, user: str, reason: str, source: str | None) -> Deploy:
         try:
-            return self._changed(self.store.deploys.transition(
+            return self._changed(lambda: self.store.deploys.transition(
                 deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,), to=status, actor=user, action=status,
                 reason=reason, source=source))
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
 
-    def _changed(self, deploy: Deploy) -> Deploy:
-        self.events.publish(DeployChanged(deploy.id))
+    def _changed(self, change: Callable[[], Deploy]) -> Deploy:
+        """Make ``change`` and record what it calls for (the subscribers of
+        DeployChanged queue their Slack work) in one transaction."""
+        with self.store.transaction():
+            deploy = change()
+            self.events.publish(DeployChanged(deploy.id))
         return deploy
 
     def abandon(self, deploy: Deploy, reason: str) -> Deploy:
@@ -441,7 +446,9 @@ class DeployWorkflow:
         if not reason:
             raise UsageError("A lock needs a reason, so nobody is left guessing: "
                              '`/deploy lock <service> [environment] [duration] "reason"`.')
-        lock = self.store.locks.acquire(service, environment, user, reason, source=source,
+        # stored as mrkdwn, like the reasons Slipway writes itself ("rolled back
+        # … by <@U…>"): what the person typed is escaped once, here
+        lock = self.store.locks.acquire(service, environment, user, escape(reason), source=source,
                                         until=stamp(until) if until else None)
         self._locks_changed()
         return lock

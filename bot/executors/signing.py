@@ -16,6 +16,7 @@ from collections.abc import Mapping
 SIGNATURE_HEADER = "X-Slipway-Signature"
 TIMESTAMP_HEADER = "X-Slipway-Timestamp"
 TOLERANCE_SECONDS = 5 * 60
+MAX_TIMESTAMP_DIGITS = 12  # unix seconds for the next 30,000 years
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -35,10 +36,13 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: float | No
     given = headers.get(SIGNATURE_HEADER, "")
     if not timestamp or not given:
         return f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER}"
-    if not timestamp.isdigit():
+    # ASCII digits, and few: "²" passes str.isdigit() but not int(), and
+    # int() refuses 5,000 digits; either is a refusal, never an exception
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > MAX_TIMESTAMP_DIGITS:
         return f"{TIMESTAMP_HEADER} is not a unix timestamp"
     if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_SECONDS:
         return "timestamp too far from now (replayed or clock skew)"
-    if not hmac.compare_digest(signature(secret, timestamp, body), given):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters ("v1=é")
+    if not given.isascii() or not hmac.compare_digest(signature(secret, timestamp, body).encode(), given.encode()):
         return "signature does not match"
     return None

@@ -4,12 +4,22 @@ request and reports back on ``POST /webhooks/deploys/{id}``.
 Reports are stored before anyone waiting is woken (see
 :class:`EngineReports`), so a report that arrives while Slipway restarts is
 found by the resumed deploy instead of being lost.
+
+The request is sent at least once, never silently zero times: the dispatch
+is recorded (``dispatched``, the idempotency key) before the POST, and the
+engine's acceptance (``requested``) after it. A Slipway restarted in between
+cannot know whether the engine got it, so it sends it again under the same
+key, ``slipway-deploy-<id>`` (the ``Idempotency-Key`` header and the body's
+``idempotency_key``), unless the engine has reported on the deploy since,
+which shows it did. An engine must treat a second request with a key it
+has seen as the first one (answer 2xx, deploy once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -24,6 +34,14 @@ from bot.executors.signing import signed_headers
 from store import EngineReport, Store
 
 REPORT_STATUSES = ("running", "succeeded", "failed")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+log = logging.getLogger(__name__)
+
+
+def idempotency_key(deploy_id: int) -> str:
+    """The one key every request for deploy ``deploy_id`` is sent under."""
+    return f"slipway-deploy-{deploy_id}"
 
 
 class EngineReports:
@@ -69,6 +87,10 @@ class EngineReports:
         finally:
             self._events.pop(deploy_id, None)
 
+    def heard_from(self, deploy_id: int) -> bool:
+        """Whether the engine has reported on ``deploy_id`` at all (so it has the request)."""
+        return bool(self._store.deploys.engine_reports(deploy_id))
+
     def latest_log_url(self, deploy_id: int) -> str | None:
         urls = [r.log_url for r in self._store.deploys.engine_reports(deploy_id) if r.log_url]
         return urls[-1] if urls else None
@@ -93,15 +115,23 @@ class WebhookExecutor:
             "deploy_id": job.deploy_id, "service": job.service, "environment": job.environment,
             "version": job.version, "previous_version": job.previous_version, "rollback_of": job.rollback_of,
             "callback_url": f"{self._public_url}/webhooks/deploys/{job.deploy_id}",
+            "idempotency_key": idempotency_key(job.deploy_id),
         }, sort_keys=True).encode()
 
     async def run(self, job: Job, remember: RememberReference) -> Outcome:
+        """Send the deploy request (recorded first, see the module's
+        docstring) and wait for the engine's final report."""
+        return await self._dispatch(job, remember)
+
+    async def _dispatch(self, job: Job, remember: RememberReference) -> Outcome:
         secret = self._secret()
         if secret is None:
             return Outcome(False, f"environment variable {self._spec.webhook.secret_env} is not set; "
                                   "the request was not sent")
+        key = idempotency_key(job.deploy_id)
+        await remember({"dispatched": key})  # before the POST: a restart knows it may have gone out
         body = self.request_body(job)
-        headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key, **signed_headers(secret, body)}
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
                 async with session.post(self._spec.webhook.url, data=body, headers=headers) as response:
@@ -114,10 +144,14 @@ class WebhookExecutor:
         return await self._await_report(job)
 
     async def resume(self, job: Job, reference: dict[str, Any], remember: RememberReference) -> Outcome:
-        if not reference.get("requested"):
-            # Slipway stopped before the engine accepted the request: ask again.
-            return await self.run(job, remember)
-        return await self._await_report(job)
+        """Wait for the report of a request the engine has; send one it may
+        not have (again, under the same key, if it may already have gone out)."""
+        if reference.get("requested") or self._reports.heard_from(job.deploy_id):
+            return await self._await_report(job)
+        if reference.get("dispatched"):
+            log.info("deploy %s: Slipway stopped before the engine answered its request; sending it again "
+                     "under the same idempotency key %s", job.deploy_id, reference["dispatched"])
+        return await self._dispatch(job, remember)
 
     async def _await_report(self, job: Job) -> Outcome:
         elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="json: one JSON object per line; text: for a person (default: $SLIPWAY_LOG_FORMAT or json)")
     serve.add_argument("--drain", type=float, default=float(os.environ.get("SLIPWAY_DRAIN_SECONDS", "60")),
                        help="on SIGTERM, seconds to wait for command deploys in progress (default: 60)")
+    serve.add_argument("--lease", type=_positive_seconds, default=os.environ.get("SLIPWAY_LEASE_SECONDS", "20"),
+                       help="seconds a silent owner of the database keeps a standby waiting; renewed every quarter "
+                            "of it (default: $SLIPWAY_LEASE_SECONDS or 20)")
 
     check = commands.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("path")
@@ -53,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8000, help="the page's port (default: 8000; 0 picks a free one)")
     sandbox.add_argument("--db", help="SQLite database file, kept between runs (default: a new one in a temp dir)")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,38 +154,124 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings, config) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the lease is lost (exit 1).
+
+    1. Ask Slack who the token is (``auth.test``): a refused token stops here,
+       exit 2, before anything touches the database; Slack unreachable is
+       logged, and serving goes on (``/healthz`` answers 503 until it answers).
+    2. Open the database without migrating (creating it 0600): the lease's
+       own connection, and Slipway's; build Slipway (it reads nothing yet).
+    3. Look at the lease once. Free (or expired, or its holder dead): take
+       it, which migrates the schema in the same transaction (only an owner
+       migrates), and start the workers (outbox, recovery of deploys left in
+       flight, expiry and reminders). Then listen.
+    4. Held by another: listen as a standby (``/healthz`` 503 ``standby``,
+       every door but the metrics 503) and look again every ``poll``
+       seconds; once it is ours, as in 3, then start the workers.
+    5. As the owner, connect over Socket Mode if asked, and renew the lease
+       every few seconds until told to stop.
+    6. On SIGTERM: drain command deploys, stop the workers and the server,
+       then release the lease, so a standby takes over at once. A lost lease
+       skips the drain and the release: another process already owns the
+       deploys.
+    """
     from bot.runtime.composition import create_slipway, create_web_app
+    from bot.runtime.health import OK, slack_at_start
+    from bot.runtime.lease import OWNER, LeaseKeeper
     from store import Store
 
-    store = Store.open(args.db)
-    slipway = create_slipway(config, store, settings)
-    runner = web.AppRunner(create_web_app(slipway))
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = runner.addresses[0][1] if runner.addresses else args.port
-    routes = "GET /healthz" if settings.socket_mode else "POST /slack/events, GET /healthz"
-    log.info("listening on http://%s:%s (%s)", args.host, port, routes)
-    socket_handler = None
-    if settings.socket_mode:
-        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+    slack = await slack_at_start(settings.bot_token, settings.api_url)
+    if slack.refused_token is not None:
+        print(f"slipway: Slack refused SLACK_BOT_TOKEN ({slack.refused_token}): the token is wrong, revoked or its "
+              "workspace inactive; reinstall the app and export its Bot User OAuth Token", file=sys.stderr)
+        return 2
+    if slack.status == OK:
+        log.info("Slack knows the bot token: %s", slack.identity)
+    else:
+        log.error("Slack is not reachable (%s); serving anyway: GET /healthz answers 503 until Slack answers",
+                  slack.status.removeprefix("error: "))
 
-        # the handler's Web API client is the app's, so SLACK_API_URL applies to it too
-        socket_handler = AsyncSocketModeHandler(slipway.bolt, settings.app_token)
-        await socket_handler.connect_async()
-        log.info("connected to Slack over Socket Mode")
+    keeper = await LeaseKeeper(args.db, seconds=args.lease).open()
+    _warn_if_others_can_read(args.db)
+    store = Store.open(args.db, migrate=False)
+    slipway = create_slipway(config, store, settings)
+    runner = web.AppRunner(create_web_app(slipway, lease=keeper))
+    await runner.setup()
+    stopping = asyncio.ensure_future(until_stopped())
+    owning: asyncio.Future[Any] = asyncio.ensure_future(keeper.try_acquire())
+    lost = asyncio.ensure_future(keeper.lost.wait())
+    socket_mode: asyncio.Task[None] | None = None
+    socket_handler = None
     try:
-        await until_stopped()
-    finally:
+        if await owning:  # a lease there for the taking is taken before the door opens, ready to work
+            slipway.start_workers()
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else args.port
+        routes = "GET /healthz" if settings.socket_mode else "POST /slack/events, GET /healthz"
+        log.info("listening on http://%s:%s (%s) as %s", args.host, port, routes, keeper.role)
+        if keeper.role != OWNER:
+            owning = asyncio.ensure_future(keeper.acquire())
+            await asyncio.wait({stopping, owning}, return_when=asyncio.FIRST_COMPLETED)
+            if not owning.done():
+                log.info("shutting down (a standby: nothing to drain or release)")
+                return 0
+            owning.result()  # a migration that failed stops here, with its traceback
+            slipway.start_workers()
+        if settings.socket_mode:
+            from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+            # the handler's Web API client is the app's, so SLACK_API_URL applies to it too
+            socket_handler = AsyncSocketModeHandler(slipway.bolt, settings.app_token)
+            socket_mode = asyncio.create_task(_connect(socket_handler), name="socket-mode")
+        await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if lost.done():
+            await slipway.stop_workers()  # at once: the doors already answer 503
+            return 1
         log.info("shutting down")
         left = await slipway.runner.drain(args.drain)
         if left:
             log.warning("stopping with deploys %s unfinished; they are picked up at the next start", left)
+        return 0
+    finally:
+        for waiting in (owning, lost):
+            waiting.cancel()
+        if socket_mode is not None:
+            socket_mode.cancel()
         if socket_handler is not None:
             await socket_handler.close_async()
-        await runner.cleanup()
+        await runner.cleanup()  # the server closes and the workers stop
+        if not keeper.lost.is_set():
+            await keeper.release()  # after the workers have stopped: a standby may start its own
+        await keeper.close()
         store.close()
-    return 0
+        stopping.cancel()
+
+
+async def _connect(socket_handler) -> None:
+    """Connect over Socket Mode, trying again while Slack cannot be reached."""
+    while True:
+        try:
+            await socket_handler.connect_async()
+        except Exception as exc:  # noqa: BLE001 — unreachable or refused: said, and tried again
+            log.error("could not connect to Slack over Socket Mode (%s: %s); trying again in 5 s",
+                      type(exc).__name__, exc)
+            await asyncio.sleep(5)
+        else:
+            log.info("connected to Slack over Socket Mode")
+            return
+
+
+def _warn_if_others_can_read(path: str) -> None:
+    """Slipway creates its database 0600; one made earlier (or by hand) may
+    be readable by others, and it holds command output and the audit log."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s can be read or written by other users (mode %03o): it holds command output and the audit "
+                    "log; chmod 600 it and its -wal and -shm files", path, mode)
 
 
 if __name__ == "__main__":

@@ -4,24 +4,27 @@ listener needs is passed in here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 from datetime import datetime
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 import handlers.alerts
+import handlers.http
 import handlers.webhooks
 from bot.alerts.relay import AlertRelay
 from bot.config import Config
@@ -37,22 +40,26 @@ from bot.events import (
     EventBus,
     LocksChanged,
     LocksExpired,
+    MessagePosted,
+    MessageRefused,
     RequestExpired,
     SlackWorkQueued,
 )
 from bot.executors import EngineReports
 from bot.runtime.health import Health
+from bot.runtime.lease import LeaseKeeper, owner_only
 from bot.runtime.logs import deploy_context
 from bot.runtime.metrics import Metrics, surface_of
 from bot.runtime.settings import Settings
 from bot.runtime.tasks import BackgroundTasks
-from bot.slack.deploy_messages import DeployMessages
+from bot.slack.deploy_messages import DeployMessages, DeployMessageView
 from bot.slack.directory import Directory
 from bot.slack.home import HomeTabs
 from bot.slack.outbox import Outbox
 from bot.slack.status_replies import StatusReplies
 from handlers.errors import deploy_of_click
 from store import Store, utc_now
+from store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +99,28 @@ class Slipway:
     socket_mode: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
 
-    async def close(self) -> None:
+    def start_workers(self) -> None:
+        """Start the work that needs no request: only in the process that
+        owns the database (``bot/runtime/lease.py``; a standby runs none)."""
+        self.outbox.start()  # resumes whatever a previous Slipway left queued
+        self.runner.recover()
+        self.nudges.start()  # expiry and reminders
+        self.rollbacks.auto_rollback_pages()  # automatic rollbacks a previous Slipway decided on and did not start
+
+    async def stop_workers(self) -> None:
+        """Stop the workers and every deploy's task now, without draining:
+        the lease was lost, another process owns the deploys. (Each part may
+        be closed again by :meth:`close`.)"""
         await self.nudges.close()
         await self.tasks.close()
+        await self.outbox.close()
+
+    async def close(self) -> None:
+        await self.metrics.loop_monitor.close()
+        await self.nudges.close()
+        await self.tasks.close()
+        if self.alert_relay is not None:
+            await self.alert_relay.close()  # its writer thread finishes what it was given
         await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
@@ -126,6 +152,32 @@ def subscribe(slipway: Slipway) -> None:
     bus.subscribe(AlertsRelayed, slipway.metrics.count_alerts)
     bus.subscribe(AlertsRelayed, slipway.rollbacks.auto_rollback_pages)  # where auto_rollback is on
     bus.subscribe(SlackWorkQueued, lambda event: slipway.outbox.notify())
+    # the outbox's deliveries
+    bus.subscribe(MessagePosted, slipway.messages.posted)  # a deploy's message: the deploy knows where it is
+    bus.subscribe(MessageRefused, slipway.messages.refused)  # a channel that refuses it cancels the request
+
+
+@contextlib.contextmanager
+def _client_carries_the_token() -> Iterator[None]:
+    """Around building the bolt app: drop bolt's "As you gave `client` as
+    well, `token` will be unused." and nothing else.
+
+    bolt reads ``SLACK_BOT_TOKEN`` from the environment even when it is
+    given a client, and warns that this token is unused; the client it is
+    given carries that very token (``Settings`` read it from there), and
+    bolt uses the client's. The warning, logged at every start, said
+    nothing true of Slipway."""
+    bolt_log = logging.getLogger("slack_bolt.AsyncApp")
+    needless = warning_client_prioritized_and_token_skipped()
+
+    def filter_needless(record: logging.LogRecord) -> bool:
+        return record.getMessage() != needless
+
+    bolt_log.addFilter(filter_needless)
+    try:
+        yield
+    finally:
+        bolt_log.removeFilter(filter_needless)
 
 
 def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
@@ -148,28 +200,38 @@ def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> A
 
 def create_slipway(config: Config, store: Store, settings: Settings,
                    clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None,
-                   outbox_interval: float = 1.0, verify_time: WaitingClock | None = None) -> Slipway:
+                   outbox_interval: float = 1.0, verify_time: WaitingClock | None = None,
+                   outbox_time: WaitingClock | None = None) -> Slipway:
     """Wire a Slipway from its parts (the store is owned by the caller).
     ``outbox_interval``: seconds between two outbox posts to one channel
     (Slack allows about one a second). ``verify_time``: how verification
     waits between health-check attempts and tells its deadline (default:
-    real time; tests pass a clock that moves instantly)."""
+    real time; tests pass a clock that moves instantly). ``outbox_time``: the
+    same for the outbox's pacing and retries."""
     metrics = Metrics()
     client = create_slack_client(settings, metrics)
-    bolt = AsyncApp(
-        client=client,
-        signing_secret=settings.signing_secret,
-        # Socket Mode requests are not signed; HTTP ones always are.
-        request_verification_enabled=not settings.socket_mode,
-        process_before_response=False,
-    )
+    with _client_carries_the_token():
+        bolt = AsyncApp(
+            client=client,
+            signing_secret=settings.signing_secret,
+            # Socket Mode requests are not signed; HTTP ones always are.
+            request_verification_enabled=not settings.socket_mode,
+            process_before_response=False,
+        )
     tasks = BackgroundTasks()
     events = EventBus()
     directory = Directory(client)
     environ = os.environ if environ is None else environ
     workflow = DeployWorkflow(config, store, directory, events, clock)
     plans = RollbackPlans(config, store)
-    messages = DeployMessages(client, workflow, tasks, events, rollback_offer=plans.offer)
+    status_replies = StatusReplies(config, store, clock)
+    # every Slack write but an ack goes through the outbox; views are drawn from the store when sent
+    outbox = Outbox(store, client, interval=outbox_interval, metrics=metrics, events=events,
+                    **({"sleep": outbox_time.sleep, "monotonic": outbox_time.monotonic} if outbox_time else {}),
+                    ack_first=tasks.ack_first, drawers={
+                        "deploy": DeployMessageView(workflow, plans.offer).draw,
+                        "home": lambda _: {"view": status_replies.home()}})
+    messages = DeployMessages(config, store, workflow, outbox, client, events)
     rollbacks = Rollbacks(plans, directory, messages, events, tasks)
     nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
     reports = EngineReports(store)
@@ -178,11 +240,12 @@ def create_slipway(config: Config, store: Store, settings: Settings,
                           environ=environ, **({"verify_sleep": verify_time.sleep,
                                                "verify_clock": verify_time.monotonic} if verify_time else {}))
     metrics.watch_store(store, config.environment_names)
-    outbox = Outbox(store, client, interval=outbox_interval, metrics=metrics)
-    relay = AlertRelay(config, store, plans.offer, clock, directory=directory, events=events,
-                       tasks=tasks) if config.alerts is not None else None
-    status_replies = StatusReplies(config, store, clock)
-    home_tabs = HomeTabs(client, status_replies.home, tasks)
+    relay = AlertRelay(config, store, lambda on, deploy: RollbackPlans(config, on).offer(deploy), clock,
+                       directory=directory, events=events, tasks=tasks,
+                       # a storm's deliveries run off the event loop, on a connection of their own
+                       writer=StoreWriter(store) if store.path else None,
+                       ) if config.alerts is not None else None
+    home_tabs = HomeTabs(store, outbox)
     slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
                       environ)
@@ -191,9 +254,12 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     return slipway
 
 
-def create_web_app(slipway: Slipway) -> web.Application:
+def create_web_app(slipway: Slipway, lease: LeaseKeeper | None = None) -> web.Application:
     """The one aiohttp server: Slack's events endpoint, webhooks, the health
-    check and the metrics."""
+    check and the metrics. With a ``lease`` (``slipway serve``), the workers
+    are started by whoever takes the lease (``Slipway.start_workers``), not
+    here, and until then every request but ``/healthz`` and ``/metrics`` is
+    answered 503."""
     app = web.Application(client_max_size=1024 * 1024)
     metrics = slipway.metrics
 
@@ -210,15 +276,11 @@ def create_web_app(slipway: Slipway) -> web.Application:
             metrics.observe_slack_request(surface, status, time.monotonic() - started)
 
     async def answer_slack(request: web.Request) -> tuple[str, web.Response]:
-        timestamp = request.headers.get("X-Slack-Request-Timestamp", "0")
-        if not timestamp.isdigit():
-            # slack_sdk's verifier raises on a non-numeric timestamp (a 500);
-            # an unverifiable request is an unauthorised one.
-            return "other", web.json_response({"error": "invalid request timestamp"}, status=401)
-        try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError as exc:  # e.g. a `payload=` that is not JSON; bolt parses it eagerly
-            return "other", web.json_response({"error": f"malformed request body: {exc}"}, status=400)
+        # the signature is checked on the raw body before bolt parses it: an
+        # unsigned request gets its 401 (or 400) and reaches nothing else
+        bolt_request = await handlers.http.signed_slack_request(request, slipway.bolt)
+        if isinstance(bolt_request, web.Response):
+            return "other", bolt_request
         surface = surface_of(bolt_request.body)  # bolt's parse, not a second one
         # the listener's task, and the work it starts, inherit the click's deploy as log context
         with slipway.tasks.ack_first.answering(), deploy_context(deploy_of_click(bolt_request.body)):
@@ -236,9 +298,10 @@ def create_web_app(slipway: Slipway) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def recover(app: web.Application) -> None:
-        slipway.outbox.start()  # resumes whatever a previous Slipway left queued
-        slipway.runner.recover()
-        slipway.nudges.start()  # expiry and reminders
+        slipway.start_workers()
+
+    async def watch_the_loop(app: web.Application) -> None:
+        slipway.metrics.loop_monitor.start()  # the event loop's stalls, for /metrics (owner or standby)
 
     async def shutdown(app: web.Application) -> None:
         await slipway.close()
@@ -251,6 +314,11 @@ def create_web_app(slipway: Slipway) -> web.Application:
     app.router.add_get("/metrics", metrics_page)
     handlers.webhooks.register(app, slipway)
     handlers.alerts.register(app, slipway)
-    app.on_startup.append(recover)
+    if lease is None:  # the only Slipway on its database (tests, the sandbox): it works from the start
+        app.on_startup.append(recover)
+    else:  # `slipway serve`: it works once it owns the database, and answers 503 until then
+        health.standing = lease.standing
+        app.middlewares.append(owner_only(lease))
+    app.on_startup.append(watch_the_loop)
     app.on_cleanup.append(shutdown)
     return app

@@ -42,6 +42,11 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_deploy() -> int | None:
+    """The deploy the running code works on, if it says (see :func:`deploy_context`)."""
+    return _context.get().get("deploy_id")
+
+
 def deploy_context(deploy_id: int | None) -> contextlib.AbstractContextManager[None]:
     """Mark what runs inside as work on ``deploy_id`` (no-op for None)."""
     return log_context(deploy_id=deploy_id) if deploy_id is not None else contextlib.nullcontext()

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -34,6 +34,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
 from bot.events import AlertsRelayed
+from bot.runtime.loop_monitor import LoopMonitor
 from store import Store
 from store.outbox import FAILED, PENDING, SENDING
 from store.status import ACTIVE_STATES, FINISHED_STATES
@@ -47,6 +48,8 @@ ALERT_SOURCES = ("alertmanager", "grafana", "generic")
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0)
 # Engines take seconds to an hour (a command's default timeout is 10 minutes).
 EXECUTOR_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# How late the event loop woke a 10 ms sleep: under a millisecond when it is free.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OUTBOX_STATES = (PENDING, SENDING, FAILED)  # not "sent": that is history, not depth
 STORE_BUSY_MS = 250  # how long a scrape or health probe waits for a locked database
 
@@ -102,6 +105,14 @@ class Metrics:
         self.webhook_requests = Counter(
             "slipway_webhook_requests", "Requests to the engine-callback and alert webhooks, by door and outcome",
             ["door", "outcome"], registry=r)
+        self.event_loop_lag = Histogram(
+            "slipway_event_loop_lag_seconds", "How late the event loop woke a task that slept 10 ms: how long "
+            "something else held the loop (a Slack ack arriving then waited as long)", buckets=LOOP_LAG_BUCKETS,
+            registry=r)
+        # started and stopped with the web app (bot/runtime/composition.py)
+        self.loop_monitor = LoopMonitor(self.event_loop_lag.observe)
+        Gauge("slipway_event_loop_stall_max_seconds", "The longest the event loop was held in the last minute",
+              registry=r).set_function(self.loop_monitor.longest_recent)
         for surface in SURFACES:  # a series exists from the start, so rate() sees the first request
             self.slack_ack_seconds.labels(surface)
         for source in ALERT_SOURCES:

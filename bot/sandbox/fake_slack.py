@@ -12,6 +12,7 @@ bot/sandbox), so the two cannot drift apart. It binds to loopback only.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -98,6 +99,12 @@ class FakeSlack(FakeServer):
         self._sockets: list[web.WebSocketResponse] = []
         self._envelopes = itertools.count(1)
         self.rate_limit_every = 0  # answer every n-th call with 429 (0: never)
+        self.rate_limit_methods: set[str] | None = None  # only these methods are rate-limited (None: all)
+        # Faults, by Web API method ("*": every method): "text503" answers a
+        # text/plain 503 (a proxy's page), "disconnect" drops the connection
+        # without an answer (as a refused or reset one), "slow:SECONDS" answers
+        # that late, "invalid_auth" refuses the token. Nothing is recorded as done.
+        self.faults: dict[str, str] = {}
         self.retry_after = 1
         self._counter = itertools.count(1)
         self._ts = itertools.count(1)
@@ -149,8 +156,14 @@ class FakeSlack(FakeServer):
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await _arguments(request)
-        number = next(self._counter)
-        if self.rate_limit_every and number % self.rate_limit_every == 0:
+        fault = self.faults.get(method) or self.faults.get("*")
+        if fault is not None and not fault.startswith("slow:"):
+            return await self._fault(request, method, args, fault)
+        if fault is not None:
+            await asyncio.sleep(float(fault.partition(":")[2]))
+        limited = self.rate_limit_methods is None or method in self.rate_limit_methods
+        number = next(self._counter) if limited else 0  # with rate_limit_methods, only theirs are counted
+        if limited and self.rate_limit_every and number % self.rate_limit_every == 0:
             await self._record(Call(method, args, 429))
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(self.retry_after)})
@@ -165,6 +178,21 @@ class FakeSlack(FakeServer):
         body = handler(args) if handler else {"ok": False, "error": "unknown_method"}
         await self._record(Call(method, args, 200 if body.get("ok") else 400))
         return web.json_response(body)
+
+    async def _fault(self, request: web.Request, method: str, args: dict[str, Any], fault: str) -> web.StreamResponse:
+        if fault == "text503":
+            await self._record(Call(method, args, 503))
+            return web.Response(status=503, text="upstream connect error or disconnect/reset before headers",
+                                content_type="text/plain")
+        if fault == "invalid_auth":
+            await self._record(Call(method, args, 401))
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if fault == "disconnect":
+            await self._record(Call(method, args, 0))
+            if request.transport is not None:
+                request.transport.close()  # the client sees the connection dropped, no answer
+            raise web.HTTPServiceUnavailable()
+        raise ValueError(f"unknown fault {fault!r}")
 
     def _next_ts(self) -> str:
         number = next(self._ts)

@@ -1,45 +1,65 @@
-"""The deploy's message in the channel: posting it and keeping it current.
+"""The deploy's message in the channel, its thread, and direct messages:
+all of them rows in the durable outbox, never calls made on the spot.
 
-Updates are coalesced per deploy: however many clicks land at once, one
-task renders the latest stored state and sends ``chat.update``, again only
-if something changed meanwhile. So the message never goes back to an older
-state because two updates crossed on the wire, and a burst of clicks costs
-Slack's rate limit one call, not one per click. 429 answers are retried by
-slack_sdk's rate-limit handler, which honours Retry-After.
+State first, Slack after: a deploy's message is queued as a *view*
+(``deploy:12``) that the outbox draws from the stored deploy when it sends
+it, so an edit queued during a burst of clicks, or left behind by a crash,
+shows the state as it is when Slack receives it, and edits coalesce. Thread
+notes and direct messages are queued with their text. A Slack failure of
+any shape therefore delays what people see; it never changes, stalls or
+loses a deploy. The one call still made on the spot is the ephemeral reply
+to a click (:meth:`DeployMessages.tell`), which is the click's answer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.config import Config
 from bot.deploys.workflow import DeployWorkflow
 from bot.errors import SlipwayError
-from bot.events import DeployChanged, DeployPosted, EventBus
-from bot.runtime.tasks import BackgroundTasks
+from bot.events import DeployChanged, DeployPosted, EventBus, MessagePosted, MessageRefused
+from bot.runtime.logs import current_deploy
 from bot.slack.blocks import deploy_blocks
+from bot.slack.failures import failure_of
 from bot.slack.mrkdwn import deploy_fallback_text
-from store import Deploy, DeployStatus
+from bot.slack.outbox import Outbox
+from store import Deploy, DeployNotFound, DeployStatus, Store, deploy_message_key
+from store.outbox import FAILED
 
 log = logging.getLogger(__name__)
 
+ANNOUNCE_WAIT = 10.0  # seconds a request's reply waits for its message before the deploy goes on without it
+# Refusals of a deploy's own post that mean the channel is unusable until a person acts.
+UNPOSTABLE = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+NOT_STARTED = (DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED)
 
-class DeployMessages:
-    def __init__(self, client: AsyncWebClient, workflow: DeployWorkflow, tasks: BackgroundTasks, events: EventBus,
-                 rollback_offer: Callable[[Deploy], tuple[str | None, str | None]] | None = None) -> None:
-        self._client = client
+
+def deploy_view(deploy_id: int) -> str:
+    """The outbox's view of a deploy's message."""
+    return f"deploy:{deploy_id}"
+
+
+class DeployMessageView:
+    """Draws a deploy's message from the stored deploy (the outbox's ``deploy`` drawer)."""
+
+    def __init__(self, workflow: DeployWorkflow,
+                 rollback_offer: Callable[[Deploy], tuple[str | None, str | None]]) -> None:
         self._workflow = workflow
-        self._tasks = tasks
-        self._rollback_offer = rollback_offer or (lambda deploy: (None, None))
-        self._dirty: set[int] = set()
-        self._updating: set[int] = set()
-        self._events = events  # publishes DeployPosted once a deploy's message is in the channel
-        self._dm_channels: dict[str, str] = {}  # user -> their direct-message channel with the bot
+        self._rollback_offer = rollback_offer
 
-    def _render(self, deploy: Deploy) -> dict:
+    def draw(self, argument: str) -> dict[str, Any] | None:
+        try:
+            deploy = self._workflow.store.deploys.get(int(argument))
+        except DeployNotFound:
+            return None
+        return self.render(deploy)
+
+    def render(self, deploy: Deploy) -> dict[str, Any]:
         target, note = self._rollback_offer(deploy)
         stale = () if deploy.status != DeployStatus.AWAITING_APPROVAL else tuple(
             a.user_id for a in deploy.approvals if a.user_id not in self._workflow.fresh_approvals(deploy))
@@ -47,105 +67,136 @@ class DeployMessages:
                                rollback_to=target, rollback_note=note, stale_approvals=stale)
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
 
+
+class DeployMessages:
+    """Where people see deploys (the domain's ``DeployViews``), through the outbox."""
+
+    def __init__(self, config: Config, store: Store, workflow: DeployWorkflow, outbox: Outbox, client: AsyncWebClient,
+                 events: EventBus, announce_wait: float = ANNOUNCE_WAIT) -> None:
+        self._config = config
+        self._store = store
+        self._workflow = workflow
+        self._outbox = outbox
+        self._client = client  # only for the ephemeral answer to a click
+        self._events = events  # publishes DeployPosted once a deploy's message is in the channel
+        self._announce_wait = announce_wait
+
+    # -- the deploy's message -----------------------------------------------------
+
     async def announce(self, deploy: Deploy) -> Deploy:
-        """Post the deploy's message in the deploy channel and remember it.
+        """Queue the deploy's message (once, however often asked) and wait a
+        little for Slack to take it, so the requester hears at once when the
+        channel cannot be posted in. With Slack slow or down, the message
+        stays queued and the deploy goes on without it.
 
         Raises:
-            SlipwayError: Slack refused the post; the request is cancelled so
-                it does not block the next one, and the message says why.
+            SlipwayError: the channel refused the message; the request was
+                cancelled so it does not block the next one, and this says why.
         """
-        channel = self._workflow.config.channel
-        try:
-            response = await self._client.chat_postMessage(channel=channel, **self._render(deploy))
-        except Exception as exc:  # noqa: BLE001 — any failure must free the environment, not leave it blocked
-            error = exc.response.get("error", "unknown_error") if isinstance(exc, SlackApiError) else (
-                f"{type(exc).__name__}: {exc}")
-            self._workflow.abandon(deploy, f"could not post in {channel}: {error}")
-            hint = " Invite the bot to the channel (`/invite @Slipway`)." if error in (
-                "not_in_channel", "channel_not_found") else ""
-            raise SlipwayError(
-                f"I could not post deploy #{deploy.id} in <#{channel}> (Slack said `{error}`), "
-                f"so it is cancelled.{hint}"
-            ) from None
-        ts = response["ts"]
-        permalink = None
-        try:
-            permalink = (await self._client.chat_getPermalink(channel=response["channel"], message_ts=ts))["permalink"]
-        except SlackApiError as exc:  # the link is a convenience; the deploy stands without it
-            log.warning("no permalink for deploy %s: %s", deploy.id, exc.response.get("error"))
-        deploy = self._workflow.store.deploys.attach_message(deploy.id, response["channel"], ts, permalink)
-        self._events.publish(DeployPosted(deploy.id))
+        key = deploy_message_key(deploy.id)
+        self._store.outbox.enqueue_post(key, self._config.channel, deploy_fallback_text(deploy),
+                                        view=deploy_view(deploy.id))
+        state = await self._outbox.wait_settled(key, self._announce_wait,
+                                                until=lambda: self._settled(deploy.id))
+        deploy = self._store.deploys.get(deploy.id)
+        if state == FAILED and deploy.status == DeployStatus.CANCELLED:
+            error = (deploy.status_reason or "").rpartition(": ")[2] or "unknown_error"
+            hint = " Invite the bot to the channel (`/invite @Slipway`)." if error in UNPOSTABLE else ""
+            raise SlipwayError(f"I could not post deploy #{deploy.id} in <#{self._config.channel}> "
+                               f"(Slack said `{error}`), so it is cancelled.{hint}")
         return deploy
 
+    def _settled(self, deploy_id: int) -> bool:
+        """The deploy knows where its message is, or the message is not coming."""
+        deploy = self._store.deploys.get(deploy_id)
+        return deploy.message_ts is not None or deploy.status not in NOT_STARTED
+
+    def posted(self, event: MessagePosted) -> None:
+        """A deploy's message is in the channel: the deploy remembers where."""
+        deploy_id = _deploy_of(event.key, event.view)
+        if deploy_id is None:
+            return
+        known = self._store.deploys.get(deploy_id)
+        permalink = event.permalink or known.permalink  # the permalink is asked for after the post
+        self._store.deploys.attach_message(deploy_id, event.channel, event.ts, permalink)
+        self._events.publish(DeployPosted(deploy_id))  # posted, or now with its permalink
+
+    def refused(self, event: MessageRefused) -> None:
+        """A deploy's own message cannot be posted in the channel: a request
+        that has not started is cancelled rather than left blocking its
+        environment, and the post is given up."""
+        deploy_id = _deploy_of(event.key, event.view)
+        if deploy_id is None or event.code not in UNPOSTABLE:
+            return
+        deploy = self._store.deploys.get(deploy_id)
+        if deploy.status in NOT_STARTED and deploy.started_at is None:
+            with self._store.transaction():
+                self._store.outbox.fail_post(event.key, event.code)
+                self._workflow.abandon(deploy, f"could not post in {self._config.channel}: {event.code}")
+            self._events.publish(DeployChanged(deploy_id))
+
     def deploy_changed(self, event: DeployChanged) -> None:
-        """A deploy changed: its message is redrawn from the store, soon."""
-        self.refresh(event.deploy_id)
+        """A deploy changed: an edit of its message is queued, drawn when sent."""
+        key = deploy_message_key(event.deploy_id)
+        if self._store.outbox.has_message(key):  # not yet queued: the post itself will show the latest
+            self._store.outbox.enqueue_update(key, "", view=deploy_view(event.deploy_id))
+            self._outbox.notify()
 
     def refresh(self, deploy_id: int) -> None:
         """Bring the deploy's message up to date with the store, soon."""
-        self._dirty.add(deploy_id)
-        if deploy_id not in self._updating:
-            self._updating.add(deploy_id)
-            self._tasks.spawn(self._update_until_clean(deploy_id), name=f"refresh-deploy-{deploy_id}")
+        self.deploy_changed(DeployChanged(deploy_id))
 
-    async def _update_until_clean(self, deploy_id: int) -> None:
-        try:
-            while deploy_id in self._dirty:
-                await self._tasks.ack_first.wait_turn()
-                self._dirty.discard(deploy_id)
-                deploy = self._workflow.store.deploys.get(deploy_id)
-                if deploy.channel is None or deploy.message_ts is None:
-                    return
-                try:
-                    await self._client.chat_update(channel=deploy.channel, ts=deploy.message_ts, **self._render(deploy))
-                except SlackApiError as exc:
-                    log.error("chat.update of deploy %s failed: %s", deploy_id, exc.response.get("error"))
-        finally:
-            self._updating.discard(deploy_id)
+    # -- notes, direct messages, channel posts ------------------------------------
 
-    async def thread(self, deploy: Deploy, text: str) -> None:
-        """A reply in the deploy's thread (dropped with a log line if the
-        deploy has no message: there is no thread to reply in)."""
-        if deploy.channel is None or deploy.message_ts is None:
-            log.warning("deploy %s has no message; not posted: %s", deploy.id, text[:200])
-            return
-        await self._tasks.ack_first.wait_turn()
-        try:
-            await self._client.chat_postMessage(channel=deploy.channel, thread_ts=deploy.message_ts, text=text,
-                                                unfurl_links=False)
-        except SlackApiError as exc:
-            log.error("thread reply on deploy %s failed: %s", deploy.id, exc.response.get("error"))
+    def thread(self, deploy: Deploy, text: str) -> None:
+        """A reply in the deploy's thread (in the channel if its message never
+        made it), queued: it goes out after the message itself."""
+        key = deploy_message_key(deploy.id)
+        self._queue_post(f"{key}-note-{self._store.outbox.fresh_number()}", text, thread_key=key)
 
-    async def direct(self, user: str, text: str) -> None:
-        """A direct message to ``user`` from the bot (logged, never raised,
-        when Slack refuses: a DM is a courtesy, the channel has the record)."""
-        await self._tasks.ack_first.wait_turn()
-        try:
-            if user not in self._dm_channels:  # a person's DM channel never changes: one conversations.open each
-                opened = await self._client.conversations_open(users=user)
-                self._dm_channels[user] = opened["channel"]["id"]
-            await self._client.chat_postMessage(channel=self._dm_channels[user], text=text, unfurl_links=False)
-        except SlackApiError as exc:
-            log.error("direct message to %s failed: %s", user, exc.response.get("error"))
+    def direct(self, user: str, text: str) -> None:
+        """A direct message to ``user`` from the bot, queued (its key names the
+        deploy it is about, when there is one, so its delivery is logged as that deploy's work)."""
+        about = current_deploy()
+        prefix = f"{deploy_message_key(about)}-dm" if about is not None else "dm"
+        self._store.outbox.enqueue_dm(f"{prefix}-{user}-{self._store.outbox.fresh_number()}", user, text)
+        self._outbox.notify()
 
-    async def post(self, text: str) -> None:
-        """A message in the deploy channel, outside any thread."""
-        await self._tasks.ack_first.wait_turn()
-        try:
-            await self._client.chat_postMessage(channel=self._workflow.config.channel, text=text, unfurl_links=False)
-        except SlackApiError as exc:
-            log.error("channel post failed: %s", exc.response.get("error"))
+    def post(self, text: str) -> None:
+        """A message in the deploy channel, outside any thread, queued."""
+        self._queue_post(f"channel-{self._store.outbox.fresh_number()}", text)
+
+    def _queue_post(self, key: str, text: str, thread_key: str | None = None) -> None:
+        self._store.outbox.enqueue_post(key, self._config.channel, text, thread_key=thread_key)
+        self._outbox.notify()
 
     async def tell(self, channel: str, user: str, text: str,
                    respond: Callable[..., Awaitable[object]] | None = None) -> None:
-        """An ephemeral message only ``user`` sees in ``channel``; through the
-        interaction's response URL (``respond``) when Slack refuses that, e.g.
-        a click in a conversation the bot is not a member of."""
+        """An ephemeral message only ``user`` sees in ``channel`` (the answer
+        to their click); through the interaction's response URL (``respond``)
+        when Slack refuses that, e.g. a click in a conversation the bot is not
+        a member of. Logged, never raised, when neither gets through."""
         try:
             await self._client.chat_postEphemeral(channel=channel, user=user, text=text)
-        except SlackApiError as exc:
-            if respond is None:
+            return
+        except Exception as error:  # noqa: BLE001 — every shape a Slack call fails in
+            failure = failure_of(error)
+            if failure is None:
                 raise
-            log.info("ephemeral to %s refused (%s); answering through the response URL", user,
-                     exc.response.get("error"))
+            log.info("ephemeral to %s refused (%s); answering through the response URL", user, failure)
+        if respond is None:
+            return
+        try:
             await respond(text=text, response_type="ephemeral", replace_original=False)
+        except Exception as error:  # noqa: BLE001 — the response URL is Slack too
+            if failure_of(error) is None:
+                raise
+            log.warning("could not tell %s: %s", user, failure_of(error))
+
+
+def _deploy_of(key: str, view: str | None) -> int | None:
+    """The deploy whose own message ``key`` is, if it is one."""
+    if view is None or not view.startswith("deploy:"):
+        return None
+    deploy_id = int(view.partition(":")[2])
+    return deploy_id if key == deploy_message_key(deploy_id) else None

@@ -6,14 +6,27 @@ their blocks. Nothing here imports slack_sdk or slack_bolt: the deploy
 domain (bot/deploys) writes its messages with these, and an import-linter
 contract keeps it from reaching Slack's libraries even indirectly.
 
-Text that people or engines supply goes in as they wrote it, except where a
-helper says it escapes it (``escape``, engine logs in a code block).
+Text that people, engines or monitors supply never enters mrkdwn as they
+wrote it: it goes through :func:`escape` (the one function for it), an
+engine's output through :func:`code_block`, an engine's or monitor's URL
+through :func:`link`. Which texts those are:
+
+- stored raw, escaped here when drawn: a deploy's ``override_reason``,
+  ``engine_summary``, ``log_tail``, ``run_url`` and its checks' names and
+  details (the ship report escapes the same fields);
+- stored as mrkdwn, escaped when Slipway composes them: a deploy's
+  ``status_reason`` and a lock's or blocked version's ``reason`` (they mix
+  Slipway's own mentions, "rejected by <@U…>", with what a person or an
+  engine wrote, so the person's part is escaped as the reason is written);
+- written by the operator in the config (checklist items, freeze reasons):
+  trusted like the rest of the config, and may hold deliberate mrkdwn links.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from bot.config import USER_ID
 from bot.deploys.versions import bump_kind
@@ -63,10 +76,68 @@ def ago(iso: str) -> str:
     return f"<!date^{int(moment.timestamp())}^{{ago}}|{moment.strftime('%Y-%m-%d %H:%M UTC')}>"
 
 
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+MAX_URL = 2000  # longer engine or monitor URLs are shown as no link at all
+
+
 def escape(text: str) -> str:
-    """Monitor-supplied text as Slack shows it literally: an annotation that
-    says ``<!channel>`` must not ping the channel, nor forge a link."""
+    """Text a person, an engine or a monitor supplied, as Slack shows it
+    literally: ``<!channel>`` or ``<!here>`` must not ping anyone, ``<@U…>``
+    mention nobody, ``<https://evil.example|runbook>`` forge no link. Only
+    Slack's three control characters change (``*bold*`` stays bold, which is
+    harmless). Every such text goes through this one function."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescape(text: str) -> str:
+    """Slack's own escaping undone: a slash command's text arrives with
+    ``&``, ``<`` and ``>`` escaped, and would otherwise be escaped twice on
+    its way back (``&amp;amp;``). ``&amp;`` last, so ``&amp;lt;`` reads ``&lt;``."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def web_url(url: object) -> str | None:
+    """``url`` if it is an absolute http(s) URL that can stand in a Slack
+    link as it is, else None: no other scheme, no host-less URL, and none
+    of the characters a URL must percent-encode that would end the link
+    early (``<``, ``>``, ``|``, spaces, control characters)."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        return None
+    if any(char in "<>|\"` " or ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced [ in the host
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else None
+
+
+def link(url: str | None, label: str) -> str | None:
+    """``<url|label>`` for an engine's or monitor's URL, escaped; None when
+    the URL is not a plain http(s) one (see :func:`web_url`), so that the
+    caller shows no link rather than a forged or broken one."""
+    if web_url(url) is None:
+        return None
+    return f"<{escape(url)}|{escape(label)}>"
+
+
+def code_block(text: str, limit: int = MAX_LOG_TAIL) -> str:
+    """An engine's output as a code block: its last ``limit`` characters as
+    sent (an ellipsis says it was cut), escaped, since Slack acts on
+    ``<!channel>`` inside a code block too, and with its own fences defused.
+    Empty output is no block at all."""
+    text = text.strip().replace("```", "ˋˋˋ")
+    if not text:
+        return ""
+    pieces, size = [], 0
+    for char in reversed(text):
+        piece = _ESCAPES.get(char, char)
+        if size + len(piece) > limit:
+            pieces.append("…")
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "```" + "".join(reversed(pieces)) + "```"
 
 
 def clip(text: str, limit: int) -> str:
@@ -108,17 +179,18 @@ def steps_text(deploy: Deploy) -> str:
     lines = []
     if backup := deploy.reference.get("backup"):
         mark = ":white_check_mark:" if backup.get("succeeded") else ":x:"
-        lines.append(f"{mark} *Backup*: {backup.get('summary', '')}")
+        lines.append(f"{mark} *Backup*: {escape(str(backup.get('summary', '')))}")
     if deploy.started_at:
         took = f", took {format_duration(deploy.duration_seconds)}" if deploy.duration_seconds is not None else ""
         lines.append(f"*Started* {when(deploy.started_at)}{took}")
     if deploy.engine_summary:
         kind = (deploy.executor_kind or "engine").replace("_", " ")
-        link = f" · <{deploy.run_url}|run log>" if deploy.run_url else ""
+        run_log = link(deploy.run_url, "run log")
         ran = (DeployStatus.VERIFYING, DeployStatus.SUCCEEDED, DeployStatus.ROLLED_BACK)
         engine_ok = deploy.status in ran or bool(deploy.checks)
         mark = ":white_check_mark:" if engine_ok else ":x:"
-        lines.append(f"{mark} *Deploy* ({kind}): {deploy.engine_summary}{link}")
+        lines.append(f"{mark} *Deploy* ({kind}): {escape(deploy.engine_summary)}"
+                     + (f" · {run_log}" if run_log else ""))
     if deploy.checks:
         passed = sum(1 for check in deploy.checks if check.get("passed"))
         mark = ":white_check_mark:" if passed == len(deploy.checks) else ":x:"
@@ -143,14 +215,11 @@ def request_accepted_text(deploy: Deploy, channel: str) -> str:
 def engine_log_text(deploy: Deploy, succeeded: bool) -> str:
     mark = ":white_check_mark:" if succeeded else ":x:"
     kind = (deploy.executor_kind or "engine").replace("_", " ")
-    text = f"{mark} Deploy engine ({kind}): {deploy.engine_summary}"
-    if deploy.run_url:
-        text += f" — <{deploy.run_url}|run log>"
-    tail = (deploy.log_tail or "").strip()
-    if tail:
-        if len(tail) > MAX_LOG_TAIL:
-            tail = "…" + tail[-MAX_LOG_TAIL:]
-        text += "\n```" + tail.replace("```", "ˋˋˋ") + "```"
+    text = f"{mark} Deploy engine ({kind}): {escape(deploy.engine_summary or '')}"
+    if run_log := link(deploy.run_url, "run log"):
+        text += f" — {run_log}"
+    if tail := code_block(deploy.log_tail or ""):
+        text += "\n" + tail
     return text
 
 
@@ -158,8 +227,14 @@ def verification_text(deploy: Deploy) -> str:
     lines = ["*Verification*"]
     for check in deploy.checks:
         mark = ":white_check_mark:" if check.get("passed") else (":fast_forward:" if check.get("skipped") else ":x:")
-        lines.append(f"{mark} {check.get('name')}: {check.get('detail')}")
+        lines.append(f"{mark} {_check_line(check)}")
     return clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def _check_line(check: dict[str, Any]) -> str:
+    """``GET https://…/health: 200, version=2.7.0``, escaped: the detail
+    quotes what the service served or the smoke test printed."""
+    return f"{escape(str(check.get('name')))}: {escape(str(check.get('detail')))}"
 
 
 def success_text(deploy: Deploy, took: str) -> str:
@@ -197,13 +272,14 @@ def record_text(deploy: Deploy) -> str:
         lines.append(f"• Rolled back {when(deploy.rolled_back_at)}")
     if deploy.engine_summary:
         ref = f", exit code {deploy.exit_code}" if deploy.exit_code is not None else ""
-        link = f", <{deploy.run_url}|run>" if deploy.run_url else ""
-        lines.append(f"• Engine ({deploy.executor_kind}): {deploy.engine_summary}{ref}{link}")
+        run = link(deploy.run_url, "run")
+        lines.append(f"• Engine ({deploy.executor_kind}): {escape(deploy.engine_summary)}{ref}"
+                     + (f", {run}" if run else ""))
     for check in deploy.checks:
-        lines.append(f"• {'✅' if check.get('passed') else '❌'} {check.get('name')}: {check.get('detail')}")
+        lines.append(f"• {'✅' if check.get('passed') else '❌'} {_check_line(check)}")
     if deploy.override_reason:
         freezes = "; ".join(f"{f['reason']} ({f['schedule']})" for f in deploy.overridden_freezes)
-        lines.append(f"• Freeze override: “{deploy.override_reason}”, inside {freezes}")
+        lines.append(f"• Freeze override: “{escape(deploy.override_reason)}”, inside {freezes}")
     if deploy.rollback_of is not None:
         lines.append(f"• Rollback of #{deploy.rollback_of}")
     if deploy.permalink:
@@ -290,7 +366,7 @@ def override_text(deploy: Deploy, stale_approvals: tuple[str, ...] = ()) -> str:
     else:
         state = ""
     return (f":snowflake: *Freeze override* — {deploy.environment} is frozen: {freezes}.\n"
-            f"*Reason:* “{deploy.override_reason}”\nNeeds one approval from the `override` role on top of the "
+            f"*Reason:* “{escape(deploy.override_reason)}”\nNeeds one approval from the `override` role on top of the "
             f"usual ones.{state}")
 
 

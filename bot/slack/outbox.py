@@ -13,6 +13,16 @@ channels in turns so a busy one does not starve the others.
   three attempts: the row is kept as ``failed`` with the error, and logged.
 - Items left in flight by a previous run are sent again when a new Outbox
   starts on the same database: nothing is lost across a restart.
+  Delivery is at-least-once: ``chat.postMessage`` has no idempotency key, so
+  a crash that lands between Slack's answer and its recording here repeats
+  that one post. Nothing else is ever sent twice.
+- An item may name a *view* (``deploy:12``, ``home:U0ALICE``) instead of
+  carrying its text: it is drawn by the drawer registered for its kind when
+  it is sent, from the state stored then, so a message edited after a
+  restart shows the truth, and coalesced edits send only the latest.
+- What happened is told on the event bus: ``MessagePosted`` (with the
+  message's permalink, asked of Slack once, when the item named a view) and
+  ``MessageRefused`` (after the outbox has settled the item's next attempt).
 
 The worker owns every retry and wait. slack_sdk's own retry handlers for
 HTTP answers (the app's client has its rate-limit handler, which sleeps
@@ -30,20 +40,29 @@ import copy
 import itertools
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.events import EventBus, MessagePosted, MessageRefused
+from bot.runtime.logs import deploy_context
 from bot.runtime.metrics import Metrics
+from bot.runtime.tasks import AckFirst
+from bot.slack.failures import SlackFailure, failure_of
 from store import Delivery, OutboxItem, Store
-from store.outbox import POST
+from store.outbox import DM, FAILED, PERMALINK, POST, PUBLISH, SENT, deploy_of_key
+
+# A view's drawer: the arguments of the Slack call that shows it now
+# (``text``/``blocks``, or ``view`` for App Home), or None: nothing to show.
+Drawer = Callable[[str], "dict[str, Any] | None"]
 
 log = logging.getLogger(__name__)
+
+PERMALINK_PLACEHOLDER = re.compile(r"<\{permalink:([^}|>]+)\}\|([^>]*)>")  # see Outbox._linked
 
 # Errors a retry cannot fix by itself. Still tried PERMANENT_AFTER times in
 # all (a channel being created, the bot being invited, are a moment away),
@@ -90,7 +109,8 @@ class Outbox:
     def __init__(self, store: Store, client: AsyncWebClient, *, interval: float = 1.0,
                  sleep: Sleep = asyncio.sleep, monotonic: Callable[[], float] = time.monotonic,
                  max_backoff: float = 60.0, backoff: float = 1.0, idle_poll: float = 5.0,
-                 grace: float = 10.0, metrics: Metrics | None = None) -> None:
+                 grace: float = 10.0, metrics: Metrics | None = None, drawers: dict[str, Drawer] | None = None,
+                 events: EventBus | None = None, ack_first: AckFirst | None = None) -> None:
         self.store = store
         self.client = outbox_client(client)
         self.interval = interval
@@ -99,6 +119,10 @@ class Outbox:
         self.idle_poll = idle_poll  # also picks up items queued without notify()
         self.grace = grace  # how long close() lets a call in flight finish
         self.metrics = metrics
+        self.drawers = drawers or {}
+        self.events = events or EventBus()
+        self.ack_first = ack_first  # Slack hears the ack of a request before the messages it causes
+        self._dm_channels: dict[str, str] = {}  # user -> their direct-message channel with the bot
         self._sleep = sleep
         self._monotonic = monotonic
         self._last_call: dict[str, float] = {}
@@ -110,6 +134,8 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_call = False
+        self._quiet = False  # nothing can be sent soon (all sent or failed, or waiting out retries)
+        self._backing_off = False
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -121,7 +147,20 @@ class Outbox:
 
     def notify(self) -> None:
         """Wake the worker: something was just queued."""
+        self._quiet = False
         self._wake.set()
+
+    async def wait_quiet(self, timeout: float = 10.0) -> None:
+        """Wait until nothing can be sent right now: everything queued is sent,
+        failed, or waiting for a pace or a retry (tests; a graceful stop).
+
+        Raises:
+            TimeoutError: still busy after ``timeout`` seconds.
+        """
+        if self._task is None or self._task.done():
+            return
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self._quiet), timeout)
 
     async def close(self) -> None:
         """Stop the worker. A Slack call in flight is let finish (up to
@@ -139,6 +178,21 @@ class Outbox:
             await asyncio.wait({task})
         if not task.cancelled() and task.exception() is not None:
             log.error("outbox worker failed", exc_info=task.exception())
+
+    async def wait_settled(self, key: str, timeout: float, until: Callable[[], bool] | None = None) -> str | None:
+        """Wait up to ``timeout`` seconds for the post known as ``key`` to be
+        sent or given up (and ``until()``, if given, to hold); its state then
+        (``pending`` or ``sending`` when time ran out; None: never queued)."""
+        def settled() -> bool:
+            return self.store.outbox.post_state(key) in (SENT, FAILED) and (until is None or until())
+
+        self.notify()
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(settled), timeout)
+        except TimeoutError:
+            pass
+        return self.store.outbox.post_state(key)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until nothing is left to send (everything sent or failed).
@@ -173,6 +227,7 @@ class Outbox:
                 self._release_claims()
                 wait = self.backoff
             async with self._progress:
+                self._quiet = (wait is None or (wait > 0 and self._backing_off)) and not self._wake.is_set()
                 self._progress.notify_all()
             if self._closing:
                 break
@@ -205,6 +260,8 @@ class Outbox:
         now = self._monotonic()
         ready = [d for d in deliveries if self._ready_at(d.item.channel) <= now]
         if not ready:
+            # only waiting out retries (not the pace between calls): nothing to send soon
+            self._backing_off = all(self._retry_at.get(d.item.channel, -math.inf) > now for d in deliveries)
             return min(self._ready_at(d.item.channel) for d in deliveries) - now
         # Round robin: the channel served longest ago goes next.
         await self._deliver(min(ready, key=lambda d: self._turns.get(d.item.channel, -1)))
@@ -231,6 +288,10 @@ class Outbox:
             waker.cancel()
 
     async def _deliver(self, delivery: Delivery) -> None:
+        with deploy_context(deploy_of_key(delivery.item.message_key)):  # its log lines name the deploy
+            await self._deliver_item(delivery)
+
+    async def _deliver_item(self, delivery: Delivery) -> None:
         item = delivery.item
         if not self.store.outbox.claim(item.id):
             return
@@ -238,43 +299,95 @@ class Outbox:
         self._turns[item.channel] = next(self._turn)
         self._in_call = True
         try:
+            if self.ack_first is not None:
+                await self.ack_first.wait_turn()
             response = await self._call(delivery)
-        except SlackApiError as error:
-            self._slack_refused(item, error)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self._retry(item, f"{type(error).__name__}: {error}".rstrip(": "))
         except asyncio.CancelledError:
             # close() ran out of patience: back in the queue (or, if even that
             # fails, left in flight for the next start to requeue).
             with contextlib.suppress(Exception):
                 self.store.outbox.mark_retry(item.id, 0, "interrupted by shutdown", count_attempt=False)
             raise
-        except Exception as error:  # a bug of ours must not silently stall a message
-            log.exception("outbox: unexpected error sending %r", item.message_key)
-            self._retry(item, f"{type(error).__name__}: {error}")
+        except Exception as error:  # noqa: BLE001 — every shape a Slack call can fail in, and bugs of ours
+            failure = failure_of(error)
+            if failure is None:  # a bug of ours must not silently stall a message
+                log.exception("outbox: unexpected error sending %r", item.message_key)
+                self._retry(item, f"{type(error).__name__}: {error}")
+            elif failure.status is None and failure.code is None:  # no answer at all: connection, timeout
+                self._retry(item, failure.detail)
+            else:
+                self._slack_refused(item, failure)
+            if failure is not None:
+                self.events.publish(MessageRefused(item.message_key, item.view, failure.code, failure.detail))
         else:
-            self.store.outbox.mark_sent(item.id, channel=response.get("channel") or delivery.slack_channel,
-                            ts=response.get("ts"))
+            await self._sent(delivery, response)
         finally:
             self._in_call = False
 
+    async def _sent(self, delivery: Delivery, response: Any) -> None:
+        item = delivery.item
+        if item.op in (DM, PUBLISH):
+            self.store.outbox.mark_sent(item.id)
+            return
+        if item.op == PERMALINK:  # a convenience: the message stood without it meanwhile
+            self.store.outbox.mark_sent(item.id)
+            self.store.outbox.remember_permalink(item.message_key, response["permalink"])
+            self.events.publish(MessagePosted(item.message_key, item.view, delivery.slack_channel, delivery.ts,
+                                              response["permalink"]))
+            return
+        channel, ts = response.get("channel") or delivery.slack_channel, response.get("ts")
+        with self.store.transaction():
+            self.store.outbox.mark_sent(item.id, channel=channel, ts=ts)
+            if item.op == POST and item.view is not None and ts is not None:
+                self.store.outbox.enqueue_permalink(item.message_key, item.view)
+        if item.op == POST and item.view is not None and ts is not None:
+            self.events.publish(MessagePosted(item.message_key, item.view, channel, ts, None))
+
+    def _drawn(self, item: OutboxItem) -> dict[str, Any] | None:
+        """The Slack arguments that show ``item``: its view drawn now, or its stored text and blocks."""
+        if item.view is None:
+            blocks = {"blocks": item.blocks} if item.blocks is not None else {}
+            return {"text": self._linked(item.text), **blocks}
+        kind, _, argument = item.view.partition(":")
+        return self.drawers[kind](argument)
+
+    def _linked(self, text: str) -> str:
+        """Fill ``<{permalink:KEY}|label>`` with the permalink of the message
+        known as KEY, or leave the bare label when it has none (yet)."""
+        def link(match: re.Match[str]) -> str:
+            permalink = self.store.outbox.permalink(match.group(1))
+            return f"<{permalink}|{match.group(2)}>" if permalink else match.group(2)
+
+        return PERMALINK_PLACEHOLDER.sub(link, text)
+
     async def _call(self, delivery: Delivery) -> Any:
         item = delivery.item
-        blocks = {"blocks": item.blocks} if item.blocks is not None else {}
+        if item.op == PERMALINK:
+            return await self.client.chat_getPermalink(channel=delivery.slack_channel, message_ts=delivery.ts)
+        drawn = self._drawn(item)
+        if drawn is None:  # the view has nothing to show (any more): nothing to send
+            return {}
+        if item.op == PUBLISH:
+            return await self.client.views_publish(user_id=item.channel, **drawn)
+        if item.op == DM:
+            if item.channel not in self._dm_channels:  # a person's DM channel never changes: one open each
+                opened = await self.client.conversations_open(users=item.channel)
+                self._dm_channels[item.channel] = opened["channel"]["id"]
+            return await self.client.chat_postMessage(channel=self._dm_channels[item.channel], unfurl_links=False,
+                                                      **drawn)
         if item.op == POST:
             if delivery.orphaned:
                 log.warning("outbox: %r replies to %r, which will never be posted; posting it to %s instead",
                             item.message_key, item.thread_key, item.channel)
             thread = {"thread_ts": delivery.ts} if delivery.ts else {}
-            return await self.client.chat_postMessage(channel=item.channel, text=item.text, **blocks, **thread)
-        return await self.client.chat_update(channel=delivery.slack_channel, ts=delivery.ts, text=item.text,
-                                             **blocks)
+            return await self.client.chat_postMessage(channel=item.channel, unfurl_links=False, **drawn, **thread)
+        return await self.client.chat_update(channel=delivery.slack_channel, ts=delivery.ts, **drawn)
 
     # -- failures ---------------------------------------------------------------------
 
-    def _slack_refused(self, item: OutboxItem, error: SlackApiError) -> None:
-        status, code, retry_after = _failure(error)
-        if status == 429 or code == "ratelimited":
+    def _slack_refused(self, item: OutboxItem, failure: SlackFailure) -> None:
+        status, code, retry_after = failure.status, failure.code, failure.retry_after
+        if failure.rate_limited:
             wait = 1.0 if retry_after is None else retry_after
             self._retry_at[item.channel] = self._monotonic() + wait
             self.store.outbox.mark_retry(item.id, wait, f"ratelimited (Retry-After {wait:g}s)", count_attempt=False)
@@ -302,25 +415,3 @@ class Outbox:
         log.log(level, "outbox: %s of %r in %s failed (attempt %d): %s; retrying in %gs",
                 item.op, item.message_key, item.channel, attempts, reason, wait)
 
-
-def _failure(error: SlackApiError) -> tuple[int | None, str | None, float | None]:
-    """HTTP status, Slack error code and Retry-After (seconds) of a refusal.
-
-    ``error.response`` is usually a SlackResponse; for a body that is not
-    JSON (a proxy's 502 page) slack_sdk hands over aiohttp's response.
-    """
-    response = error.response
-    status = getattr(response, "status_code", None) or getattr(response, "status", None)
-    code = None
-    data = getattr(response, "data", None)
-    if isinstance(data, dict):
-        code = data.get("error")
-    retry_after = None
-    for name, value in (getattr(response, "headers", None) or {}).items():
-        if name.lower() == "retry-after":
-            value = value[0] if isinstance(value, list) else value
-            try:
-                retry_after = max(0.0, float(value))
-            except (TypeError, ValueError):
-                pass
-    return status, code, retry_after

@@ -1,6 +1,13 @@
 """The ship report: a Markdown record of a completed deploy, posted in its
 thread when a production deploy completes and printed by
-``slipway report <id>``."""
+``slipway report <id>``.
+
+What an engine or a service said (the engine's summary, the checks'
+details) is escaped as Slack mrkdwn wants (``&lt;`` is also Markdown for
+``<``), and the run's URL is an autolink (``<https://…>``, a link in both
+Markdown and mrkdwn) only when it is a plain http(s) URL, so the same text
+is safe in the thread: :func:`as_slack_mrkdwn` turns no Markdown link into a
+Slack one, since an engine's summary could hold ``[runbook](https://evil…)``."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import re
 
 from bot.config import Config
 from bot.durations import format_duration
+from bot.slack.mrkdwn import escape, web_url
 from store import Deploy, Store
 
 
@@ -26,14 +34,15 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
         f"- **Approved:** {_approvals(deploy)}",
         f"- **Started:** {deploy.started_at or '—'}",
         f"- **Finished:** {deploy.finished_at or '—'} ({format_duration(deploy.duration_seconds)})",
-        f"- **Engine:** {deploy.executor_kind or '—'}: {deploy.engine_summary or '—'}"
-        + (f" ([run]({deploy.run_url}))" if deploy.run_url else ""),
+        f"- **Engine:** {deploy.executor_kind or '—'}: {escape(deploy.engine_summary or '—')}"
+        + (f" (run: <{escape(deploy.run_url)}>)" if web_url(deploy.run_url) else ""),
         "",
         "## Checks",
         "",
     ]
     checks = deploy.checks
-    lines += [f"- {'✅' if c.get('passed') else '❌'} {c.get('name')}: {c.get('detail')}" for c in checks] or [
+    lines += [f"- {'✅' if c.get('passed') else '❌'} {escape(str(c.get('name')))}: {escape(str(c.get('detail')))}"
+              for c in checks] or [
         "- no post-deploy checks are configured for this environment"]
     lines += ["", "## Rollback procedure", ""]
     if target is None:
@@ -57,10 +66,9 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
 def as_slack_mrkdwn(markdown: str) -> str:
     """The report as Slack shows text: Slack's mrkdwn has no headings and
     writes bold and links its own way, so raw Markdown would show ``#`` and
-    ``**`` literally."""
+    ``**`` literally. Its one link is already written as Slack reads it."""
     text = re.sub(r"^#{1,6} (.+)$", r"*\1*", markdown, flags=re.MULTILINE)
-    text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<\2|\1>", text)
+    return re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
 
 
 def _approvals(deploy: Deploy) -> str:

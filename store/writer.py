@@ -1,0 +1,228 @@
+"""Store work off the event loop: one writer thread with a SQLite
+connection of its own, fed by a queue, each result handed back as a future.
+
+The event loop serves Slack's acks; SQLite work that can take tens of
+milliseconds (an alert storm's deliveries: hundreds of rows each) must not
+hold it. The pattern is Datasette's (``Database.execute_write_fn``): a
+single thread owns a write connection and runs the functions it is given
+one at a time, in order; the caller awaits a future the thread resolves.
+
+Two connections write to one file, so SQLite's locking is what keeps them
+apart. Both are in WAL mode: readers never wait for a writer. Every write
+transaction begins with ``BEGIN IMMEDIATE`` (``Database.transaction``),
+taking the write lock before it reads what it will decide on, and a
+connection that finds the lock taken waits in SQLite's busy handler (up to
+the store's 10 s). The thread waiting costs nothing; the event
+loop's connection waiting for the thread holds the loop for as long as
+the thread's transaction lasts, so work sent here keeps each transaction
+short (one alert delivery).
+
+A function run here gets the thread's own :class:`Store` (never the event
+loop's: a sqlite3 connection belongs to the thread that opened it) and does
+what it would do on the loop's, opening its transaction as usual; what it
+returns is committed by the time the future resolves, so the caller can
+tell others (e.g. the outbox worker) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Work(Generic[T]):
+    function: Callable[[Store], T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+
+
+_STOP = object()
+
+
+class WriteTurn:
+    """Whose turn it is to write, between the event loop's connection and
+    the writer thread's (one process, one database file).
+
+    SQLite's write lock is neither fair nor quick to hand over: a connection
+    that finds it taken polls it, sleeping 1, 2, 5, 10, 15, 20, 25… ms
+    between tries. A thread writing transaction after transaction (a storm's
+    deliveries, queued) retakes it within microseconds of each commit, so the
+    loop's connection kept missing it and the loop slept for tens, then
+    hundreds, of milliseconds. Inside one process the turn is a lock handed
+    over at once; and before each of its transactions the writer lets a
+    waiting loop go first. So the loop waits for at most the rest of one
+    delivery's transaction (which, while the loop waits, has the GIL to
+    itself). Other processes still meet SQLite's own lock and busy timeout.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._loop_waiting = 0
+        self.loop_waits = Durations()  # how long the loop's connection waited for its turn
+        self.writer_holds = Durations()  # how long each of the writer's transactions held the turn
+
+    @contextlib.contextmanager
+    def loop(self) -> Iterator[None]:
+        """The event loop's connection writes (taken first when both wait)."""
+        if self._lock.acquire(blocking=False):  # the usual case: nobody writing
+            self.loop_waits.note(0.0)
+        else:
+            with self._changed:
+                self._loop_waiting += 1
+            began = time.perf_counter()
+            try:
+                self._lock.acquire()
+            finally:
+                with self._changed:
+                    self._loop_waiting -= 1
+                    self._changed.notify_all()
+            self.loop_waits.note(time.perf_counter() - began)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """The writer thread writes, once the loop is not waiting to."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._loop_waiting == 0)
+        with self._lock:
+            began = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.writer_holds.note(time.perf_counter() - began)
+
+
+class Durations:
+    """How many, how long in all, the longest, and the most recent ones
+    (for a benchmark's percentiles), of something timed."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.longest = 0.0
+        self.recent: deque[float] = deque(maxlen=keep)
+
+    def note(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.longest = max(self.longest, seconds)
+        self.recent.append(seconds)
+
+
+class WriterClosed(RuntimeError):
+    """Work was sent to a :class:`StoreWriter` after it was closed."""
+
+
+class StoreWriter:
+    """One thread, one connection to ``store``'s database file (dated by its
+    clock), running the functions sent with :meth:`submit` one at a time;
+    ``store``'s own write transactions take turns with it (:class:`WriteTurn`)."""
+
+    def __init__(self, store: Store, *, name: str = "slipway-store-writer") -> None:
+        if store.path is None:
+            raise ValueError("a store writer needs a database file (this store is in memory)")
+        self.path = store.path
+        self.clock = store.database.clock
+        self.turn = WriteTurn()
+        store.database.write_turn = self.turn.loop
+        self._queue: queue.SimpleQueue[_Work[Any] | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._started = False
+        self._closed = False
+
+    def submit(self, function: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Queue ``function(store)`` for the thread; a future of what it
+        returns (or raises), resolved on the calling event loop.
+
+        Raises:
+            WriterClosed: :meth:`close` was called.
+        """
+        if self._closed:
+            raise WriterClosed("the store writer is closed")
+        if not self._started:
+            self._thread.start()
+            self._started = True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Work(function, loop, future))
+        return future
+
+    async def run(self, function: Callable[[Store], T]) -> T:
+        """``function(store)`` run in the thread; its result. Cancelling the
+        caller does not undo the work: it still runs and commits."""
+        return await asyncio.shield(self.submit(function))
+
+    async def close(self) -> None:
+        """Let the thread finish what was queued, then close its connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _connect(self) -> Store:
+        # opened here, in the thread that will use it (sqlite3 connections are
+        # bound to their thread); WAL, pragmas and busy timeout as the loop's
+        # store has them. The loop's store owns the schema: nothing to migrate.
+        store = Store.open(self.path, self.clock, migrate=False)
+        store.database.write_turn = self.turn.writer
+        return store
+
+    def _serve(self) -> None:
+        store: Store | None = None
+        failure: BaseException | None = None
+        try:
+            store = self._connect()
+        except Exception as exc:  # noqa: BLE001 — every caller is told, below
+            log.exception("the store writer cannot open %s", self.path)
+            failure = exc
+        while (work := self._queue.get()) is not _STOP:
+            assert isinstance(work, _Work)
+            if failure is not None:
+                self._deliver(work, None, failure)
+                continue
+            assert store is not None
+            try:
+                result = work.function(store)
+            except BaseException as exc:  # noqa: BLE001 — handed to the caller, who decides
+                self._deliver(work, None, exc)
+            else:
+                self._deliver(work, result, None)
+        if store is not None:
+            store.close()
+
+    @staticmethod
+    def _deliver(work: _Work[Any], result: Any, error: BaseException | None) -> None:
+        def settle() -> None:
+            if work.future.cancelled():
+                return
+            if error is not None:
+                work.future.set_exception(error)
+            else:
+                work.future.set_result(result)
+        try:
+            work.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.warning("store writer: the event loop closed before a result could be handed back")
