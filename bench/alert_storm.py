@@ -554,6 +554,7 @@ class Results:
     stored: dict[str, Any] = field(default_factory=dict)
     acks: list[dict[str, Any]] = field(default_factory=list)
     idle_loop: dict[str, Any] = field(default_factory=dict)  # the loop's lag while the idle acks were measured
+    turns: dict[str, Any] = field(default_factory=dict)  # the writer thread's transactions, the loop's waits
     load: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     profile: str = ""
@@ -718,6 +719,7 @@ class Bench:
         async with aiohttp.ClientSession(connector=connector) as session, aiohttp.ClientSession() as probing:
             lag = LoopLag()
             lag.start()
+            turns = self._turn_marks()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             acks = asyncio.create_task(self.probe.run(probing, args.probes, until=storm_over)) if self.probe else None
             if profiler:
@@ -749,6 +751,7 @@ class Bench:
                 profiler.disable()
             ingest_wall, ingest_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             lags = lag.stop()
+            res.turns = self._turns_since(turns)
             storm_over.set()
             storm_acks = await acks if acks is not None else {"/deploy": [], "Approve": []}
             metrics_stall = await self._scrape_stall(session)
@@ -815,6 +818,29 @@ class Bench:
         self._loss(storm, answers)
         res.load["at_end"] = os.getloadavg()
         res.elapsed = time.perf_counter() - t_begin
+
+    def _turn_marks(self) -> tuple[int, int] | None:
+        writer = self.slipway.alert_relay.writer if self.slipway and self.slipway.alert_relay else None
+        turn = getattr(writer, "turn", None)
+        return (turn.writer_holds.count, turn.loop_waits.count) if turn is not None else None
+
+    def _turns_since(self, marks: tuple[int, int] | None) -> dict[str, Any]:
+        """The writer thread's transactions during the storm, and the waits
+        of the loop's connection for its turn to write (store/writer.py)."""
+        if marks is None:
+            return {}
+        turn = self.slipway.alert_relay.writer.turn
+        holds = sorted(list(turn.writer_holds.recent)[-(turn.writer_holds.count - marks[0]):]
+                       if turn.writer_holds.count > marks[0] else [])
+        waits = sorted(list(turn.loop_waits.recent)[-(turn.loop_waits.count - marks[1]):]
+                       if turn.loop_waits.count > marks[1] else [])
+        ms = lambda v: round(v * 1000, 1)  # noqa: E731
+        return {"writer_transactions": len(holds), "writer_p50_ms": ms(percentile(holds, 0.5)) if holds else None,
+                "writer_p99_ms": ms(percentile(holds, 0.99)) if holds else None,
+                "writer_max_ms": ms(holds[-1]) if holds else None,
+                "loop_writes": len(waits), "loop_waited": sum(1 for w in waits if w > 0),
+                "loop_wait_p99_ms": ms(percentile(waits, 0.99)) if waits else None,
+                "loop_wait_max_ms": ms(waits[-1]) if waits else None}
 
     async def _scrape_stall(self, session: aiohttp.ClientSession) -> float | None:
         """``slipway_event_loop_stall_max_seconds`` as GET /metrics reports it (ms)."""
@@ -995,6 +1021,12 @@ def print_report(bench: Bench, env: dict[str, Any], warnings: WarningCounter) ->
           f"{i['loop_lag_p50_ms']} ms, p99 {i['loop_lag_p99_ms']} ms, max {i['loop_lag_max_ms']} ms; "
           f"{i['loop_blocked_over_1s']} stall(s) > 1 s, {i['loop_blocked_over_3s']} > 3 s; GET /metrics "
           f"slipway_event_loop_stall_max_seconds after the storm: {fmt(i.get('metrics_stall_max_ms'))} ms")
+    if res.turns:
+        t = res.turns
+        print(f"Writer thread (store/writer.py) during ingest: {t['writer_transactions']} transactions, p50 "
+              f"{t['writer_p50_ms']} ms, p99 {t['writer_p99_ms']} ms, max {t['writer_max_ms']} ms; the loop's own "
+              f"writes: {t['loop_writes']}, {t['loop_waited']} waited for the writer's turn, p99 "
+              f"{t['loop_wait_p99_ms']} ms, max {t['loop_wait_max_ms']} ms")
     if res.acks:
         il = res.idle_loop
         print(f"Acks, one request every {args.probe_every:g}s, alternately /deploy (accepted, awaiting approval) "
@@ -1091,7 +1123,7 @@ async def main(args: argparse.Namespace) -> int:
         payload = {"environment": env, "parameters": vars(args), "setup": res.setup, "waves": res.waves,
                    "ingest": res.ingest, "memory": res.memory, "drain": res.drain, "channels": res.channels,
                    "other_calls": res.other_calls, "loss": res.loss, "stored": res.stored, "notes": res.notes,
-                   "acks": res.acks, "idle_loop": res.idle_loop, "load": res.load,
+                   "acks": res.acks, "idle_loop": res.idle_loop, "turns": res.turns, "load": res.load,
                    "log_warnings": dict(warnings.counts), "elapsed_s": round(res.elapsed, 1)}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

@@ -26,6 +26,10 @@ def _row(row: dict[str, Any]) -> StoredAlert:
     return StoredAlert(**{k: row[k] for k in StoredAlert.__dataclass_fields__})
 
 
+# What a StoredAlert is read from (not the monitor's whole payload).
+_COLUMNS = ", ".join(StoredAlert.__dataclass_fields__)
+
+
 def _change_between(existing: StoredAlert, fields: dict[str, Any], levels: Sequence[str]) -> str:
     """How an alert occurrence changed (one of :data:`CHANGES` but ``new``),
     judged with ``levels`` (loudest first)."""
@@ -66,7 +70,8 @@ class Alerts:
         for start in range(0, len(fingerprints), _CHUNK):
             chunk = fingerprints[start:start + _CHUNK]
             for row in self._db.query(
-                    f"SELECT * FROM alerts WHERE source = ? AND fingerprint IN ({', '.join('?' for _ in chunk)})",
+                    f"SELECT {_COLUMNS} FROM alerts WHERE source = ? "
+                    f"AND fingerprint IN ({', '.join('?' for _ in chunk)})",
                     [source, *chunk]):
                 occurrence = (row["fingerprint"], row["starts_at"])
                 if occurrence in wanted:
@@ -80,7 +85,8 @@ class Alerts:
         return _row(rows[0]) if rows else None
 
     def upsert(self, fields: dict[str, Any], payload: dict[str, Any] | str, *, levels: Sequence[str],
-               existing: StoredAlert | None = _UNKNOWN, at: str | None = None) -> tuple[StoredAlert, str]:
+               existing: StoredAlert | None = _UNKNOWN, at: str | None = None,
+               events: list[tuple[Any, ...]] | None = None) -> tuple[StoredAlert, str]:
         """Record an alert occurrence (inside the caller's transaction, or one
         of its own) and say how it changed: new, duplicate (same status and
         level, or a stale firing of an occurrence that already resolved:
@@ -89,7 +95,10 @@ class Alerts:
         store's). ``payload``: the monitor's own fields, or their JSON.
         ``existing``: the occurrence as the caller just read it in the same
         transaction (None: not recorded), to spare a second look. ``at``: the
-        moment recorded (default: now; a delivery's alerts share one)."""
+        moment recorded (default: now; a delivery's alerts share one).
+        ``events``: where to put the change's ``alert_events`` row, for the
+        caller to write with :meth:`record_events` before its transaction
+        ends (default: written here)."""
         if not isinstance(payload, str):
             payload = json.dumps(payload, default=str)
         with self._database.transaction():
@@ -117,9 +126,17 @@ class Alerts:
                     [*updates.values(), now, payload, alert_id])
                 stored = dataclasses.replace(existing, **{k: v for k, v in updates.items()
                                                           if k in StoredAlert.__dataclass_fields__})
-            self._db.execute("INSERT INTO alert_events (alert_id, at, status, level, value) VALUES (?, ?, ?, ?, ?)",
-                             [alert_id, now, fields["status"], fields["level"], fields.get("value")])
+            event = (alert_id, now, fields["status"], fields["level"], fields.get("value"))
+            if events is None:
+                self.record_events([event])
+            else:
+                events.append(event)
         return stored, change
+
+    def record_events(self, events: list[tuple[Any, ...]]) -> None:
+        """Write ``alert_events`` rows collected by :meth:`upsert` (one statement for all)."""
+        self._db.conn.executemany("INSERT INTO alert_events (alert_id, at, status, level, value) VALUES (?, ?, ?, ?, ?)",
+                                  events)
 
     def get(self, alert_id: int) -> StoredAlert:
         """The alert occurrence with that id (LookupError when there is none)."""
@@ -127,7 +144,7 @@ class Alerts:
 
     def with_message(self, message_key: str) -> list[StoredAlert]:
         """Every alert shown by one Slack message, oldest first."""
-        return [_row(r) for r in self._db.query("SELECT * FROM alerts WHERE message_key = ? ORDER BY id",
+        return [_row(r) for r in self._db.query(f"SELECT {_COLUMNS} FROM alerts WHERE message_key = ? ORDER BY id",
                                                 [message_key])]
 
     def latest_episode(self, base: str) -> tuple[str, bool] | None:

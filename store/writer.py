@@ -30,6 +30,8 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -42,6 +44,8 @@ from store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SWITCH_INTERVAL = 0.001  # seconds (see StoreWriter.submit)
+CHECKPOINT_EVERY = 0.25  # seconds between two WAL checkpoints (when anything was written)
 
 
 @dataclass
@@ -144,6 +148,8 @@ class StoreWriter:
         self.clock = store.database.clock
         self.turn = WriteTurn()
         store.database.write_turn = self.turn.loop
+        self._loop_store = store
+        self._loop_autocheckpoint: int | None = None
         self._queue: queue.SimpleQueue[_Work[Any] | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._started = False
@@ -159,6 +165,17 @@ class StoreWriter:
         if self._closed:
             raise WriterClosed("the store writer is closed")
         if not self._started:
+            # This thread and the event loop share the GIL. A thread that gave it
+            # up (the loop does at every socket read and write) waits up to the
+            # switch interval, 5 ms by default, to get it back from a thread
+            # that is computing; many such waits made every ack slow while a
+            # storm was recorded. A shorter interval hands it back sooner.
+            if sys.getswitchinterval() > SWITCH_INTERVAL:
+                sys.setswitchinterval(SWITCH_INTERVAL)
+            # From now on the thread checkpoints the WAL for both connections (see _connect).
+            conn = self._loop_store.db.conn
+            self._loop_autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._thread.start()
             self._started = True
         loop = asyncio.get_running_loop()
@@ -179,6 +196,8 @@ class StoreWriter:
         if self._started:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
+            with contextlib.suppress(sqlite3.ProgrammingError):  # the loop's store may be closed already
+                self._loop_store.db.conn.execute(f"PRAGMA wal_autocheckpoint = {int(self._loop_autocheckpoint or 1000)}")
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -188,7 +207,20 @@ class StoreWriter:
         # store has them. The loop's store owns the schema: nothing to migrate.
         store = Store.open(self.path, self.clock, migrate=False)
         store.database.write_turn = self.turn.writer
+        # SQLite copies the WAL back into the database (with fsyncs: tens of
+        # milliseconds) inside whichever commit finds the WAL longer than 1000
+        # pages: on the loop's connection that holds the loop, in this thread
+        # it holds the turn the loop may be waiting for. So neither connection
+        # checkpoints by itself: this thread does, every CHECKPOINT_EVERY,
+        # outside its turn (a PASSIVE checkpoint makes no writer wait).
+        store.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
         return store
+
+    def _checkpoint(self, store: Store) -> None:
+        try:
+            store.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # e.g. busy: the next one will do
+            log.warning("store writer: WAL checkpoint failed: %s", exc)
 
     def _serve(self) -> None:
         store: Store | None = None
@@ -198,7 +230,17 @@ class StoreWriter:
         except Exception as exc:  # noqa: BLE001 — every caller is told, below
             log.exception("the store writer cannot open %s", self.path)
             failure = exc
-        while (work := self._queue.get()) is not _STOP:
+        checkpointed = time.monotonic()
+        while True:
+            try:
+                work = self._queue.get(timeout=CHECKPOINT_EVERY)
+            except queue.Empty:  # quiet: the loop's own writes are checkpointed meanwhile
+                if store is not None:
+                    self._checkpoint(store)
+                checkpointed = time.monotonic()
+                continue
+            if work is _STOP:
+                break
             assert isinstance(work, _Work)
             if failure is not None:
                 self._deliver(work, None, failure)
@@ -210,7 +252,11 @@ class StoreWriter:
                 self._deliver(work, None, exc)
             else:
                 self._deliver(work, result, None)
+            if time.monotonic() - checkpointed >= CHECKPOINT_EVERY:
+                self._checkpoint(store)
+                checkpointed = time.monotonic()
         if store is not None:
+            self._checkpoint(store)
             store.close()
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,7 +22,7 @@ from bot.alerts import render
 from bot.alerts.baseline import fill_baselines
 from bot.alerts.model import Alert
 from bot.alerts.rules import LEVELS, Judgement, judge
-from bot.config import AlertLabels, Config
+from bot.config import AlertLabels, AlertRule, Config
 from bot.deploys.ports import People
 from bot.durations import format_duration
 from bot.events import AlertsRelayed, DeployChanged, EventBus, SlackWorkQueued
@@ -183,6 +183,7 @@ class _Delivery:
         self._offers: dict[int, tuple[str | None, str | None]] = {}
         self._stamps: dict[datetime | None, str | None] = {}
         self._now = ""  # the moment the delivery is recorded at (set once its transaction has begun)
+        self._events: list[tuple[object, ...]] = []  # its alert_events rows, written together
 
     def record(self, group_key: str | None, alerts: list[Alert]) -> Receipt:
         receipt = Receipt(received=len(alerts))
@@ -203,6 +204,7 @@ class _Delivery:
                     continue
                 changed.setdefault(stored.message_key, []).append((stored, change, judgement))
                 deploys[stored.message_key] = deploy
+            self.store.alerts.record_events(self._events)
             for key, changes in changed.items():
                 self._show(key, changes, deploys[key], receipt)
         return receipt
@@ -264,7 +266,7 @@ class _Delivery:
             "message_key": key, "summary": alert.summary, "url": alert.url,
         }
         stored, change = self.store.alerts.upsert(fields, prepared.payload, levels=LEVELS, existing=existing,
-                                                  at=self._now)
+                                                  at=self._now, events=self._events)
         if change != "duplicate":
             self._known[(alert.source, alert.fingerprint, starts_at)] = stored
             self._episode_written(stored, new=existing is None)
@@ -407,7 +409,7 @@ class _Delivery:
         return self.settings.channel, digest
 
     def _render(self, alerts: list[StoredAlert], deploy: Deploy | None) -> tuple[str, list[dict]]:
-        reasons = {a.id: judge(_as_alert(a), self.settings.rules).reason for a in alerts}
+        reasons = _Reasons(alerts, self.settings.rules)
         rollback_to = None
         tie = None
         if deploy is not None:
@@ -420,6 +422,24 @@ class _Delivery:
         blocks = render.alert_blocks(alerts, reasons=reasons, tie=tie, deploy=deploy, rollback_to=rollback_to,
                                      oncall=self.oncall)
         return render.fallback_text(alerts), blocks
+
+
+class _Reasons(Mapping[int, str]):
+    """Why each alert is as loud as it is, by alert id, worked out when asked
+    (a message lists ten of its alerts, however many it has)."""
+
+    def __init__(self, alerts: list[StoredAlert], rules: list[AlertRule]) -> None:
+        self._alerts = {alert.id: alert for alert in alerts}
+        self._rules = rules
+
+    def __getitem__(self, alert_id: int) -> str:
+        return judge(_as_alert(self._alerts[alert_id]), self._rules).reason
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._alerts)
+
+    def __len__(self) -> int:
+        return len(self._alerts)
 
 
 def _tie_text(alert: StoredAlert, deploy: Deploy) -> str:

@@ -5,6 +5,7 @@ listener needs is passed in here."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from bot.events import (
 )
 from bot.executors import EngineReports
 from bot.runtime.health import Health
+from bot.runtime.identity import BotIdentity
 from bot.runtime.lease import LeaseKeeper, owner_only
 from bot.runtime.logs import deploy_context
 from bot.runtime.metrics import Metrics, surface_of
@@ -180,6 +182,13 @@ def _client_carries_the_token() -> Iterator[None]:
         bolt_log.removeFilter(filter_needless)
 
 
+def token_less(client: AsyncWebClient) -> AsyncWebClient:
+    """``client`` without its token (same URL, session and retry handlers), for bolt to copy per request."""
+    bare = copy.copy(client)
+    bare.token = None
+    return bare
+
+
 def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
     """The real slack_sdk client, pointed at ``SLACK_API_URL`` when set.
 
@@ -210,15 +219,19 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     same for the outbox's pacing and retries."""
     metrics = Metrics()
     client = create_slack_client(settings, metrics)
+    tasks = BackgroundTasks()
+    identity = BotIdentity(client, tasks)
     with _client_carries_the_token():
         bolt = AsyncApp(
-            client=client,
+            # bolt's own client carries no token: each request's is given by authorize, which
+            # never waits on Slack (bolt would call auth.test on the request's path until it answered)
+            client=token_less(client),
+            authorize=identity.bolt_authorize(),
             signing_secret=settings.signing_secret,
             # Socket Mode requests are not signed; HTTP ones always are.
             request_verification_enabled=not settings.socket_mode,
             process_before_response=False,
         )
-    tasks = BackgroundTasks()
     events = EventBus()
     directory = Directory(client)
     environ = os.environ if environ is None else environ
