@@ -5,7 +5,8 @@ delivered to a fake Slack through the paced outbox.
 Run from the repository root::
 
     python bench/alert_storm.py [--alerts 10000] [--services 100] [--batch 100] [--interval 1.0]
-                                [--concurrency 6] [--drain-timeout 600] [--json PATH]
+                                [--concurrency 6] [--probes 40] [--drain-timeout 600] [--tracemalloc]
+                                [--json PATH]
 
 It imports Slipway from the checkout it sits in (the repository root is put
 first on ``sys.path``), not from wherever the editable install points.
@@ -27,7 +28,24 @@ real ``/slack/events`` endpoint (``/deploy svcN 1.0.0 production`` then
 ``2.0.0``; production needs no approval here), so its alerts start within
 the correlation window after a succeeded deploy: they are tied to it and go
 into the deploy's thread in ``C0DEPLOYS`` (with a Rollback to 1.0.0 button),
-the others into ``C0ALERTS``.
+the others into ``C0ALERTS``. Also unmeasured, 2 x ``--probes`` deploys
+are requested on ``gated`` (two approvals needed) and posted: what the
+Approve probes click. The outbox is not paced during this setup (its
+interval is set to ``--interval`` before anything is measured), and garbage
+is collected and frozen before each measured phase (see ``settle_heap``).
+
+The acks
+--------
+``/deploy`` and Approve, one request at a time (one every
+``--probe-every`` seconds), alternately: ``/deploy probeN 1.0.0 gated`` (an
+accepted request: checked, recorded, queued, acked "waiting for approval")
+and an Approve click on one of the waiting deploys (the first of two
+approvals: recorded and redrawn after the ack). Timed from sending to
+reading the ack (signing excluded). First ``--probes`` of each on the idle
+Slipway; then ``heldN`` services are deployed to staging with an engine
+that runs until the benchmark releases it (five deploys in flight), and the
+same probes run alongside the storm's four waves until they end (at most
+``--probes`` of each). The ratio storm/idle of p50 and p99 is the figure.
 
 The storm
 ---------
@@ -71,14 +89,23 @@ POSTs in flight (closed loop).
 What is measured
 ----------------
 * Per POST, the HTTP answer latency (POST sent -> response read).
+* How long the event loop was held during ingest: a 10 ms sleep's lateness
+  (p50, p99, max), and ``slipway_event_loop_stall_max_seconds`` as
+  ``GET /metrics`` reports it right after the waves (its own monitor).
+* The store writer thread (``store/writer.py``): its transactions during
+  ingest (p50, p99, max: the longest the loop's own writes can wait), and
+  how many of the loop's writes waited for their turn, how long.
+* The acks above: p50, p99, max on the idle Slipway and during the storm,
+  and the ratios.
 * Ingest: distinct alerts / wall time of the four waves, and alert
   notifications (every alert in every POST, repeats included) per second.
   Process CPU seconds over the same span.
 * Memory: ``tracemalloc`` peak over the storm (ingest + drain; reset just
   before the storm; the whole process: load generator, its prebuilt
   bodies, fake Slack and its call records included), the traced size when the
-  storm began, and ``ru_maxrss`` before and after. tracemalloc slows Python
-  down: ``--no-tracemalloc`` measures the rates without it (maxrss only).
+  storm began, and ``ru_maxrss`` before and after, with ``--tracemalloc``
+  only: it slows Python several times over, so the rates, latencies and
+  stalls it prints then measure tracemalloc (by default, off: maxrss only).
 * The drain: after the last answer, ``Slipway.outbox.drain`` waits until no
   message is pending; its duration.
 * Slack calls per channel (``chat.postMessage`` / ``chat.update``, as the
@@ -92,6 +119,8 @@ What is measured
   above "quiet") that Slack never got; messages whose text in the fake
   Slack is not the last text queued for them; POSTs not answered 200; and
   duplicates Slipway reported vs the number the generator expected.
+* The machine's load average at the start, after ingest and at the end:
+  other processes on the same cores change every figure.
 
 This is a benchmark: it asserts nothing, it prints what it saw.
 """
@@ -101,6 +130,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import hashlib
 import io
 import itertools
@@ -627,12 +657,23 @@ class Bench:
         (set back to --interval before anything is measured)."""
         assert self.slipway is not None
         await self.slipway.tasks.wait_idle()
-        self.slipway.outbox.interval = 0.0
+        paced, self.slipway.outbox.interval = self.slipway.outbox.interval, 0.0
         try:
             await self.slipway.outbox.drain(timeout=120)
         finally:
-            self.slipway.outbox.interval = self.args.interval
+            self.slipway.outbox.interval = paced
         await self.slipway.tasks.wait_idle()
+
+    @staticmethod
+    def settle_heap() -> None:
+        """Unmeasured, before each measured phase: collect garbage and freeze
+        what survives (as bench/ack_latency.py does), so that no phase pays for
+        a full collection of the heap the benchmark itself built (the storm's
+        prebuilt bodies, the fake Slack's records of every call). A full
+        collection holds the GIL, and so the event loop, for tens of
+        milliseconds; Slipway's own garbage is still collected as it comes."""
+        gc.collect()
+        gc.freeze()
 
     async def prepare_acks(self) -> None:
         """Unmeasured: 2 x --probes deploys awaiting approval on ``gated``
@@ -681,10 +722,13 @@ class Bench:
         args, res = self.args, self.results
         t_begin = time.perf_counter()
         res.load["at_start"] = os.getloadavg()
+        self.slipway.outbox.interval = 0.0  # the setup's messages are not paced (--interval is set back below)
         shipped = await self.ship()
         await self.prepare_acks()
         await self.quickly_drained()
+        self.slipway.outbox.interval = args.interval
         idle_acks: dict[str, list[float]] = {"/deploy": [], "Approve": []}
+        self.settle_heap()
         if self.probe is not None:  # the idle Slipway: nothing else going on
             async with aiohttp.ClientSession() as session:
                 idle_lag = LoopLag()
@@ -705,6 +749,7 @@ class Bench:
         print(f"setup: {len(shipped)} services shipped, {len(storm.groups)} groups / {storm.distinct} alerts "
               f"built in {time.perf_counter() - t_begin:.1f}s", file=sys.stderr, flush=True)
 
+        self.settle_heap()
         maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if tracemalloc.is_tracing():
             traced_start, _ = tracemalloc.get_traced_memory()
@@ -717,6 +762,7 @@ class Bench:
         answers: list[Answer] = []
         storm_over = asyncio.Event()
         async with aiohttp.ClientSession(connector=connector) as session, aiohttp.ClientSession() as probing:
+            lags_before = (await self._scrape_loop(session))[1]
             lag = LoopLag()
             lag.start()
             turns = self._turn_marks()
@@ -754,7 +800,7 @@ class Bench:
             res.turns = self._turns_since(turns)
             storm_over.set()
             storm_acks = await acks if acks is not None else {"/deploy": [], "Approve": []}
-            metrics_stall = await self._scrape_stall(session)
+            metrics_stall, lags_after = await self._scrape_loop(session)
         if self.release is not None:
             self.release.touch()  # the held deploys may finish now
         res.load["after_ingest"] = os.getloadavg()
@@ -774,6 +820,11 @@ class Bench:
             "posts_per_s": round(len(answers) / ingest_wall, 1),
             **latency_summary([a.latency for a in answers if a.status == 200]), **lags,
             "metrics_stall_max_ms": metrics_stall,
+            # what slipway_event_loop_lag_seconds counted during the waves, by bucket
+            "metrics_lags_over_ms": {f"{bound * 1000:g}": lags_after[-1][1] - lags_before[-1][1]
+                                     - (dict(lags_after)[bound] - dict(lags_before).get(bound, 0))
+                                     for bound, _ in lags_after if bound in (0.025, 0.05, 0.1)}
+            if lags_before and lags_after else {},
         }
         if errors:
             res.notes.append(f"{len(errors)} POST(s) not answered 200, e.g. {errors[0].status} {errors[0].error}")
@@ -820,8 +871,8 @@ class Bench:
         res.elapsed = time.perf_counter() - t_begin
 
     def _turn_marks(self) -> tuple[int, int] | None:
-        writer = self.slipway.alert_relay.writer if self.slipway and self.slipway.alert_relay else None
-        turn = getattr(writer, "turn", None)
+        # (getattr: the same bench measures checkouts from before the writer, for the baseline)
+        turn = getattr(getattr(self.slipway.alert_relay, "writer", None), "turn", None)
         return (turn.writer_holds.count, turn.loop_waits.count) if turn is not None else None
 
     def _turns_since(self, marks: tuple[int, int] | None) -> dict[str, Any]:
@@ -829,27 +880,36 @@ class Bench:
         of the loop's connection for its turn to write (store/writer.py)."""
         if marks is None:
             return {}
-        turn = self.slipway.alert_relay.writer.turn
+        turn = self.slipway.alert_relay.writer.turn  # type: ignore[union-attr]
         holds = sorted(list(turn.writer_holds.recent)[-(turn.writer_holds.count - marks[0]):]
                        if turn.writer_holds.count > marks[0] else [])
         waits = sorted(list(turn.loop_waits.recent)[-(turn.loop_waits.count - marks[1]):]
                        if turn.loop_waits.count > marks[1] else [])
-        ms = lambda v: round(v * 1000, 1)  # noqa: E731
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000, 1)
         return {"writer_transactions": len(holds), "writer_p50_ms": ms(percentile(holds, 0.5)) if holds else None,
                 "writer_p99_ms": ms(percentile(holds, 0.99)) if holds else None,
                 "writer_max_ms": ms(holds[-1]) if holds else None,
                 "loop_writes": len(waits), "loop_waited": sum(1 for w in waits if w > 0),
                 "loop_wait_p99_ms": ms(percentile(waits, 0.99)) if waits else None,
+                "loop_wait_total_ms": ms(sum(waits)),
                 "loop_wait_max_ms": ms(waits[-1]) if waits else None}
 
-    async def _scrape_stall(self, session: aiohttp.ClientSession) -> float | None:
-        """``slipway_event_loop_stall_max_seconds`` as GET /metrics reports it (ms)."""
+    async def _scrape_loop(self, session: aiohttp.ClientSession) -> tuple[float | None, list[tuple[float, float]]]:
+        """From GET /metrics: ``slipway_event_loop_stall_max_seconds`` (ms; the
+        last minute's, so it also sees the unmeasured setup just before) and
+        the cumulative buckets of ``slipway_event_loop_lag_seconds``
+        ((upper bound, count), +Inf last; empty before issue 11)."""
         async with session.get(self.url + "/metrics") as response:
             text = await response.text()
+        stall, buckets = None, []
         for line in text.splitlines():
             if line.startswith("slipway_event_loop_stall_max_seconds "):
-                return round(float(line.split()[1]) * 1000, 1)
-        return None
+                stall = round(float(line.split()[1]) * 1000, 1)
+            elif line.startswith("slipway_event_loop_lag_seconds_bucket{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((math.inf if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+        return stall, sorted(buckets)
 
     async def _progress(self, t0: float) -> None:
         assert self.store is not None
@@ -1020,13 +1080,16 @@ def print_report(bench: Bench, env: dict[str, Any], warnings: WarningCounter) ->
     print(f"Event loop held during ingest (a 10 ms sleep woke this late; Slack acks share the loop): p50 "
           f"{i['loop_lag_p50_ms']} ms, p99 {i['loop_lag_p99_ms']} ms, max {i['loop_lag_max_ms']} ms; "
           f"{i['loop_blocked_over_1s']} stall(s) > 1 s, {i['loop_blocked_over_3s']} > 3 s; GET /metrics "
-          f"slipway_event_loop_stall_max_seconds after the storm: {fmt(i.get('metrics_stall_max_ms'))} ms")
+          f"slipway_event_loop_stall_max_seconds after the storm: {fmt(i.get('metrics_stall_max_ms'))} ms (the last "
+          f"minute's, setup included); slipway_event_loop_lag_seconds during the waves, wake-ups later than "
+          + (", ".join(f"{bound} ms: {int(n)}" for bound, n in i["metrics_lags_over_ms"].items())
+             if i.get("metrics_lags_over_ms") else "-"))
     if res.turns:
         t = res.turns
         print(f"Writer thread (store/writer.py) during ingest: {t['writer_transactions']} transactions, p50 "
               f"{t['writer_p50_ms']} ms, p99 {t['writer_p99_ms']} ms, max {t['writer_max_ms']} ms; the loop's own "
               f"writes: {t['loop_writes']}, {t['loop_waited']} waited for the writer's turn, p99 "
-              f"{t['loop_wait_p99_ms']} ms, max {t['loop_wait_max_ms']} ms")
+              f"{t['loop_wait_p99_ms']} ms, max {t['loop_wait_max_ms']} ms, {t['loop_wait_total_ms']} ms in all")
     if res.acks:
         il = res.idle_loop
         print(f"Acks, one request every {args.probe_every:g}s, alternately /deploy (accepted, awaiting approval) "

@@ -26,7 +26,8 @@ def _row(row: dict[str, Any]) -> StoredAlert:
     return StoredAlert(**{k: row[k] for k in StoredAlert.__dataclass_fields__})
 
 
-# What a StoredAlert is read from (not the monitor's whole payload).
+# What a StoredAlert is read from (not the monitor's whole payload), in its
+# fields' order: a delivery reads hundreds of rows, made straight from tuples.
 _COLUMNS = ", ".join(StoredAlert.__dataclass_fields__)
 
 
@@ -69,13 +70,13 @@ class Alerts:
         found: dict[tuple[str, str | None], StoredAlert] = {}
         for start in range(0, len(fingerprints), _CHUNK):
             chunk = fingerprints[start:start + _CHUNK]
-            for row in self._db.query(
+            for row in self._db.conn.execute(
                     f"SELECT {_COLUMNS} FROM alerts WHERE source = ? "
                     f"AND fingerprint IN ({', '.join('?' for _ in chunk)})",
                     [source, *chunk]):
-                occurrence = (row["fingerprint"], row["starts_at"])
-                if occurrence in wanted:
-                    found[occurrence] = _row(row)
+                alert = StoredAlert(*row)
+                if (alert.fingerprint, alert.starts_at) in wanted:
+                    found[(alert.fingerprint, alert.starts_at)] = alert
         return found
 
     def latest_firing(self, source: str, fingerprint: str) -> StoredAlert | None:
@@ -108,7 +109,7 @@ class Alerts:
             if existing is None:
                 columns = {**fields, "message_base": episode_base(fields.get("message_key")), "received_at": now,
                            "updated_at": now, "payload": payload}
-                cursor = self._db.execute(
+                cursor = self._db.conn.execute(  # (inside the transaction above: no sqlite-utils autocommit)
                     f"INSERT INTO alerts ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                     list(columns.values()))
                 alert_id, change = cursor.lastrowid, "new"
@@ -120,7 +121,7 @@ class Alerts:
                     return existing, change
                 keep = ("deploy_id", "message_key")  # an alert stays where it was first posted
                 updates = {k: v for k, v in fields.items() if k not in keep}
-                self._db.execute(
+                self._db.conn.execute(
                     f"UPDATE alerts SET {', '.join(f'{k} = ?' for k in updates)}, updated_at = ?, payload = ? "
                     "WHERE id = ?",
                     [*updates.values(), now, payload, alert_id])
@@ -144,8 +145,8 @@ class Alerts:
 
     def with_message(self, message_key: str) -> list[StoredAlert]:
         """Every alert shown by one Slack message, oldest first."""
-        return [_row(r) for r in self._db.query(f"SELECT {_COLUMNS} FROM alerts WHERE message_key = ? ORDER BY id",
-                                                [message_key])]
+        return [StoredAlert(*row) for row in self._db.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE message_key = ? ORDER BY id", [message_key])]
 
     def latest_episode(self, base: str) -> tuple[str, bool] | None:
         """The newest message key ``{base}-N`` and whether any of its alerts

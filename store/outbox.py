@@ -185,7 +185,10 @@ class OutboxQueue:
         """Note where a message posted outside the outbox is (a deploy's own
         message), so replies and edits queued under ``key`` find it."""
         with self._database.transaction():
-            self._db.execute("INSERT OR REPLACE INTO slack_messages (key, channel, ts) VALUES (?, ?, ?)",
+            # not INSERT OR REPLACE: that would drop the permalink already kept for the same message
+            self._db.execute("INSERT INTO slack_messages (key, channel, ts) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                             "UPDATE SET channel = excluded.channel, ts = excluded.ts, "
+                             "permalink = CASE WHEN ts = excluded.ts THEN permalink END",
                              [key, channel, ts])
 
     def fresh_number(self) -> int:

@@ -7,21 +7,32 @@ hold it. The pattern is Datasette's (``Database.execute_write_fn``): a
 single thread owns a write connection and runs the functions it is given
 one at a time, in order; the caller awaits a future the thread resolves.
 
-Two connections write to one file, so SQLite's locking is what keeps them
-apart. Both are in WAL mode: readers never wait for a writer. Every write
-transaction begins with ``BEGIN IMMEDIATE`` (``Database.transaction``),
-taking the write lock before it reads what it will decide on, and a
-connection that finds the lock taken waits in SQLite's busy handler (up to
-the store's 10 s). The thread waiting costs nothing; the event
-loop's connection waiting for the thread holds the loop for as long as
-the thread's transaction lasts, so work sent here keeps each transaction
-short (one alert delivery).
-
 A function run here gets the thread's own :class:`Store` (never the event
 loop's: a sqlite3 connection belongs to the thread that opened it) and does
 what it would do on the loop's, opening its transaction as usual; what it
 returns is committed by the time the future resolves, so the caller can
-tell others (e.g. the outbox worker) at once.
+tell others (e.g. the outbox worker, through the event bus) at once.
+
+Two connections now write to one file:
+
+- Both are in WAL mode: a reader never waits for a writer, nor a writer for
+  a reader.
+- Every write transaction begins with ``BEGIN IMMEDIATE``
+  (``Database.transaction``), taking SQLite's write lock before it reads
+  what it decides on; around it each connection takes its turn
+  (:class:`WriteTurn`), handed over at once inside the process and to the
+  event loop first, so the loop's writes (a click, a deploy's state) wait
+  at most for the rest of the one transaction the thread is in. The thread
+  keeps each transaction short (one alert delivery) and works out what it
+  can before it begins.
+- Checkpoints (copying the WAL back into the database, with fsyncs) are
+  this thread's, outside its turn; neither connection runs one inside a
+  commit (see ``_connect``).
+- Other processes on the same file (a standby Slipway, ``sqlite3`` in a
+  shell) still meet SQLite's own lock and busy timeout.
+
+What stays on the event loop is what awaits, reads (WAL: never blocked),
+and the loop's own writes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ bench/alert_storm.py's business."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import time
@@ -318,7 +317,7 @@ async def test_a_stall_shows_as_the_loops_longest() -> None:
     monitor.start()
     try:
         await asyncio.sleep(0.05)
-        time.sleep(0.12)  # something holds the loop
+        time.sleep(0.12)  # noqa: ASYNC251 — on purpose: something holds the loop
         await asyncio.sleep(0.05)
     finally:
         await monitor.close()
@@ -340,7 +339,7 @@ def test_stalls_older_than_the_window_are_forgotten() -> None:
 
 async def test_metrics_report_the_loops_longest_stall(harness: Harness) -> None:
     await asyncio.sleep(0.05)
-    time.sleep(0.1)
+    time.sleep(0.1)  # noqa: ASYNC251 — on purpose: something holds the loop
     await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as session:
         async with session.get(harness.url + "/metrics") as response:
@@ -350,3 +349,33 @@ async def test_metrics_report_the_loops_longest_stall(harness: Harness) -> None:
     assert values["slipway_event_loop_stall_max_seconds"] >= 0.09
     assert values["slipway_event_loop_lag_seconds_count"] > 0
     assert values['slipway_event_loop_lag_seconds_bucket{le="0.05"}'] < values["slipway_event_loop_lag_seconds_count"]
+
+
+async def test_the_writer_thread_checkpoints_the_wal_for_both_connections(store: Store,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint (fsyncs: tens of milliseconds) never runs inside the loop's
+    commits while the writer runs: the thread does them, and gives the loop's
+    connection its automatic checkpoints back when it stops."""
+    monkeypatch.setattr("store.writer.CHECKPOINT_EVERY", 0.01)
+    checkpoints: list[str] = []
+    checkpoint = StoreWriter._checkpoint
+
+    def counted(self: StoreWriter, own: Store) -> None:
+        checkpoints.append(threading.current_thread().name)
+        checkpoint(self, own)
+
+    monkeypatch.setattr(StoreWriter, "_checkpoint", counted)
+    conn = store.db.conn
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    writer = StoreWriter(store)
+    try:
+        await writer.run(lambda own: None)
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        with store.transaction():
+            for number in range(300):
+                store.alerts.upsert(alert_fields(f"f{number}", "k-1"), {"padding": "x" * 2000}, levels=LEVELS)
+        await asyncio.sleep(0.1)  # quiet: the thread checkpoints what the loop wrote
+        assert checkpoints and set(checkpoints) == {"slipway-store-writer"}
+    finally:
+        await writer.close()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000

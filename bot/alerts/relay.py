@@ -1,4 +1,5 @@
-"""From a monitor's alerts to Slack messages, in one transaction.
+"""From a monitor's alerts to Slack messages, in one transaction, off the
+event loop.
 
 Each alert is stored (a repeat or an HA duplicate lands on the row it
 repeats and changes nothing), judged against the threshold rules, tied to
@@ -7,6 +8,15 @@ message per (deploy or alert group, rule), edited in place as its alerts
 change, with a thread line per state change. The Slack work happens later,
 in the outbox, so the monitor gets its answer at once and nothing is lost if
 Slack is slow, rate-limits, or Slipway restarts.
+
+An alert storm must not hold the event loop that answers Slack's acks. A
+delivery is parsed and recorded in the store writer's thread, on a
+connection of its own (``store/writer.py``); the door awaits the outcome,
+and only once it is committed are ``AlertsRelayed`` and ``SlackWorkQueued``
+published, on the loop. What a delivery asks of the database (which of its
+alerts are already stored, the deploy behind them, which episode each
+message is in, how many threads a service opened lately) is asked once per
+delivery, from indexes, not once per alert (:class:`_Delivery`).
 """
 
 from __future__ import annotations

@@ -329,19 +329,22 @@ class Outbox:
         if item.op in (DM, PUBLISH):
             self.store.outbox.mark_sent(item.id)
             return
+        # Settled and told in one transaction (subscribers join it: the deploy
+        # learns where its message is, or its permalink): a kill between the
+        # two would leave the item sent and what it was for never recorded.
         if item.op == PERMALINK:  # a convenience: the message stood without it meanwhile
-            self.store.outbox.mark_sent(item.id)
-            self.store.outbox.remember_permalink(item.message_key, response["permalink"])
-            self.events.publish(MessagePosted(item.message_key, item.view, delivery.slack_channel, delivery.ts,
-                                              response["permalink"]))
+            with self.store.transaction():
+                self.store.outbox.mark_sent(item.id)
+                self.store.outbox.remember_permalink(item.message_key, response["permalink"])
+                self.events.publish(MessagePosted(item.message_key, item.view, delivery.slack_channel, delivery.ts,
+                                                  response["permalink"]))
             return
         channel, ts = response.get("channel") or delivery.slack_channel, response.get("ts")
         with self.store.transaction():
             self.store.outbox.mark_sent(item.id, channel=channel, ts=ts)
             if item.op == POST and item.view is not None and ts is not None:
                 self.store.outbox.enqueue_permalink(item.message_key, item.view)
-        if item.op == POST and item.view is not None and ts is not None:
-            self.events.publish(MessagePosted(item.message_key, item.view, channel, ts, None))
+                self.events.publish(MessagePosted(item.message_key, item.view, channel, ts, None))
 
     def _drawn(self, item: OutboxItem) -> dict[str, Any] | None:
         """The Slack arguments that show ``item``: its view drawn now, or its stored text and blocks."""
