@@ -19,8 +19,7 @@ Then, once Slipway has settled, the invariants, read from the database:
 
 - every deploy settled: finished, or waiting for approval with none given;
 - every deploy knows its message and its permalink, and the message in
-  Slack is exactly what its stored state draws (but for the rollback
-  offer of older messages, see :func:`_without_offer`);
+  Slack is exactly what its stored state draws, its rollback offer included;
 - a rollback's start was said in the thread of the deploy it undoes;
 - every direct message the requester is owed (one per news state the
   audit log records) arrived, to them, and none that is not owed;
@@ -378,7 +377,7 @@ class Chaos:
                                 f"{kept})")
             shown = self.fake.messages[(deploy.channel, deploy.message_ts)]
             drawn = self.drawn(deploy)
-            shown_blocks, drawn_blocks = _without_offer(shown.blocks), _without_offer(drawn["blocks"])
+            shown_blocks, drawn_blocks = shown.blocks, drawn["blocks"]  # the rollback offer included
             if shown.text != drawn["text"]:
                 problems.append(f"#{deploy.id}'s message shows {shown.text!r}, the database {drawn['text']!r}")
             elif shown_blocks != drawn_blocks:
@@ -447,21 +446,6 @@ class Chaos:
 
 
 OFFER_NOTE = re.compile(r" · (superseded by #\d+ \([^)]*\)|no rollback: .*|to try the rollback again, .*)$")
-
-
-def _without_offer(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A deploy message's blocks without its rollback offer (the Rollback
-    button, or the footer's note saying why there is none). The offer of an
-    older deploy depends on the newest success on its environment, and a new
-    success redraws only the deploy it would roll back to, so older messages
-    keep the offer they were drawn with: a known lag, not a kill's doing,
-    left out of the comparison (see the chaos test's report)."""
-    kept = [json.loads(json.dumps(block)) for block in blocks
-            if not str(block.get("block_id", "")).startswith("rollback:")]
-    if kept and kept[-1].get("type") == "context":
-        for element in kept[-1]["elements"]:
-            element["text"] = OFFER_NOTE.sub("", element["text"])
-    return kept
 
 
 def _blocks_differ(shown: list[dict[str, Any]], drawn: list[dict[str, Any]]) -> str:

@@ -17,13 +17,11 @@ from bot.sandbox.fake_slack import FakeSlack, SlackSender
 from store import Store, schema
 from tests.conftest import SIGNING_SECRET, config_yaml, engine
 from tests.processes import SlipwayProcess
+from tests.test_recovery import files  # noqa: F401 — the same files, as a fixture
 
 LEASE = ("--lease", "2")  # a silent owner keeps the standby waiting 2 s; it looks every 0.5 s
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    return {name: tmp_path / name for name in ("slipway.yml", "slipway.db", "started", "release", "record")}
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ class DeployViews(Protocol):
             SlipwayError: it could not be shown; the request was cancelled and the message says why.
         """
 
+    def show(self, deploy: Deploy) -> None:
+        """Queue the deploy's message (once, however often asked), without waiting for it."""
+
     # The three below queue what they are given (durably, in the caller's
     # transaction when one is open) and return at once: the domain never
     # waits on, nor fails because of, the place people look.

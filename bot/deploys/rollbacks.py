@@ -149,12 +149,7 @@ class Rollbacks:
             SlipwayError: refused (who, what, or a deploy in the way).
         """
         rollback, undone, superseded = await self.record(deploy_id, target, user, source)
-        rollback = await self._announce(rollback)
-        plan = rollback_plan_text(undone, rollback.version)
-        self.views.thread(undone, f":rewind: {mention(user)} started rollback #{rollback.id}: {plan}. "
-                                        f"<{{permalink:{deploy_message_key(rollback.id)}}}|Follow it here>.")
-        self.events.publish(DeployChanged(undone.id))
-        return rollback
+        return await self._announce(rollback)
 
     def auto_rollback_pages(self, event: AlertsRelayed | None = None) -> None:
         """Carry out, in the background, every pending automatic rollback: the
@@ -183,9 +178,16 @@ class Rollbacks:
                         self.views.thread(deploy, f":warning: A page-level alert asked for an automatic rollback "
                                                   f"of #{deploy_id}, but it cannot run: {refusal.message}")
                 return
-            rollback = await self._announce(rollback)
-            self.views.thread(undone, f":rewind: Automatic rollback #{rollback.id} (auto_rollback on "
-                                            f"{undone.environment}, page-level alert): {plan.text}.")
+            await self._announce(rollback)
+
+    @staticmethod
+    def _started_note(rollback: Deploy, undone: Deploy, plan: RollbackPlan, user: str, automatic: bool) -> str:
+        if automatic:
+            return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}, "
+                    f"page-level alert): {plan.text}.")
+        return (f":rewind: {mention(user)} started rollback #{rollback.id}: "
+                f"{rollback_plan_text(undone, rollback.version)}. "
+                f"<{{permalink:{deploy_message_key(rollback.id)}}}|Follow it here>.")
 
     async def _announce(self, rollback: Deploy) -> Deploy:
         """The rollback's own message (the runner starts it once posted, or once Slack took too long)."""
@@ -248,6 +250,11 @@ class Rollbacks:
                 self._keep_rolled_back(rollback, current, user, source)
                 if automatic:
                     self.store.intents.settle(AUTO_ROLLBACK, current.id, f"rollback #{rollback.id}")
+                # the rollback's message, then the note in the undone deploy's thread (its link is
+                # filled in when it is sent): queued with the rollback, so a crash loses neither
+                self.views.show(rollback)
+                self.views.thread(current, self._started_note(rollback, current, plan, user, automatic))
+                self.events.publish(DeployChanged(current.id))
         except (DeployInFlight, DuplicateRequest) as conflict:
             existing = conflict.existing
             if existing.rollback_of == current.id:

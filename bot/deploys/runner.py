@@ -38,6 +38,8 @@ from store import Deploy, DeployStatus, StateConflict, Store
 
 log = logging.getLogger(__name__)
 
+REDRAWN_ON_SUCCESS = 20  # earlier deploys of a service+environment whose messages a success redraws
+
 
 def wall_clock() -> datetime:
     return datetime.now(timezone.utc)
@@ -335,9 +337,11 @@ class DeployRunner:
             self._ship_report(deploy)
             return
         self.views.thread(deploy, success_text(deploy, format_duration(deploy.duration_seconds)))
-        previous = self.store.deploys.rollback_target(deploy)
-        if previous is not None:
-            self.events.publish(DeployChanged(previous.id))  # its Rollback button no longer applies
+        # the messages of earlier finished deploys here offer a rollback (or say why not) in terms of
+        # the newest success: this one changes that for every one of them, not only the last
+        for earlier in self.store.deploys.history(deploy.service, deploy.environment, limit=REDRAWN_ON_SUCCESS):
+            if earlier.id < deploy.id and earlier.status in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
+                self.events.publish(DeployChanged(earlier.id))
         if deploy.rollback_of is not None:
             self._mark_rolled_back(deploy)
         self._ship_report(deploy)

@@ -94,8 +94,7 @@ class DeployMessages:
                 cancelled so it does not block the next one, and this says why.
         """
         key = deploy_message_key(deploy.id)
-        self._store.outbox.enqueue_post(key, self._config.channel, deploy_fallback_text(deploy),
-                                        view=deploy_view(deploy.id))
+        self.show(deploy)
         state = await self._outbox.wait_settled(key, self._announce_wait,
                                                 until=lambda: self._settled(deploy.id))
         deploy = self._store.deploys.get(deploy.id)
@@ -105,6 +104,12 @@ class DeployMessages:
             raise SlipwayError(f"I could not post deploy #{deploy.id} in <#{self._config.channel}> "
                                f"(Slack said `{error}`), so it is cancelled.{hint}")
         return deploy
+
+    def show(self, deploy: Deploy) -> None:
+        """Queue the deploy's message, drawn when sent (once per deploy, however often asked)."""
+        self._store.outbox.enqueue_post(deploy_message_key(deploy.id), self._config.channel,
+                                        deploy_fallback_text(deploy), view=deploy_view(deploy.id))
+        self._outbox.notify()
 
     def _settled(self, deploy_id: int) -> bool:
         """The deploy knows where its message is, or the message is not coming."""
