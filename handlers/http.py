@@ -10,7 +10,6 @@ import time
 from collections.abc import Mapping
 
 from aiohttp import web
-from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def slack_signature_problem(secret: str, headers: Mapping[str, str], body: bytes
     return None
 
 
-async def signed_slack_request(request: web.Request, bolt: AsyncApp) -> AsyncBoltRequest | web.Response:
+async def signed_slack_request(request: web.Request, signing_secret: str) -> AsyncBoltRequest | web.Response:
     """The request as bolt takes it, once its signature is checked; else the
     401 (or 400, 413) to answer with. Nothing reads an unsigned body: bolt
     would parse it first (``payload=[1,2,3]`` is a 500 there) and hand it to
@@ -78,9 +77,8 @@ async def signed_slack_request(request: web.Request, bolt: AsyncApp) -> AsyncBol
     body = await read_bounded(request, MAX_SLACK_BYTES)
     if body is None:
         return problem(413, f"request larger than {MAX_SLACK_BYTES} bytes")
-    # bolt keeps the secret it was built with (settings.signing_secret); reading
-    # it here keeps that the one copy. Bolt checks the signature again, harmlessly.
-    refused = slack_signature_problem(bolt._signing_secret, request.headers, body)
+    # the secret bolt was built with (settings.signing_secret); bolt checks the signature again, harmlessly
+    refused = slack_signature_problem(signing_secret, request.headers, body)
     if refused:
         log.warning("refused a Slack request from %s: %s", request.remote, refused)
         return problem(401, refused)

@@ -100,6 +100,7 @@ class Slipway:
     health: Health  # GET /healthz
     socket_mode: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
+    signing_secret: str = ""  # what signs Slack's requests (settings.signing_secret); bolt was built with the same
 
     def start_workers(self) -> None:
         """Start the work that needs no request: only in the process that
@@ -261,7 +262,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     home_tabs = HomeTabs(store, outbox)
     slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
-                      environ)
+                      environ, signing_secret=settings.signing_secret or "")
     subscribe(slipway)
     handlers.register(bolt, slipway)
     return slipway
@@ -291,7 +292,7 @@ def create_web_app(slipway: Slipway, lease: LeaseKeeper | None = None) -> web.Ap
     async def answer_slack(request: web.Request) -> tuple[str, web.Response]:
         # the signature is checked on the raw body before bolt parses it: an
         # unsigned request gets its 401 (or 400) and reaches nothing else
-        bolt_request = await handlers.http.signed_slack_request(request, slipway.bolt)
+        bolt_request = await handlers.http.signed_slack_request(request, slipway.signing_secret)
         if isinstance(bolt_request, web.Response):
             return "other", bolt_request
         surface = surface_of(bolt_request.body)  # bolt's parse, not a second one
