@@ -141,15 +141,13 @@ class Rollbacks:
         self._auto_rolling_back: set[int] = set()  # deploys whose automatic rollback is being carried out
 
     async def start(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
-        """Record, announce and run a rollback the person confirmed (the
-        runner starts it as soon as its message is posted), and say so in
-        the thread of the deploy it undoes.
+        """Record, announce and run a rollback the person confirmed; the
+        thread of the deploy it undoes says so (queued with the record).
 
         Raises:
             SlipwayError: refused (who, what, or a deploy in the way).
         """
-        rollback, undone, superseded = await self.record(deploy_id, target, user, source)
-        return await self._announce(rollback)
+        return await self._announce(await self.record(deploy_id, target, user, source))
 
     def auto_rollback_pages(self, event: AlertsRelayed | None = None) -> None:
         """Carry out, in the background, every pending automatic rollback: the
@@ -170,7 +168,7 @@ class Rollbacks:
             deploy = self.store.deploys.get(deploy_id)
             try:
                 plan = self.plans.plan(deploy_id)
-                rollback, undone, superseded = await self.record(
+                rollback = await self.record(
                     deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
             except SlipwayError as refusal:
                 with self.store.transaction():
@@ -216,10 +214,12 @@ class Rollbacks:
         return role_holders(self.config.environment(current.environment), "rollback", deployer=current.requested_by)
 
     async def record(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
-                    trigger_id: str | None = None, automatic: bool = False) -> tuple[Deploy, Deploy, Deploy | None]:
+                    trigger_id: str | None = None, automatic: bool = False) -> Deploy:
         """Record a rollback of deploy ``deploy_id`` to ``expected_target`` (the
-        version the person confirmed). Returns the rollback, the deploy it
-        undoes, and a request it superseded (cancelled), if any.
+        version the person confirmed), with what it calls for: the request it
+        supersedes cancelled, the environment locked, the undone version
+        blocked, its message and the note in the undone deploy's thread
+        queued. Returns the rollback.
 
         Raises:
             NotAllowed: ``user`` may not roll back this environment.
@@ -262,7 +262,7 @@ class Rollbacks:
                                       f"{mention(existing.requested_by)}.") from None
             raise PolicyViolation(f"#{existing.id} is {existing.status.replace('_', ' ')} on "
                                   f"{existing.environment}; roll back once it has finished.") from None
-        return rollback, current, superseded
+        return rollback
 
     def _clear_the_way(self, current: Deploy, user: str, source: str | None) -> Deploy | None:
         """A request still waiting for approval must not block a rollback: it

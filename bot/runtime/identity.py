@@ -17,6 +17,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.runtime.tasks import BackgroundTasks
+from bot.slack.failures import failure_of
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ class BotIdentity:
             self._known = {"bot_id": answer.get("bot_id"), "user_id": answer.get("user_id"),
                            "team_id": answer.get("team_id")}
         except Exception as error:  # noqa: BLE001 — asked again on a later request
-            from bot.slack.failures import failure_of
-
             if failure_of(error) is None:
                 raise
             log.warning("auth.test failed (%s); Slipway answers on its token and asks again later",

@@ -147,10 +147,6 @@ class DeployMessages:
             self._store.outbox.enqueue_update(key, "", view=deploy_view(event.deploy_id))
             self._outbox.notify()
 
-    def refresh(self, deploy_id: int) -> None:
-        """Bring the deploy's message up to date with the store, soon."""
-        self.deploy_changed(DeployChanged(deploy_id))
-
     # -- notes, direct messages, channel posts ------------------------------------
 
     def thread(self, deploy: Deploy, text: str) -> None:
