@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -139,6 +139,7 @@ class Environment(_Model):
     checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
     roles: Roles = Roles()
     auto_rollback: bool = False  # roll back at once on a page-level alert tied to a deploy here
+    bake: Bake | None = None  # the watch after full traffic, before the deploy counts as succeeded
     # added to the checklist of a deploy that carries a migration (only where approvals are asked)
     migration_checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = list(DEFAULT_MIGRATION_CHECKLIST)
 
@@ -334,12 +335,112 @@ class Migrations(_Model):
     backup: Backup | None = None
 
 
+CHECK_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class AnalysisCheck(_Model):
+    """One metric gate of a progressive rollout: a PromQL instant query
+    measured every ``interval`` while a stage (or the bake) is watched.
+
+    ``{service}``, ``{environment}``, ``{version}`` and ``{previous_version}``
+    are filled into the queries, escaped for PromQL label strings. A
+    measurement fails when it exceeds ``max``, or ``max_ratio`` times its
+    baseline (``baseline_query``: the same measure on the stable version),
+    the baseline floored at ``min_baseline`` so that 2x of almost nothing
+    stays quiet."""
+
+    query: Annotated[str, Field(min_length=1)]
+    baseline_query: Annotated[str, Field(min_length=1)] | None = None
+    max: float | None = None
+    max_ratio: Annotated[float, Field(gt=0)] | None = None
+    min_baseline: Annotated[float, Field(ge=0)] = 0.0
+    interval: Annotated[Duration, Field(gt=0)] = 30.0
+    failure_limit: Annotated[int, Field(ge=1)] = 1  # failed measurements in one stage that fail it
+    # no data, NaN or Prometheus unreachable: pause the rollout, or count as a failed measurement
+    inconclusive: Literal["pause", "fail"] = "pause"
+
+    @model_validator(mode="after")
+    def _judged_somehow(self) -> "AnalysisCheck":
+        if self.max is None and self.max_ratio is None:
+            raise ValueError("give max, max_ratio, or both: a check needs a ceiling")
+        if self.max_ratio is not None and self.baseline_query is None:
+            raise ValueError("max_ratio compares with the stable version: it needs a baseline_query")
+        return self
+
+
+class Analysis(_Model):
+    """Where the metric gates of progressive rollouts ask, and the checks they name."""
+
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # default: alerts.prometheus_url
+    query_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    checks: dict[Annotated[str, Field(pattern=CHECK_NAME)], AnalysisCheck] = {}
+
+
+class CanaryStep(_Model):
+    weight: Annotated[int, Field(ge=0, le=100)]  # percent of traffic on the new version
+    pause: Duration = 0.0  # how long the step is watched before the next; 0: go on at once
+
+
+class Canary(_Model):
+    steps: Annotated[list[CanaryStep], Field(min_length=1, max_length=20)]
+    analysis: list[str] = []  # names of analysis.checks gating every step
+    on_failure: Literal["abort", "pause"] = "abort"
+
+    @model_validator(mode="after")
+    def _rising_to_full(self) -> "Canary":
+        weights = [step.weight for step in self.steps]
+        if any(later <= earlier for earlier, later in zip(weights, weights[1:], strict=False)) or weights[0] < 1:
+            raise ValueError(f"step weights must rise from above 0 (they are {weights})")
+        if weights[-1] != 100:
+            raise ValueError(f"the last step must take all traffic: weight 100 (it is {weights[-1]})")
+        return self
+
+
+class BlueGreen(_Model):
+    pause: Duration = 0.0  # after the switch, before the old colour is released
+    analysis: list[str] = []
+    on_failure: Literal["abort", "pause"] = "abort"
+
+
+class Strategy(_Model):
+    """How a service reaches an environment: in canary steps or by a
+    blue-green switch (absent: direct, the engine does it all at once)."""
+
+    canary: Canary | None = None
+    blue_green: BlueGreen | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Strategy":
+        chosen = [k for k in ("canary", "blue_green") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of canary, blue_green" + (f" (found {', '.join(chosen)})" if chosen else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "canary" if self.canary is not None else "blue_green"
+
+    @property
+    def analysis(self) -> list[str]:
+        chosen = self.canary or self.blue_green
+        assert chosen is not None
+        return chosen.analysis
+
+
+class Bake(_Model):
+    """The watch after full traffic: the deploy succeeds only when it passes."""
+
+    duration: Annotated[Duration, Field(gt=0)]
+    analysis: list[str] = []
+
+
 class Service(_Model):
     deploy: DeployExecutor | None = None
     migrations: Migrations = Migrations()
     rollback: DeployExecutor | None = None  # default: redeploy the previous good version with `deploy`
     verify: dict[str, Verification] = {}  # keyed by environment name
     environments: list[str] | None = None  # None: every rung of the ladder
+    strategy: dict[str, Strategy] = {}  # keyed by environment name; absent: direct
 
 
 class AlertLabels(_Model):
@@ -416,6 +517,7 @@ class Config(_Model):
     freeze: list[Freeze] = []
     services: Annotated[dict[str, Service], Field(min_length=1)]
     alerts: Alerts | None = None
+    analysis: Analysis | None = None
 
     @field_validator("services")
     @classmethod
@@ -457,6 +559,17 @@ class Config(_Model):
         """Every freeze that covers ``environment`` at ``moment`` (the one
         question every freeze check asks), in config order."""
         return [found for window in self.freeze if (found := window.window_at(environment, moment))]
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """Where analysis queries go: ``analysis.prometheus_url``, else ``alerts.prometheus_url``."""
+        if self.analysis is not None and self.analysis.prometheus_url is not None:
+            return self.analysis.prometheus_url
+        return self.alerts.prometheus_url if self.alerts is not None else None
+
+    def strategy_of(self, service: str, environment: str) -> Strategy | None:
+        """How ``service`` rolls out to ``environment`` (None: direct)."""
+        return self.services[service].strategy.get(environment)
 
     def environments_of(self, service: str) -> list[str]:
         allowed = self.services[service].environments
@@ -544,6 +657,26 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
                 problems.append(
                     (["services", service_name, "environments"], f"unknown environment {name!r}")
                 )
+        for name, strategy in service.strategy.items():
+            where = ["services", service_name, "strategy", name]
+            if name not in names:
+                problems.append((where, f"unknown environment {name!r}"))
+            problems += _analysis_problems(config, [*where, strategy.kind, "analysis"], strategy.analysis)
+    for index, env in enumerate(config.environments):
+        if env.bake is not None:
+            problems += _analysis_problems(config, ["environments", index, "bake", "analysis"], env.bake.analysis)
+    return problems
+
+
+def _analysis_problems(config: Config, where: list[Any], named: list[str]) -> list[tuple[list[Any], str]]:
+    """What is wrong with a list of analysis check names at ``where``."""
+    if not named:
+        return []
+    defined = config.analysis.checks if config.analysis is not None else {}
+    problems = [(where, f"unknown check {name!r} (analysis.checks defines {', '.join(sorted(defined)) or 'none'})")
+                for name in named if name not in defined]
+    if config.prometheus_url is None:
+        problems.append((where, "checks are measured in Prometheus: set analysis.prometheus_url"))
     return problems
 
 
