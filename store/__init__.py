@@ -45,6 +45,7 @@ from store.lease import Lease, LeaseHolder
 from store.locks import ALL_ENVIRONMENTS, Locks
 from store.outbox import OutboxQueue, deploy_message_key
 from store.read_models import ReadModels
+from store.rollouts import Rollout, Rollouts, Stage
 from store.records import (
     Approval,
     AuditEvent,
@@ -64,7 +65,7 @@ __all__ = [
     "ALL_ENVIRONMENTS", "AlreadyApproved", "Alerts", "Approval", "AuditEvent", "AuditLog", "BlockedVersion",
     "ChecklistIncomplete", "ChecklistItem", "Clock", "Database", "Delivery", "Deploy", "DeployInFlight",
     "DeployNotFound", "DeployStatus", "DeployTimes", "Deploys", "DuplicateRequest", "EngineReport",
-    "IllegalTransition", "Lease", "LeaseHolder", "Lock", "Locks", "OutboxItem", "OutboxQueue", "ReadModels", "StateConflict", "Store",
+    "IllegalTransition", "Lease", "LeaseHolder", "Lock", "Locks", "OutboxItem", "OutboxQueue", "ReadModels", "Rollout", "Rollouts", "Stage", "StateConflict", "Store",
     "StoreError", "StoredAlert", "UnknownMessage", "approval_slots", "deploy_message_key", "stamp", "utc_now",
 ]
 
@@ -83,6 +84,7 @@ class Store:
         self.reads = ReadModels(database)
         self.intents = Intents(database)
         self.lease = Lease(database)
+        self.rollouts = Rollouts(database)
 
     @classmethod
     def open(cls, path: str | Path, clock: Clock = utc_now, *, migrate: bool = True) -> Store:

@@ -231,10 +231,48 @@ def _m11_alert_relay_indexes(db: sqlite_utils.Database) -> None:
                "WHERE deploy_id IS NULL")
 
 
+def _m12_progressive_delivery(db: sqlite_utils.Database) -> None:
+    """Issue 12: rollouts in stages (canary steps, blue-green phases, the
+    bake), each stage's measurements, and a deploy that is baking still
+    occupies its service and environment."""
+    db.execute("DROP INDEX one_deploy_in_flight")
+    states = ", ".join(f"'{s}'" for s in (*_ACTIVE_AT_M1, "baking"))
+    db.execute(
+        "CREATE UNIQUE INDEX one_deploy_in_flight ON deploys(service, environment) "
+        f"WHERE status IN ({states})"
+    )
+    # One row per staged deploy: its plan's shape, who paused it, an abort
+    # asked for, the baselines measured before full traffic (for the bake).
+    db["rollouts"].create(
+        {"deploy_id": int, "strategy": str, "on_failure": str, "created_at": str, "paused_at": str,
+         "paused_by": str, "pause_reason": str, "abort_requested_at": str, "abort_requested_by": str,
+         "abort_reason": str, "baselines": str, "outcome": str, "ended_at": str},
+        pk="deploy_id", not_null={"strategy", "on_failure", "created_at"},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["rollout_stages"].create(
+        {"deploy_id": int, "position": int, "kind": str, "weight": int, "phase": str, "pause_seconds": float,
+         "analysis": str, "state": str, "started_at": str, "watch_started_at": str, "ends_at": str,
+         "remaining": float, "ended_at": str, "decision": str, "promoted_by": str, "promoted_at": str},
+        pk=("deploy_id", "position"), not_null={"kind", "state", "pause_seconds", "analysis"},
+        foreign_keys=[("deploy_id", "rollouts", "deploy_id")],
+    )
+    db["measurements"].create(
+        {"id": int, "deploy_id": int, "position": int, "check_name": str, "at": str, "value": float,
+         "baseline": float, "verdict": str, "detail": str},
+        pk="id", not_null={"deploy_id", "position", "check_name", "at", "verdict"},
+        foreign_keys=[("deploy_id", "rollouts", "deploy_id")],
+    )
+    db["measurements"].create_index(["deploy_id", "position"])
+    # a staged deploy calls its engine once per step: which call a webhook report answers
+    # (``step-2``, ``phase-switch``, ``abort``; NULL for a direct deploy's one call)
+    db["engine_reports"].add_column("stage", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
     _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy,
-    _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes]
+    _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes, _m12_progressive_delivery]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

@@ -22,6 +22,7 @@ class DeployStatus(enum.StrEnum):
     APPROVED = "approved"
     DEPLOYING = "deploying"
     VERIFYING = "verifying"
+    BAKING = "baking"  # at full traffic, watched through the environment's bake window
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -34,7 +35,8 @@ _S = DeployStatus  # short, for the tables below
 
 # States in which a deploy still occupies its service+environment (a unique
 # index allows one such deploy per pair).
-ACTIVE_STATES: tuple[DeployStatus, ...] = (_S.AWAITING_APPROVAL, _S.APPROVED, _S.DEPLOYING, _S.VERIFYING)
+ACTIVE_STATES: tuple[DeployStatus, ...] = (_S.AWAITING_APPROVAL, _S.APPROVED, _S.DEPLOYING, _S.VERIFYING,
+                                           _S.BAKING)
 # States a deploy ends in (``expired``: a request nobody decided on in time).
 FINISHED_STATES: tuple[DeployStatus, ...] = (_S.SUCCEEDED, _S.FAILED, _S.REJECTED, _S.CANCELLED, _S.ROLLED_BACK,
                                              _S.EXPIRED)
@@ -54,8 +56,10 @@ TRANSITIONS: Mapping[DeployStatus, frozenset[DeployStatus]] = MappingProxyType({
         _S.CANCELLED,  # abandoned (never announced), superseded by a rollback, or stopped by a lock or freeze
         _S.FAILED,  # no engine configured, or Slipway failed before the engine started
     }),
-    _S.DEPLOYING: frozenset({_S.VERIFYING, _S.FAILED}),
-    _S.VERIFYING: frozenset({_S.SUCCEEDED, _S.FAILED}),
+    # a staged rollout (canary, blue-green) verifies inside its first step and reaches the bake from deploying
+    _S.DEPLOYING: frozenset({_S.VERIFYING, _S.BAKING, _S.FAILED}),
+    _S.VERIFYING: frozenset({_S.SUCCEEDED, _S.BAKING, _S.FAILED}),
+    _S.BAKING: frozenset({_S.SUCCEEDED, _S.FAILED}),  # the bake passed (or was promoted); it failed or was aborted
     # a later rollback undid it; a failed deploy stays failed (its rollback points at it)
     _S.SUCCEEDED: frozenset({_S.ROLLED_BACK}),
     _S.FAILED: frozenset(),

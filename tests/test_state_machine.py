@@ -30,8 +30,12 @@ EDGES = {
     (S.APPROVED, S.FAILED),  # no engine configured, or Slipway failed before the engine ran
     (S.DEPLOYING, S.VERIFYING),
     (S.DEPLOYING, S.FAILED),
+    (S.DEPLOYING, S.BAKING),  # a staged rollout reached full traffic (it verified inside its first step)
     (S.VERIFYING, S.SUCCEEDED),
     (S.VERIFYING, S.FAILED),
+    (S.VERIFYING, S.BAKING),  # a direct deploy verified, on an environment with a bake
+    (S.BAKING, S.SUCCEEDED),  # the bake passed, or was promoted
+    (S.BAKING, S.FAILED),  # the bake failed, or was aborted
     (S.SUCCEEDED, S.ROLLED_BACK),
 }
 REFUSED = sorted(set(itertools.product(S, S)) - EDGES)
@@ -100,7 +104,8 @@ def test_the_table_is_the_one_this_test_spells_out() -> None:
 
 
 def test_the_values_are_the_strings_stored_before_the_enum() -> None:
-    assert [state.value for state in S] == ["awaiting_approval", "approved", "deploying", "verifying", "succeeded",
+    assert [state.value for state in S] == ["awaiting_approval", "approved", "deploying", "verifying", "baking",
+                                            "succeeded",
                                             "failed", "rejected", "cancelled", "expired", "rolled_back"]
     assert S.ROLLED_BACK == "rolled_back" and f"{S.ROLLED_BACK}" == "rolled_back"
 

@@ -26,6 +26,36 @@ class Job:
     # Variables a command must not inherit from Slipway: the engines' secrets
     # named in the config (its Slack secrets are never inherited).
     withhold: frozenset[str] = frozenset()
+    # A staged rollout calls the engine once per step, saying which (issue 12):
+    strategy: str = "direct"  # "direct", "canary" or "blue_green"
+    step: int | None = None  # a canary's step, 1-based (0 for an abort's return to the stable version)
+    steps: int | None = None  # how many steps the canary has
+    weight: int | None = None  # percent of traffic the new version takes after this call (0: abort)
+    phase: str | None = None  # blue-green: "deploy", "switch", "release" or "switch_back"
+
+    @property
+    def stage_key(self) -> str | None:
+        """What tells this call apart from the deploy's other engine calls
+        (None for a direct deploy's one call): ``step-2``, ``phase-switch``,
+        ``abort``."""
+        if self.strategy == "direct":
+            return None
+        if self.weight == 0 or self.phase == "switch_back":
+            return "abort"
+        return f"step-{self.step}" if self.strategy == "canary" else f"phase-{self.phase}"
+
+    @property
+    def stage_fields(self) -> dict[str, str]:
+        """The strategy's fields, as strings, for a staged deploy's engine call
+        (empty for a direct one, so engines that know nothing of stages see no change)."""
+        if self.strategy == "direct":
+            return {}
+        fields = {"strategy": self.strategy}
+        for name in ("step", "steps", "weight", "phase"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = str(value)
+        return fields
 
     @property
     def environ(self) -> dict[str, str]:
@@ -39,6 +69,9 @@ class Job:
         }
         if self.rollback_of is not None:
             values["SLIPWAY_ROLLBACK_OF"] = str(self.rollback_of)
+        values["SLIPWAY_STRATEGY"] = self.strategy
+        for name, value in self.stage_fields.items():
+            values[f"SLIPWAY_{name.upper()}"] = value
         return values
 
 
