@@ -88,6 +88,15 @@ class AlertsRelayed:
 
 
 @dataclass(frozen=True)
+class RollbackIntended:
+    """A rollback was decided with a deploy's end (a bake that failed where
+    ``auto_rollback`` is on, an abort after the old version was gone) and
+    recorded as an intent: carry it out."""
+
+    deploy_id: int
+
+
+@dataclass(frozen=True)
 class SlackWorkQueued:
     """Slack work was queued in the durable outbox: its worker should look now."""
 

@@ -6,12 +6,18 @@ deploy must be waiting for its engine; the report is stored before it is
 answered, so an engine that got a 200 can forget about it. Its ``log_url``
 must be a plain http(s) URL (it becomes a link); its ``message`` is stored
 as written and escaped wherever Slack shows it.
+
+A staged deploy's engine calls each have their own callback,
+``/webhooks/deploys/{id}?stage=step-2``: the report is stored on that stage
+(the body must name the same ``stage``, as it names its deploy), and only
+that call's wait takes it for an answer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -29,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_REPORT_BYTES = 64 * 1024
 MAX_ID_DIGITS = 18  # below 2**63, SQLite's largest integer
+# what ``Job.stage_key`` names a staged deploy's engine calls
+STAGE = re.compile(r"step-[0-9]{1,6}|phase-[a-z_]{1,20}|abort")
 
 
 def register(app: web.Application, slipway: "Slipway") -> None:
@@ -38,10 +46,13 @@ def register(app: web.Application, slipway: "Slipway") -> None:
         # int() refuses it; 30 digits overflow the query. Neither names a deploy.
         if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > MAX_ID_DIGITS:
             return problem(404, "no such deploy")
+        stage = request.query.get("stage")
+        if stage is not None and not STAGE.fullmatch(stage):
+            return problem(404, "no such engine call")
         with deploy_context(int(raw_id)):
-            return await receive_report(request, int(raw_id))
+            return await receive_report(request, int(raw_id), stage)
 
-    async def receive_report(request: web.Request, deploy_id: int) -> web.Response:
+    async def receive_report(request: web.Request, deploy_id: int, stage: str | None) -> web.Response:
         body = await read_bounded(request, MAX_REPORT_BYTES)
         if body is None:
             return problem(413, f"report larger than {MAX_REPORT_BYTES} bytes")
@@ -79,13 +90,20 @@ def register(app: web.Application, slipway: "Slipway") -> None:
                 # binds a signed report to its deploy: one captured for deploy N
                 # cannot be replayed against deploy M sharing the secret
                 raise ValueError(f"deploy_id must be {deploy.id}, the deploy in the URL")
+            if report.get("stage") != stage:
+                # the same for a staged deploy's calls: step 1's report cannot answer step 2
+                raise ValueError(f"stage must be {json.dumps(stage)}, the stage in the URL" if stage else
+                                 "stage must be absent: the URL names no stage")
         except (ValueError, KeyError, TypeError) as exc:
             reason = "missing field status" if isinstance(exc, KeyError) else str(exc)
             return problem(400, f"malformed report: {reason}")
-        if deploy.status != DeployStatus.DEPLOYING:
+        # a staged deploy calls its engine from deploying on (verifying, baking: its later calls)
+        waiting = (DeployStatus.DEPLOYING,) if stage is None else (
+            DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING)
+        if deploy.status not in waiting:
             return problem(409, f"deploy {deploy.id} is {deploy.status}, not waiting for its engine")
         slipway.reports.record(deploy.id, status, log_url, (message or "")[:2000] or None,
-                               source=f"http:{request.remote}")
+                               source=f"http:{request.remote}", stage=stage)
         return web.json_response({"ok": True})
 
     app.router.add_post("/webhooks/deploys/{deploy_id}", slipway.metrics.count_webhook("deploy_report", deploy_report))

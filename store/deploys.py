@@ -444,8 +444,9 @@ class Deploys:
         return self.get(deploy_id)
 
     def record_engine_report(self, deploy_id: int, status: str, log_url: str | None, message: str | None,
-                             source: str | None = None) -> EngineReport:
-        """Keep a report an engine sent back about a deploy (webhook callback).
+                             source: str | None = None, *, stage: str | None = None) -> EngineReport:
+        """Keep a report an engine sent back about a deploy (webhook callback),
+        on its engine call ``stage`` (``step-2``…; None for a direct deploy's one call).
 
         Raises:
             DeployNotFound: no deploy has that id.
@@ -453,16 +454,18 @@ class Deploys:
         now = self._database.now()
         with self._database.transaction():
             self.status_of(deploy_id)
-            self._db.execute("INSERT INTO engine_reports (deploy_id, at, status, log_url, message) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             [deploy_id, now, status, log_url, message])
-            self._audit.record(deploy_id, None, "engine_report", {"status": status, "log_url": log_url,
-                                                                  "message": message}, source)
-        return EngineReport(deploy_id, now, status, log_url, message)
+            self._db.execute("INSERT INTO engine_reports (deploy_id, at, status, log_url, message, stage) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             [deploy_id, now, status, log_url, message, stage])
+            details = {"status": status, "log_url": log_url, "message": message}
+            self._audit.record(deploy_id, None, "engine_report",
+                               details if stage is None else {**details, "stage": stage}, source)
+        return EngineReport(deploy_id, now, status, log_url, message, stage)
 
     def engine_reports(self, deploy_id: int) -> list[EngineReport]:
-        """What engines reported back about deploy ``deploy_id``, oldest first."""
-        return [EngineReport(r["deploy_id"], r["at"], r["status"], r["log_url"], r["message"])
+        """What engines reported back about deploy ``deploy_id`` (on every
+        engine call, see ``EngineReport.stage``), oldest first."""
+        return [EngineReport(r["deploy_id"], r["at"], r["status"], r["log_url"], r["message"], r.get("stage"))
                 for r in self._db.query("SELECT * FROM engine_reports WHERE deploy_id = ? ORDER BY id", [deploy_id])]
 
     def history(self, service: str, environment: str | None = None, limit: int = 10) -> list[Deploy]:

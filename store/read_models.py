@@ -92,12 +92,17 @@ class ReadModels:
         if service is not None:
             where, params = where + " AND service = ?", params + [service]
         # plain tuples, not sqlite-utils' dicts: a year of a busy team's deploys is ~100,000 rows, read in the ack
+        # a rollout aborted before full traffic: when its aborted stage began (its outage, restored at the abort)
         rows = self._db.execute(
-            "SELECT id, service, environment, status, rollback_of, requested_at, finished_at FROM deploys "
+            "SELECT id, service, environment, status, rollback_of, requested_at, finished_at, "
+            "(SELECT s.started_at FROM rollout_stages s JOIN rollouts r ON r.deploy_id = s.deploy_id "
+            " WHERE s.deploy_id = deploys.id AND s.state = 'aborted' AND r.outcome = 'aborted') FROM deploys "
             f"WHERE {where} ORDER BY finished_at, id", params).fetchall()
         return [DeployTimes(deploy_id, service_, environment, _STATUS[status], rollback_of, requested_at,
-                            finished_at, went_live_at=finished_at if status in _WENT_LIVE else None)
-                for deploy_id, service_, environment, status, rollback_of, requested_at, finished_at in rows]
+                            finished_at, went_live_at=finished_at if status in _WENT_LIVE else None,
+                            aborted_from=aborted_from)
+                for deploy_id, service_, environment, status, rollback_of, requested_at, finished_at, aborted_from
+                in rows]
 
     def deploy_counts(self) -> dict[tuple[str, str], int]:
         """How many deploy records there are per (status, environment)."""

@@ -114,6 +114,7 @@ class EngineReport:
     status: str  # running | succeeded | failed
     log_url: str | None
     message: str | None
+    stage: str | None = None  # the engine call it answers (``step-2``…); None: a direct deploy's one call
 
     @property
     def terminal(self) -> bool:
@@ -230,3 +231,6 @@ class DeployTimes:
     requested_at: str
     finished_at: str
     went_live_at: str | None
+    # a staged rollout aborted before full traffic: when the stage it was aborted at began
+    # (the stable version served throughout, so the outage ends at the abort, ``finished_at``)
+    aborted_from: str | None = None

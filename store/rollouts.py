@@ -239,12 +239,13 @@ class Rollouts:
                                       [json.dumps(merged), deploy_id])
 
     def record_measurement(self, deploy_id: int, position: int, check: str, value: float | None,
-                           baseline: float | None, verdict: str, detail: str) -> Measurement:
+                           baseline: float | None, verdict: str, detail: str, *, at: datetime) -> Measurement:
+        """Keep one measurement, taken ``at`` (the runner's clock, which paces the next)."""
         with self._database.transaction():
             cursor = self._database.db.execute(
                 "INSERT INTO measurements (deploy_id, position, check_name, at, value, baseline, verdict, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [deploy_id, position, check, self._database.now(), value, baseline, verdict, detail])
+                [deploy_id, position, check, stamp(at), value, baseline, verdict, detail])
             row_id = cursor.lastrowid
         return self.measurements_by_id(row_id)
 

@@ -57,7 +57,8 @@ TRANSITIONS: Mapping[DeployStatus, frozenset[DeployStatus]] = MappingProxyType({
         _S.FAILED,  # no engine configured, or Slipway failed before the engine started
     }),
     # a staged rollout (canary, blue-green) verifies inside its first step and reaches the bake from deploying
-    _S.DEPLOYING: frozenset({_S.VERIFYING, _S.BAKING, _S.FAILED}),
+    # (and, without a bake, succeeds from deploying when its last step passed)
+    _S.DEPLOYING: frozenset({_S.VERIFYING, _S.BAKING, _S.SUCCEEDED, _S.FAILED}),
     _S.VERIFYING: frozenset({_S.SUCCEEDED, _S.BAKING, _S.FAILED}),
     _S.BAKING: frozenset({_S.SUCCEEDED, _S.FAILED}),  # the bake passed (or was promoted); it failed or was aborted
     # a later rollback undid it; a failed deploy stays failed (its rollback points at it)

@@ -93,7 +93,8 @@ async def test_a_successful_command_gets_the_deploy_in_its_environment(tmp_path:
     launch = remember.references[0]["launch"]
     assert seen["env"] == {"SLIPWAY_DEPLOY_ID": "42", "SLIPWAY_SERVICE": "api",
                            "SLIPWAY_ENVIRONMENT": "production", "SLIPWAY_VERSION": "2.7.0",
-                           "SLIPWAY_PREVIOUS_VERSION": "2.6.3", "SLIPWAY_LAUNCH_ID": launch}
+                           "SLIPWAY_PREVIOUS_VERSION": "2.6.3", "SLIPWAY_STRATEGY": "direct",
+                           "SLIPWAY_LAUNCH_ID": launch}
     # the intent before the program, then its pid
     assert remember.references == [{"launch": launch},
                                    {"pid": seen["pid"], "process_start": remember.references[1]["process_start"]}]
@@ -124,6 +125,18 @@ async def test_a_rollback_also_says_what_it_rolls_back(tmp_path: Path) -> None:
 
     env = json.loads(out.read_text())["env"]
     assert env["SLIPWAY_ROLLBACK_OF"] == "41" and env["SLIPWAY_VERSION"] == "2.6.3"
+
+
+async def test_a_canary_step_says_which_step_and_weight(tmp_path: Path) -> None:
+    out = tmp_path / "record.json"
+
+    await executor(RECORD, str(out), "0").run(job(strategy="canary", step=2, steps=4, weight=25), Remembered())
+
+    env = json.loads(out.read_text())["env"]
+    assert {name: env.get(name) for name in ("SLIPWAY_STRATEGY", "SLIPWAY_STEP", "SLIPWAY_STEPS", "SLIPWAY_WEIGHT",
+                                             "SLIPWAY_PHASE", "SLIPWAY_VERSION", "SLIPWAY_PREVIOUS_VERSION")} == {
+        "SLIPWAY_STRATEGY": "canary", "SLIPWAY_STEP": "2", "SLIPWAY_STEPS": "4", "SLIPWAY_WEIGHT": "25",
+        "SLIPWAY_PHASE": None, "SLIPWAY_VERSION": "2.7.0", "SLIPWAY_PREVIOUS_VERSION": "2.6.3"}
 
 
 async def test_the_command_runs_in_its_working_dir(tmp_path: Path) -> None:

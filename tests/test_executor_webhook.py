@@ -88,9 +88,11 @@ def config_text(engine: CiEngine, slipway_url: str) -> str:
 
 
 async def report(url: str, payload: dict, secret: str = SECRET, headers: dict | None = None) -> tuple[int, dict]:
-    """POST a report as the engine would: naming its deploy (taken from the
-    callback URL unless the payload names one) and signed."""
-    payload = {"deploy_id": int(url.rsplit("/", 1)[-1]) if url.rsplit("/", 1)[-1].isdigit() else None, **payload}
+    """POST a report as the engine would: naming its deploy and its stage, if
+    any (taken from the callback URL unless the payload names them) and signed."""
+    path, _, query = url.partition("?stage=")
+    last = path.rsplit("/", 1)[-1]
+    payload = {"deploy_id": int(last) if last.isdigit() else None, **({"stage": query} if query else {}), **payload}
     body = json.dumps(payload).encode()
     sent = headers if headers is not None else {"Content-Type": "application/json",
                                                  **signing.signed_headers(secret, body)}
@@ -113,7 +115,7 @@ async def test_the_signed_request_reaches_the_engine_and_its_report_finishes_the
     assert engine.requests[-1] == {"deploy_id": deploy_id, "service": "api", "environment": "staging",
                                    "version": "2.7.0", "previous_version": None, "rollback_of": None,
                                    "callback_url": f"{slipway_url}/webhooks/deploys/{deploy_id}",
-                                   "idempotency_key": f"slipway-deploy-{deploy_id}"}
+                                   "idempotency_key": f"slipway-deploy-{deploy_id}", "strategy": "direct"}
     assert engine.headers[-1]["Idempotency-Key"] == f"slipway-deploy-{deploy_id}"
     assert engine.refused == 0
     assert harness.deploy(deploy_id).status == "deploying"
@@ -281,7 +283,8 @@ async def test_the_dispatch_is_recorded_before_the_request_leaves(harness: Harne
     assert seen["dispatched"] == f"slipway-deploy-{deploy_id}" and "requested" not in seen
     await report(callback, {"status": "succeeded"})
     await harness.settle()
-    assert harness.deploy(deploy_id).reference["requested"] is True  # and that the engine took it
+    # and that the engine took the request sent under that key
+    assert harness.deploy(deploy_id).reference["requested"] == f"slipway-deploy-{deploy_id}"
 
 
 async def test_a_restart_before_the_engine_answered_sends_the_request_again_under_the_same_key(

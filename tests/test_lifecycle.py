@@ -84,7 +84,7 @@ async def test_a_staging_deploy_runs_the_engine_with_the_deploy_in_its_environme
     [call] = engine_calls(record)
     assert call["env"] == {"SLIPWAY_DEPLOY_ID": str(deploy.id), "SLIPWAY_SERVICE": "api",
                            "SLIPWAY_ENVIRONMENT": "staging", "SLIPWAY_VERSION": "2.7.0",
-                           "SLIPWAY_PREVIOUS_VERSION": "",
+                           "SLIPWAY_PREVIOUS_VERSION": "", "SLIPWAY_STRATEGY": "direct",
                            "SLIPWAY_LAUNCH_ID": deploy.reference["launch"]}  # the mark recorded before it started
     replies = thread(harness, deploy)
     assert "Handing api v2.7.0 to the command engine" in replies[0]

@@ -31,6 +31,7 @@ EDGES = {
     (S.DEPLOYING, S.VERIFYING),
     (S.DEPLOYING, S.FAILED),
     (S.DEPLOYING, S.BAKING),  # a staged rollout reached full traffic (it verified inside its first step)
+    (S.DEPLOYING, S.SUCCEEDED),  # a staged rollout without a bake passed its last step
     (S.VERIFYING, S.SUCCEEDED),
     (S.VERIFYING, S.FAILED),
     (S.VERIFYING, S.BAKING),  # a direct deploy verified, on an environment with a bake

@@ -338,6 +338,10 @@ class _Delivery:
         if not self.relay.config.environment(deploy.environment).auto_rollback:
             return False
         deploy = self._deploy(deploy.id)
+        if deploy.rollback_of is None and deploy.status in (DeployStatus.DEPLOYING, DeployStatus.VERIFYING,
+                                                            DeployStatus.BAKING):
+            rollout = self.store.rollouts.get(deploy.id)  # a staged rollout in progress is aborted instead
+            return rollout is not None and rollout.ended_at is None
         if deploy.rollback_of is not None or deploy.status not in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
             return False
         if deploy.finished_at and stored.starts_at:

@@ -10,6 +10,7 @@ there, so the next deploy cannot quietly bring the bad version back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.config import Config
@@ -22,7 +23,7 @@ from bot.deploys.policy import (
 )
 from bot.deploys.ports import DeployViews, People
 from bot.errors import PolicyViolation, SlipwayError
-from bot.events import AlertsRelayed, DeployChanged, DeployPosted, EventBus
+from bot.events import AlertsRelayed, DeployChanged, DeployPosted, EventBus, RollbackIntended
 from bot.runtime.logs import deploy_context
 from bot.runtime.tasks import BackgroundTasks
 from bot.slack.mrkdwn import mention, rollback_plan_text
@@ -63,6 +64,9 @@ class RollbackPlans:
         to say, e.g. the deploy is still running)."""
         if deploy.status not in ROLLBACK_FROM:
             return None, None
+        if self._aborted_before_full_traffic(deploy):
+            return None, (f"nothing to roll back: aborted before full traffic, "
+                          f"{deploy.previous_version or 'the stable version'} kept serving")
         if _failed_rollback(deploy):
             return None, f"to try the rollback again, use the button on #{deploy.rollback_of}"
         newer = self._newer_success(deploy)
@@ -72,6 +76,10 @@ class RollbackPlans:
         if target is None:
             return None, f"no rollback: no earlier version of {deploy.service} succeeded on {deploy.environment}"
         return target.version, None
+
+    def _aborted_before_full_traffic(self, deploy: Deploy) -> bool:
+        rollout = self.store.rollouts.get(deploy.id)
+        return rollout is not None and rollout.outcome == "aborted"
 
     def _newer_success(self, deploy: Deploy) -> Deploy | None:
         live = self.store.deploys.latest_successful(deploy.service, deploy.environment)
@@ -91,6 +99,10 @@ class RollbackPlans:
             raise PolicyViolation(
                 f"#{current.id} is {current.status.replace('_', ' ')}; only a succeeded or failed deploy can be "
                 "rolled back.")
+        if self._aborted_before_full_traffic(current):
+            raise PolicyViolation(
+                f"#{current.id} was aborted before it took all traffic: {current.previous_version or 'the stable version'} "
+                "kept serving, so there is nothing to roll back.")
         if _failed_rollback(current):
             raise PolicyViolation(
                 f"#{current.id} is a rollback that failed; what runs is still #{current.rollback_of}'s version. "
@@ -130,7 +142,7 @@ class Rollbacks:
     """Planning, recording and starting rollbacks: clicked, typed or automatic."""
 
     def __init__(self, plans: RollbackPlans, directory: People, views: DeployViews, events: EventBus,
-                 tasks: BackgroundTasks) -> None:
+                 tasks: BackgroundTasks, abort_rollout: Callable[[int, str], bool] | None = None) -> None:
         self.plans = plans
         self.config = plans.config
         self.store = plans.store
@@ -139,6 +151,8 @@ class Rollbacks:
         self.events = events  # publishes DeployChanged for what a rollback supersedes and undoes
         self.tasks = tasks
         self._auto_rolling_back: set[int] = set()  # deploys whose automatic rollback is being carried out
+        # a page-level alert tied to a staged rollout still in progress aborts it (False: none in progress)
+        self.abort_rollout = abort_rollout
 
     async def start(self, deploy_id: int, target: str, user: str, source: str | None = None) -> Deploy:
         """Record, announce and run a rollback the person confirmed; the
@@ -149,7 +163,7 @@ class Rollbacks:
         """
         return await self._announce(await self.record(deploy_id, target, user, source))
 
-    def auto_rollback_pages(self, event: AlertsRelayed | None = None) -> None:
+    def auto_rollback_pages(self, event: AlertsRelayed | RollbackIntended | None = None) -> None:
         """Carry out, in the background, every pending automatic rollback: the
         relay records one with each page-level alert tied to a deploy where
         ``auto_rollback`` is on (also called at start, for those a previous
@@ -166,20 +180,43 @@ class Rollbacks:
         intent is settled with the rollback, or with the note saying why not."""
         with deploy_context(deploy_id):
             deploy = self.store.deploys.get(deploy_id)
+            if self.abort_rollout is not None and deploy.status in (
+                    DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING):
+                if self.abort_rollout(deploy_id, "a page-level alert (auto_rollback)"):
+                    # the runner aborts it; at full traffic that is itself a rollback, intended anew
+                    self.store.intents.settle(AUTO_ROLLBACK, deploy_id, "rollout aborted")
+                    return
+            user, source = AUTO_ROLLBACK_ACTOR, "alert:auto_rollback"
+            rollout = self.store.rollouts.get(deploy_id)
+            if rollout is not None and rollout.abort_requested_by not in (None, AUTO_ROLLBACK_ACTOR):
+                user, source = rollout.abort_requested_by, "slack:abort"  # a person's abort at full traffic
+            elif rollout is not None and rollout.outcome == "failed":
+                source = "rollout:bake_failed"
             try:
                 plan = self.plans.plan(deploy_id)
-                rollback = await self.record(
-                    deploy_id, plan.target.version, AUTO_ROLLBACK_ACTOR, source="alert:auto_rollback", automatic=True)
+                rollback = await self.record(deploy_id, plan.target.version, user, source=source, automatic=True)
             except SlipwayError as refusal:
                 with self.store.transaction():
                     if self.store.intents.settle(AUTO_ROLLBACK, deploy_id, f"refused: {refusal.message}"):
-                        self.views.thread(deploy, f":warning: A page-level alert asked for an automatic rollback "
+                        self.views.thread(deploy, f":warning: {self._why_automatic(source)} asked for a rollback "
                                                   f"of #{deploy_id}, but it cannot run: {refusal.message}")
                 return
             await self._announce(rollback)
 
     @staticmethod
-    def _started_note(rollback: Deploy, undone: Deploy, plan: RollbackPlan, user: str, automatic: bool) -> str:
+    def _why_automatic(source: str | None) -> str:
+        return {"slack:abort": "The abort at full traffic", "rollout:bake_failed": "The failed bake"}.get(
+            source or "", "A page-level alert")
+
+    @staticmethod
+    def _started_note(rollback: Deploy, undone: Deploy, plan: RollbackPlan, user: str, automatic: bool,
+                      source: str | None = None) -> str:
+        if automatic and source == "slack:abort":
+            return (f":rewind: {mention(user)} aborted #{undone.id} after it took all traffic, so rollback "
+                    f"#{rollback.id} runs: {plan.text}.")
+        if automatic and source == "rollout:bake_failed":
+            return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}, "
+                    f"the bake failed): {plan.text}.")
         if automatic:
             return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}, "
                     f"page-level alert): {plan.text}.")
@@ -253,7 +290,7 @@ class Rollbacks:
                 # the rollback's message, then the note in the undone deploy's thread (its link is
                 # filled in when it is sent): queued with the rollback, so a crash loses neither
                 self.views.show(rollback)
-                self.views.thread(current, self._started_note(rollback, current, plan, user, automatic))
+                self.views.thread(current, self._started_note(rollback, current, plan, user, automatic, source))
                 self.events.publish(DeployChanged(current.id))
         except (DeployInFlight, DuplicateRequest) as conflict:
             existing = conflict.existing

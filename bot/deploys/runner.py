@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 
 from bot.config import Backup, Config, DeployExecutor
 from bot.deploys.ports import DeployViews
+from bot.deploys.progressive import ANALYSIS_ACTOR, StageWatch, Verdict, plan_rollout
 from bot.durations import format_duration
 from bot.errors import SlipwayError
-from bot.events import DeployChanged, DeployPosted, EventBus, ExecutorStarted
+from bot.events import DeployChanged, DeployPosted, EventBus, ExecutorStarted, RollbackIntended
 from bot.executors import EngineReports, Job, NotResumable, Outcome, build_executor
+from bot.slack.mrkdwn import mention
 from bot.executors.process import run_process
 from bot.runtime.tasks import BackgroundTasks
 from bot.slack.mrkdwn import (
@@ -34,7 +36,9 @@ from bot.slack.mrkdwn import (
     verification_text,
 )
 from bot.slack.ship_report import as_slack_mrkdwn, ship_report
-from store import Deploy, DeployStatus, StateConflict, Store
+from store import Deploy, DeployStatus, Rollout, Stage, StateConflict, Store
+from store.intents import AUTO_ROLLBACK
+from store.rollouts import ABORTED, APPLYING, FAILED, PASSED, PENDING
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,10 @@ class DeployRunner:
                  observe_executor: Callable[[str, str, float], None] | None = None,
                  environ: Mapping[str, str] | None = None, now: Callable[[], datetime] = wall_clock,
                  verify_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 verify_clock: Callable[[], float] = time.monotonic) -> None:
+                 verify_clock: Callable[[], float] = time.monotonic, watch: StageWatch | None = None) -> None:
         self.config = config
+        # staged rollouts' metric gates and pauses (None: every deploy is direct and unbaked)
+        self.watch = watch
         self.store = store
         self.views = views
         self.events = events  # publishes DeployChanged at each step, ExecutorStarted when the engine is handed one
@@ -103,12 +109,30 @@ class DeployRunner:
         is a local command (stopping Slipway would stop the command with it;
         webhook and GitHub deploys are followed up after a restart). Returns
         the ids still running when the wait ended."""
-        local = [task for deploy_id, task in self._deploy_tasks.items()
-                 if not task.done() and self._runs_locally(deploy_id)]
+        def waited_for() -> list[asyncio.Task]:
+            return [task for deploy_id, task in self._deploy_tasks.items()
+                    if not task.done() and self._runs_locally(deploy_id) and self._engine_may_run(deploy_id)]
+
+        local = waited_for()
         if local and timeout > 0:
             log.info("waiting up to %.0f s for %d command deploy(s) to finish", timeout, len(local))
-            await asyncio.wait(local, timeout=timeout)
+            deadline = time.monotonic() + timeout
+            # a staged rollout is waited for until its engine call ends, not through its pauses:
+            # those are stored and resume after the restart
+            while local and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait(local, timeout=min(left, 0.2))
+                local = waited_for()
         return [deploy_id for deploy_id, task in self._deploy_tasks.items() if not task.done()]
+
+    def _engine_may_run(self, deploy_id: int) -> bool:
+        """Whether the deploy's engine is (or is about to be) running: not
+        while a rollout's stage or bake is watched."""
+        rollout = self.store.rollouts.get(deploy_id)
+        if rollout is None:
+            return True
+        current = rollout.current
+        return current is not None and current.state in (PENDING, APPLYING) and \
+            self.store.deploys.status_of(deploy_id) != DeployStatus.BAKING
 
     def _runs_locally(self, deploy_id: int) -> bool:
         spec = self.engine_of(self.store.deploys.get(deploy_id))
@@ -126,10 +150,12 @@ class DeployRunner:
                 await self._finish(self.store.deploys.get(deploy_id), DeployStatus.FAILED,
                                    "Slipway failed while running it (see its log); the engine's state is unknown",
                                    allowed_from=(DeployStatus.APPROVED, DeployStatus.DEPLOYING,
-                                                 DeployStatus.VERIFYING))
+                                                 DeployStatus.VERIFYING, DeployStatus.BAKING))
                 raise
             finally:
                 self._deploy_tasks.pop(deploy_id, None)
+                if self.watch is not None:
+                    self.watch.forget(deploy_id)
 
     def recover(self) -> list[int]:
         """Pick up deploys a previous Slipway left approved, deploying or
@@ -140,7 +166,7 @@ class DeployRunner:
             if deploy.message_ts is None:
                 self.tasks.spawn(self._announce(deploy), name=f"announce-deploy-{deploy.id}")
                 picked.append(deploy.id)
-        running = (DeployStatus.APPROVED, DeployStatus.DEPLOYING, DeployStatus.VERIFYING)
+        running = (DeployStatus.APPROVED, DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING)
         for deploy in self.store.deploys.in_states(running):
             self._spawn(deploy.id, resume=deploy.status != DeployStatus.APPROVED)
             picked.append(deploy.id)
@@ -170,6 +196,10 @@ class DeployRunner:
         if deploy.message_ts is None and await self._announce(deploy) is None:
             return
         deploy = self.store.deploys.get(deploy_id)
+        rollout = self.store.rollouts.get(deploy_id)
+        if resume and deploy.status == DeployStatus.BAKING:
+            await self._roll_out(deploy, self.engine_of(deploy), resume=True)
+            return
         if resume and deploy.status == DeployStatus.VERIFYING:
             await self._verify(deploy, self._job(deploy, fresh=False))
             return
@@ -192,6 +222,9 @@ class DeployRunner:
                     deploy = self.store.deploys.transition(deploy_id, allowed_from=(DeployStatus.APPROVED,),
                                                            to=DeployStatus.DEPLOYING, actor=None,
                                                            action="deploy_started", detail={"engine": spec.kind})
+                    plan = plan_rollout(self.config, deploy) if self.watch is not None else None
+                    if plan is not None:  # its stages, fixed now: a config reload does not change a running deploy
+                        rollout = self.store.rollouts.create(deploy_id, *plan)
                     self.events.publish(DeployChanged(deploy_id))
             except StateConflict:
                 return  # another runner got there first
@@ -203,6 +236,11 @@ class DeployRunner:
             await self._finish(deploy, DeployStatus.FAILED, "interrupted by a restart before its backup finished; "
                                                  "the engine was not run")
             return
+        if rollout is not None and rollout.strategy != "direct":
+            await self._roll_out(deploy, spec, resume)
+            return
+        if rollout is not None and not resume and self.watch is not None:
+            await self.watch.measure_before(deploy, rollout)  # the bake's baselines, while the old version serves
         # The note is queued, never waited on: the engine starts at once, and
         # the note is still posted before the engine's log, so the thread reads in order.
         if not resume:
@@ -266,27 +304,37 @@ class DeployRunner:
         return Job(deploy.id, deploy.service, deploy.environment, deploy.version, deploy.previous_version,
                    deploy.rollback_of, started, withhold=self.config.secret_variables)
 
-    async def _execute(self, deploy: Deploy, spec: DeployExecutor, job: Job, resume: bool) -> Outcome:
+    async def _execute(self, deploy: Deploy, spec: DeployExecutor, job: Job, resume: bool,
+                       *, rerun_if_lost: bool = False) -> Outcome:
+        """Hand ``job`` to the engine (or follow up the call a previous Slipway
+        made) and wait for its outcome. ``rerun_if_lost``: a staged rollout's
+        step whose call cannot be followed up is applied again (the engine
+        contract: applying the same step twice is harmless)."""
         executor = build_executor(spec, reports=self.reports, public_url=self.config.public_url, environ=self.environ,
                                   claimed_runs=self._claimed_runs)
 
         async def remember(reference: dict) -> None:
             self.store.deploys.remember_reference(deploy.id, spec.kind, reference)
 
-        import time
-
         # real elapsed time (monotonic), not the store's clock, which tests freeze
         started, outcome = time.monotonic(), "error"
         try:
-            if not resume:
-                await remember({"engine_started_at": job.started_at.isoformat()})
-                self.events.publish(ExecutorStarted(deploy.id))
-                result = await executor.run(job, remember)
-            else:
+            if resume and job.stage_key is not None and deploy.reference.get("stage") != job.stage_key:
+                resume = False  # Slipway stopped before this step's call was recorded: it was never made
+            result = None
+            if resume:
                 try:
                     result = await executor.resume(job, deploy.reference, remember)
                 except NotResumable as reason:
-                    result = Outcome(False, f"interrupted by restart ({reason})")
+                    if not rerun_if_lost:
+                        result = Outcome(False, f"interrupted by restart ({reason})")
+                    else:
+                        log.info("deploy %s: applying %s again after a restart (%s)", deploy.id, job.stage_key, reason)
+            if result is None:
+                await remember({"engine_started_at": job.started_at.isoformat(),
+                                **({"stage": job.stage_key} if job.stage_key else {})})
+                self.events.publish(ExecutorStarted(deploy.id))
+                result = await executor.run(job, remember)
             outcome = "succeeded" if result.succeeded else "failed"
             return result
         except asyncio.CancelledError:
@@ -308,11 +356,196 @@ class DeployRunner:
         deploy = self.store.deploys.record_verification(deploy.id, result.as_records())
         if result.checks:
             self.views.thread(deploy, verification_text(deploy))
-        if result.passed:
+        if result.passed and self.store.rollouts.get(deploy.id) is not None:
+            await self._roll_out(deploy, self.engine_of(deploy), resume=False)  # a direct deploy's bake
+        elif result.passed:
             await self._finish(deploy, DeployStatus.SUCCEEDED, None)
         else:
             failed = next(c for c in result.checks if not c.passed)
             await self._finish(deploy, DeployStatus.FAILED, f"verification: {escape(failed.name)} — {escape(failed.detail)}")
+
+    # -- staged rollouts (canary, blue-green) and the bake -------------------------------------
+
+    def _stage_job(self, deploy: Deploy, rollout: Rollout, stage: Stage, *, abort: bool = False) -> Job:
+        """The engine's view of one stage (or of the abort that returns traffic to the stable version)."""
+        steps = [s for s in rollout.stages if s.kind == "step"]
+        if rollout.strategy == "canary":
+            fields = {"step": 0 if abort else stage.position, "steps": len(steps), "weight": 0 if abort else stage.weight}
+        else:
+            fields = {"phase": "switch_back" if abort else stage.phase}
+        job = self._job(deploy, fresh=True)
+        resumed = Job(job.deploy_id, job.service, job.environment, job.version, job.previous_version, job.rollback_of,
+                      job.started_at, withhold=job.withhold, strategy=rollout.strategy, **fields)
+        if deploy.reference.get("stage") == resumed.stage_key and "engine_started_at" in deploy.reference:
+            # the same call after a restart: its timeout still counts from its first start
+            started = datetime.fromisoformat(deploy.reference["engine_started_at"])
+            resumed = Job(**{**resumed.__dict__, "started_at": started})
+        return resumed
+
+    async def _roll_out(self, deploy: Deploy, spec: DeployExecutor | None, resume: bool) -> None:
+        """Take a staged deploy through its stages: each applied by the engine
+        (verified after the first) and watched, then the bake; abort at any
+        stage when the analysis or a person says so."""
+        assert self.watch is not None and spec is not None
+        rollout = self.store.rollouts.get(deploy.id)
+        assert rollout is not None
+        first_applied = next((stage.position for stage in rollout.stages if stage.applies), None)
+        for position in range(1, len(rollout.stages) + 1):
+            rollout = self.store.rollouts.get(deploy.id)
+            assert rollout is not None
+            stage = rollout.stage(position)
+            if stage.ended:
+                continue
+            deploy = self.store.deploys.get(deploy.id)
+            if rollout.abort_requested_at is not None:
+                await self._abort(deploy, spec, rollout.abort_reason or "aborted")
+                return
+            if stage.kind == "bake":
+                if deploy.status != DeployStatus.BAKING:
+                    with self.store.transaction():
+                        deploy = self.store.deploys.transition(
+                            deploy.id, allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING),
+                            to=DeployStatus.BAKING, actor=None, action="baking")
+                        self.events.publish(DeployChanged(deploy.id))
+                        self.views.thread(deploy, f":bread: At full traffic: baking for "
+                                                  f"{format_duration(stage.pause_seconds)} before it counts as done.")
+            elif stage.state in (PENDING, APPLYING):
+                again = stage.state == APPLYING
+                self.store.rollouts.apply_stage(deploy.id, position)
+                self.events.publish(DeployChanged(deploy.id))
+                outcome = await self._execute(deploy, spec, self._stage_job(deploy, rollout, stage), resume and again,
+                                              rerun_if_lost=True)
+                deploy = self.store.deploys.record_engine_result(
+                    deploy.id, kind=spec.kind, summary=outcome.summary, exit_code=outcome.exit_code,
+                    run_url=outcome.run_url, log_tail=outcome.log_tail, reference=outcome.reference)
+                if not outcome.succeeded:
+                    self.views.thread(deploy, engine_log_text(deploy, False))
+                    await self._stage_failed(deploy, spec, f"the engine failed at {stage.label}: "
+                                                           f"{escape(outcome.summary)}")
+                    return
+                if position == first_applied:
+                    passed, why = await self._verify_stage(deploy)
+                    if not passed:
+                        await self._stage_failed(deploy, spec, why)
+                        return
+            verdict = await self.watch.watch(deploy, position)
+            if not await self._after_watch(deploy, spec, stage, verdict):
+                return
+        self.store.rollouts.end(deploy.id, "passed")
+        await self._finish(self.store.deploys.get(deploy.id), DeployStatus.SUCCEEDED, None,
+                           allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING))
+
+    async def _after_watch(self, deploy: Deploy, spec: DeployExecutor, stage: Stage, verdict: Verdict) -> bool:
+        """Act on the watch's verdict; False when the rollout ended there."""
+        if verdict.outcome in ("passed", "promoted"):
+            if self.store.rollouts.end_stage(deploy.id, stage.position, PASSED, verdict.decision):
+                icon = ":fast_forward:" if verdict.outcome == "promoted" else ":white_check_mark:"
+                self.views.thread(deploy, f"{icon} {stage.label}: {verdict.decision}.")
+                self.events.publish(DeployChanged(deploy.id))
+            return True
+        await (self._abort if verdict.outcome == "abort" else self._stage_failed)(deploy, spec, verdict.decision)
+        return False
+
+    async def _verify_stage(self, deploy: Deploy) -> tuple[bool, str]:
+        """A staged deploy's verification, once, after its first engine call."""
+        from bot.deploys.verification import verify
+
+        checks = self.config.services[deploy.service].verify.get(deploy.environment)
+        result = await verify(checks, self._job(deploy, fresh=False), sleep=self.verify_sleep, clock=self.verify_clock)
+        deploy = self.store.deploys.record_verification(deploy.id, result.as_records())
+        if result.checks:
+            self.views.thread(deploy, verification_text(deploy))
+        if result.passed:
+            return True, ""
+        failed = next(c for c in result.checks if not c.passed)
+        return False, f"verification: {escape(failed.name)} — {escape(failed.detail)}"
+
+    async def _stage_failed(self, deploy: Deploy, spec: DeployExecutor, reason: str) -> None:
+        """A stage failed (engine, verification or analysis): before full
+        traffic the rollout is aborted; after it (the bake), the deploy fails
+        and its rollback is offered, or run where ``auto_rollback`` is on."""
+        rollout = self.store.rollouts.get(deploy.id)
+        assert rollout is not None
+        if not rollout.full_traffic:
+            await self._abort(deploy, spec, reason, by=ANALYSIS_ACTOR)
+            return
+        automatic = self.config.environment(deploy.environment).auto_rollback
+        await self._end_at_full_traffic(deploy, rollout, f"failed at {self._where(rollout)}: {reason}",
+                                        roll_back=automatic, outcome="failed")
+
+    @staticmethod
+    def _where(rollout: Rollout) -> str:
+        current = rollout.current
+        if current is None:
+            return "the end"
+        return "the bake" if current.kind == "bake" else current.label
+
+    async def _abort(self, deploy: Deploy, spec: DeployExecutor, reason: str, by: str | None = None) -> None:
+        """Abort the rollout. Before full traffic the stable version still
+        serves: the engine returns all traffic to it (weight 0, or
+        switch_back), the deploy fails, the environment is locked and the
+        version blocked, and nothing is left to roll back. After it, an abort
+        is a rollback."""
+        rollout = self.store.rollouts.get(deploy.id)
+        assert rollout is not None
+        by = by or rollout.abort_requested_by or ANALYSIS_ACTOR
+        if rollout.full_traffic:
+            await self._end_at_full_traffic(deploy, rollout, f"aborted at {self._where(rollout)}: {reason}",
+                                            roll_back=True, outcome="failed")
+            return
+        stage = rollout.current
+        assert stage is not None
+        where = stage.label
+        job = self._stage_job(deploy, rollout, stage, abort=True)
+        self.views.thread(deploy, f":octagonal_sign: Aborting at {where}: {reason}. Returning all traffic to "
+                                  f"{escape(deploy.previous_version or 'the stable version')}…")
+        outcome = await self._execute(deploy, spec, job, resume=deploy.reference.get("stage") == job.stage_key,
+                                      rerun_if_lost=True)
+        status_reason = f"aborted at {where}: {reason}"
+        if not outcome.succeeded:
+            status_reason += (f"; the engine could not return traffic to the stable version "
+                              f"({escape(outcome.summary)}): check it now")
+        who = "Slipway" if by == ANALYSIS_ACTOR else mention(by)
+        lock_reason = f"{deploy.display_version} aborted at {where} by {who}"
+        try:
+            with self.store.transaction():
+                self.store.rollouts.end_stage(deploy.id, stage.position, ABORTED, reason)
+                self.store.rollouts.end(deploy.id, "aborted")
+                deploy = self.store.deploys.transition(
+                    deploy.id, allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING), to=DeployStatus.FAILED,
+                    actor=None if by == ANALYSIS_ACTOR else by, action="aborted", reason=status_reason)
+                self.store.locks.acquire(deploy.service, deploy.environment, by, lock_reason, keep_existing=True,
+                                         deploy_id=deploy.id)
+                self.store.locks.block_version(deploy.service, deploy.environment, deploy.version, by, lock_reason,
+                                               rollback_id=deploy.id)
+                self.events.publish(DeployChanged(deploy.id))
+                self.views.thread(deploy, failure_text(deploy))
+                self._ship_report(deploy)
+        except StateConflict:
+            return
+
+    async def _end_at_full_traffic(self, deploy: Deploy, rollout: Rollout, reason: str, *, roll_back: bool,
+                                   outcome: str) -> None:
+        """The deploy fails with the new version at full traffic: its rollback
+        is offered on the message, or (``roll_back``) recorded as an intent
+        with the failure and carried out at once."""
+        current = rollout.current
+        try:
+            with self.store.transaction():
+                if current is not None:
+                    self.store.rollouts.end_stage(deploy.id, current.position, FAILED, reason)
+                self.store.rollouts.end(deploy.id, outcome)
+                deploy = self.store.deploys.transition(
+                    deploy.id, allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING),
+                    to=DeployStatus.FAILED, actor=None, action="failed", reason=reason)
+                if roll_back:
+                    self.store.intents.add(AUTO_ROLLBACK, deploy.id)
+                self.events.publish(DeployChanged(deploy.id))
+                self._tell_finished(deploy)
+        except StateConflict:
+            return
+        if roll_back:
+            self.events.publish(RollbackIntended(deploy.id))
 
     async def _finish(self, deploy: Deploy, status: DeployStatus, reason: str | None,
                       allowed_from: tuple[DeployStatus, ...] = (DeployStatus.DEPLOYING,

@@ -16,6 +16,9 @@ How deploys count (README, `/deploy stats`):
   was later rolled back went live, and ends at the next success on the same
   service and environment. Failures before that success belong to the same
   outage, timed from the first.
+- A staged rollout aborted before full traffic is a failed change restored
+  at the abort: its outage runs from the start of the stage it was aborted
+  at to the abort, whatever comes after (the stable version never left).
 - Each figure counts what happened in the window: a deploy by the moment it
   succeeded or failed, an outage by the moment it started.
 """
@@ -116,6 +119,11 @@ def _count_outages(figures: Figures, history: list[DeployTimes], since: datetime
     and failures in time order."""
     events: list[tuple[datetime, int, int]] = []  # (when, deploy id, 0 = success | 1 = failure)
     for record in history:
+        if record.aborted_from is not None:
+            began = _moment(record.aborted_from)
+            if since <= began <= now:
+                figures.restore_times.append(max(0.0, (_moment(record.finished_at) - began).total_seconds()))
+            continue
         if record.went_live_at is not None:
             events.append((_moment(record.went_live_at), record.id, 0))
         if record.status == DeployStatus.FAILED:

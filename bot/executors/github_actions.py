@@ -9,7 +9,17 @@ What is sent
     win over those three); their values may use the placeholders
     ``{version}``, ``{environment}``, ``{service}``, ``{deploy_id}``,
     ``{previous_version}`` and ``{rollback_of}`` (the last two are empty
-    when there is none).
+    when there is none), and ``{strategy}``, ``{step}``, ``{steps}``,
+    ``{weight}``, ``{phase}`` and ``{stage}`` (empty when not set).
+
+Staged deploys
+    A canary or blue-green deploy dispatches the workflow once per step, and
+    those dispatches carry, besides the three inputs, ``strategy`` and
+    whichever of ``step``, ``steps``, ``weight`` and ``phase`` the step sets
+    (``weight`` "0" or ``phase`` "switch_back": the abort). A workflow that
+    runs staged deploys must declare all five (GitHub refuses undeclared
+    inputs); a direct deploy never sends them, so a workflow that only ever
+    deploys directly needs nothing new.
 
 Finding the run
     The dispatch asks GitHub for the run's id (``return_run_details``).
@@ -19,6 +29,13 @@ Finding the run
     ``slipway #<deploy id>``. Give the workflow this run name so that it can::
 
         run-name: "Deploy ${{ inputs.version }} to ${{ inputs.environment }} (slipway #${{ inputs.deploy_id }})"
+
+    A staged deploy's runs should also name their step after the marker
+    (``slipway #12 step-2``, ``… phase-switch``, ``… abort``): declare a
+    ``stage`` input, have the spec send it (``inputs: {stage: "{stage}"}``)
+    and end the run name with ``(slipway #${{ inputs.deploy_id }} ${{ inputs.stage }})``.
+    A run whose title names another step is never taken, nor is a run some
+    job (an earlier step included) already follows.
 
     A workflow without it gets the oldest such run that no other deploy has
     claimed: right unless someone dispatches the same workflow by hand at
@@ -65,7 +82,8 @@ REQUEST_TIMEOUT = 30.0
 CONFIRM_WINDOW = 60.0  # how long to look for the run of a dispatch whose reply was lost
 UNSPECIFIED_RATE_LIMIT_WAIT = 60.0  # GitHub: "wait for at least one minute" when no header says how long
 MARKER_TEXT = "slipway #"  # followed by the deploy id, in the run's title
-MARKER = re.compile(re.escape(MARKER_TEXT) + r"(\d+)", re.IGNORECASE)
+# the deploy id, then (a staged deploy's run) which engine call: "step-2", "phase-switch", "abort"
+MARKER = re.compile(re.escape(MARKER_TEXT) + r"(\d+)(?:[ :/-]+(step-\d+|phase-[a-z_]+|abort)\b)?", re.IGNORECASE)
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -73,7 +91,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 def workflow_inputs(job: Job, extra: Mapping[str, str]) -> dict[str, str]:
     """The ``inputs`` of the dispatch: version, environment and deploy_id,
-    then ``extra`` (the spec's inputs) with its placeholders filled in."""
+    a staged deploy's strategy, step, steps, weight and phase (those set;
+    none for a direct deploy), then ``extra`` (the spec's inputs) with its
+    placeholders filled in."""
+    stage = job.stage_fields
     values = {
         "version": job.version,
         "environment": job.environment,
@@ -81,8 +102,13 @@ def workflow_inputs(job: Job, extra: Mapping[str, str]) -> dict[str, str]:
         "deploy_id": str(job.deploy_id),
         "previous_version": job.previous_version or "",
         "rollback_of": "" if job.rollback_of is None else str(job.rollback_of),
+        "step": "", "steps": "", "weight": "", "phase": "",
+        **stage,
+        "strategy": job.strategy,
+        "stage": job.stage_key or "",
     }
     inputs = {name: values[name] for name in ("version", "environment", "deploy_id")}
+    inputs.update(stage)
     for name, template in extra.items():
         inputs[name] = PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), template)
     return inputs
@@ -118,7 +144,8 @@ class GitHubActionsExecutor:
     async def resume(self, job: Job, reference: dict[str, Any], remember: RememberReference) -> Outcome:
         """Follow up a job a previous Slipway dispatched: the remembered run, or,
         if it stopped before the run was known, the run found again. Never
-        dispatches a second time."""
+        dispatches a second time (a staged deploy's step that the previous
+        Slipway had not begun to dispatch is dispatched, once)."""
         return await self._track(job, lambda tracker: tracker.follow_up(reference, remember))
 
     async def _track(self, job: Job, work: Callable[[_JobTracker], Awaitable[Outcome]]) -> Outcome:
@@ -241,23 +268,32 @@ class _JobTracker:
 
     async def dispatch_and_follow(self, remember: RememberReference) -> Outcome:
         dispatched_at = _now()
+        if self.job.stage_key is not None:
+            # a staged deploy's later step starts where an earlier one's reference ends: say
+            # which step is being dispatched, so that a restart knows whether this one was
+            await remember({"dispatching": self.job.stage_key})
         try:
             run = await self._dispatch()
         except _Unconfirmed as unconfirmed:
             run = await self._find_unconfirmed_run(since=dispatched_at)
             if run is None:
                 return Outcome(False, f"GitHub did not confirm the dispatch ({unconfirmed}) and no run marked "
-                                      f"'slipway #{self.job.deploy_id}' appeared; check {self._actions_url()} "
+                                      f"'{self._marker()}' appeared; check {self._actions_url()} "
                                       "before deploying again", run_url=self._actions_url())
         if run is None:
             run = await self._discover(since=dispatched_at)
         return await self._follow(run, remember)
 
     async def follow_up(self, reference: dict[str, Any], remember: RememberReference) -> Outcome:
-        if reference.get("run_id") is not None:
+        # a staged deploy's reference may still hold an earlier step's run: only this step's counts
+        if reference.get("run_id") is not None and reference.get("run_stage") == self.job.stage_key:
             self.run_id, self.run_url = int(reference["run_id"]), reference.get("run_url")
             self._claimed.add(self.run_id)
             return await self._poll()
+        if self.job.stage_key is not None and reference.get("dispatching") != self.job.stage_key:
+            # The previous Slipway stopped before it dispatched this step (what it
+            # remembered is an earlier step's): nothing ran for it, so dispatch it.
+            return await self.dispatch_and_follow(remember)
         # The previous Slipway stopped between the dispatch and finding the run:
         # dispatching again would deploy twice, so look for the run instead.
         return await self._follow(await self._discover(since=_aware(self.job.started_at)), remember)
@@ -320,7 +356,7 @@ class _JobTracker:
         Raises:
             _DeadlinePassed: the job timed out first.
         """
-        self.waiting_for = f"no run of {self.spec.workflow} for slipway #{self.job.deploy_id} appeared"
+        self.waiting_for = f"no run of {self.spec.workflow} for {self._marker()} appeared"
         params = {"event": "workflow_dispatch", "created": f">={_iso(since - CLOCK_SKEW)}", "per_page": "100"}
         branch = self.spec.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
         if branch:
@@ -337,8 +373,17 @@ class _JobTracker:
                 return None
             await self._pause(self.spec.poll_interval)
 
+    def _marker(self) -> str:
+        """What this job's run title says: ``slipway #12`` (``slipway #12 step-2``)."""
+        return f"{MARKER_TEXT}{self.job.deploy_id}" + (f" {self.job.stage_key}" if self.job.stage_key else "")
+
     def _pick(self, runs: list[dict[str, Any]], marker_only: bool) -> dict[str, Any] | None:
-        mine = [run for run in runs if _marked_deploy(run) == self.job.deploy_id]
+        # never a run already followed (a staged deploy's earlier step is marked with its deploy too)
+        marked = [run for run in runs if _marked(run)[0] == self.job.deploy_id and run.get("id") not in self._claimed]
+        mine = [run for run in marked if _marked(run)[1] == self.job.stage_key]
+        if not mine and self.job.stage_key is not None:
+            # a run name without the step: the oldest run of this deploy nobody follows
+            mine = [run for run in marked if _marked(run)[1] is None]
         if mine:
             return _oldest(mine)
         # Once any run carries the marker, the workflow has the run-name:
@@ -354,7 +399,9 @@ class _JobTracker:
         self.run_id, self.run_url = int(run["id"]), run.get("html_url")
         self._claimed.add(self.run_id)
         log.info("deploy #%s is run %s (%s)", self.job.deploy_id, self.run_id, self.run_url)
-        await remember({"run_id": self.run_id, "run_url": self.run_url})
+        # a staged deploy's run is remembered with its step (see follow_up); a direct one's as it always was
+        stage = {} if self.job.stage_key is None else {"run_stage": self.job.stage_key}
+        await remember({"run_id": self.run_id, "run_url": self.run_url, **stage})
         return await self._poll()
 
     async def _poll(self) -> Outcome:
@@ -474,9 +521,12 @@ def _title(run: dict[str, Any]) -> str:
     return f"{run.get('display_title') or ''} {run.get('name') or ''}"
 
 
-def _marked_deploy(run: dict[str, Any]) -> int | None:
+def _marked(run: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The deploy id and the engine call (``step-2``…, None when not named) the run's title names."""
     match = MARKER.search(_title(run))
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None, None
+    return int(match.group(1)), match.group(2).lower() if match.group(2) else None
 
 
 def _oldest(runs: list[dict[str, Any]]) -> dict[str, Any]:

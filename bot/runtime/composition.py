@@ -31,10 +31,14 @@ from bot.alerts.relay import AlertRelay
 from bot.config import Config
 from bot.deploys.nudges import Nudges
 from bot.deploys.rollbacks import RollbackPlans, Rollbacks
-from bot.deploys.runner import DeployRunner
+from bot.deploys.analysis import Prometheus
+from bot.deploys.progressive import StageWatch
+from bot.deploys.runner import DeployRunner, wall_clock
+from bot.deploys.steering import RolloutSteering
 from bot.deploys.workflow import DeployWorkflow
 from bot.events import (
     AlertsRelayed,
+    RollbackIntended,
     ChecklistBlocked,
     DeployChanged,
     DeployPosted,
@@ -101,6 +105,8 @@ class Slipway:
     socket_mode: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # where engine and monitor secrets are read
     signing_secret: str = ""  # what signs Slack's requests (settings.signing_secret); bolt was built with the same
+    steering: RolloutSteering | None = None  # Promote, Pause, Resume, Abort of staged rollouts
+    analysis: AnalysisClient | None = None  # the Prometheus the rollouts' metric gates ask
 
     def start_workers(self) -> None:
         """Start the work that needs no request: only in the process that
@@ -127,6 +133,8 @@ class Slipway:
         await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
+        if self.analysis is not None:
+            await self.analysis.close()
 
 
 def subscribe(slipway: Slipway) -> None:
@@ -154,6 +162,7 @@ def subscribe(slipway: Slipway) -> None:
     # monitors' alerts
     bus.subscribe(AlertsRelayed, slipway.metrics.count_alerts)
     bus.subscribe(AlertsRelayed, slipway.rollbacks.auto_rollback_pages)  # where auto_rollback is on
+    bus.subscribe(RollbackIntended, slipway.rollbacks.auto_rollback_pages)  # a failed bake, an abort at full traffic
     bus.subscribe(SlackWorkQueued, lambda event: slipway.outbox.notify())
     # the outbox's deliveries
     bus.subscribe(MessagePosted, slipway.messages.posted)  # a deploy's message: the deploy knows where it is
@@ -208,6 +217,29 @@ def create_slack_client(settings: Settings, metrics: Metrics | None = None) -> A
     return client
 
 
+class AnalysisClient:
+    """The one Prometheus client of the rollouts' metric gates, opened when
+    first asked (None when the config names no Prometheus)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._client: Prometheus | None = None
+
+    def client(self) -> Prometheus | None:
+        url = self.config.prometheus_url
+        if url is None:
+            return None
+        if self._client is None:
+            timeout = self.config.analysis.query_timeout if self.config.analysis is not None else 10.0
+            self._client = Prometheus(url, timeout)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
 def create_slipway(config: Config, store: Store, settings: Settings,
                    clock: Callable[[], datetime] = utc_now, environ: Mapping[str, str] | None = None,
                    outbox_interval: float = 1.0, verify_time: WaitingClock | None = None,
@@ -246,12 +278,15 @@ def create_slipway(config: Config, store: Store, settings: Settings,
                         "deploy": DeployMessageView(workflow, plans.offer).draw,
                         "home": lambda _: {"view": status_replies.home()}})
     messages = DeployMessages(config, store, workflow, outbox, client, events)
-    rollbacks = Rollbacks(plans, directory, messages, events, tasks)
+    analysis = AnalysisClient(config)
+    watch = StageWatch(config, store, messages, events, directory, now=wall_clock, prometheus=analysis.client)
+    steering = RolloutSteering(config, store, directory, messages, events, watch, now=wall_clock)
+    rollbacks = Rollbacks(plans, directory, messages, events, tasks, abort_rollout=steering.abort_for_alert)
     nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
     reports = EngineReports(store)
     runner = DeployRunner(config, store, messages, events, tasks, reports, blocked_reason=workflow.blocked_reason,
                           reopen_if_stale=nudges.reopen_if_stale, observe_executor=metrics.observe_executor,
-                          environ=environ, **({"verify_sleep": verify_time.sleep,
+                          environ=environ, watch=watch, **({"verify_sleep": verify_time.sleep,
                                                "verify_clock": verify_time.monotonic} if verify_time else {}))
     metrics.watch_store(store, config.environment_names)
     relay = AlertRelay(config, store, lambda on, deploy: RollbackPlans(config, on).offer(deploy), clock,
@@ -262,7 +297,8 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     home_tabs = HomeTabs(store, outbox)
     slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
-                      environ, signing_secret=settings.signing_secret or "")
+                      environ, signing_secret=settings.signing_secret or "", steering=steering,
+                      analysis=analysis)
     subscribe(slipway)
     handlers.register(bolt, slipway)
     return slipway

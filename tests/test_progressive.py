@@ -1,0 +1,179 @@
+"""Staged rollouts without a metric gate: canary steps and blue-green phases
+reach the engine in order, pauses are kept (across a restart, with the time
+that was left), and people promote, pause, resume and abort. The metric
+gates against a real Prometheus are tests/test_progressive_prometheus.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from store import DeployStatus
+from tests.conftest import Harness, approvals, config_yaml, engine, engine_calls
+
+
+def canary_config(record: Path, *, pauses: tuple[float, ...] = (0, 0, 0), bake: float | None = None,
+                  auto_rollback: bool = False, approvers: tuple[str, ...] = ()) -> str:
+    steps = [{"weight": weight, **({"pause": f"{pause}s"} if pause else {})}
+             for weight, pause in zip((5, 25, 50), pauses, strict=True)]
+    production: dict = {"requires": "staging", "auto_rollback": auto_rollback}
+    if approvers:
+        production["approvals"] = approvals(*approvers)
+    if bake is not None:
+        production["bake"] = {"duration": f"{bake}s"}
+    return config_yaml({"api": {"deploy": engine("--record", record),
+                                "strategy": {"production": {"canary": {"steps": [*steps, {"weight": 100}]}},
+                                             "staging": {"blue_green": {}}}}},
+                       production=production)
+
+
+@pytest.fixture
+def config_text(record: Path, request: pytest.FixtureRequest) -> str:
+    marker = request.node.get_closest_marker("rollout")
+    return canary_config(record, **(marker.kwargs if marker else {}))
+
+
+async def ship_to_production(harness: Harness, version: str = "2.7.0") -> int:
+    harness.mark_succeeded("api", "staging", version)
+    await harness.slack.command(f"api {version} production", "U0DAVE")
+    await asyncio.sleep(0)
+    return harness.latest_deploy().id
+
+
+async def wait_for(predicate, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        await asyncio.sleep(0.02)
+
+
+def stage_states(harness: Harness, deploy_id: int) -> list[tuple[str, str]]:
+    rollout = harness.store.rollouts.get(deploy_id)
+    return [(stage.label, stage.state) for stage in rollout.stages] if rollout is not None else []
+
+
+async def test_a_canary_calls_the_engine_once_per_step_in_order_then_succeeds(harness: Harness, record: Path) -> None:
+    deploy_id = await ship_to_production(harness)
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == DeployStatus.SUCCEEDED, deploy.status_reason
+    calls = [call["env"] for call in engine_calls(record)]
+    assert [(c["SLIPWAY_STRATEGY"], c["SLIPWAY_STEP"], c["SLIPWAY_STEPS"], c["SLIPWAY_WEIGHT"]) for c in calls] == [
+        ("canary", "1", "4", "5"), ("canary", "2", "4", "25"), ("canary", "3", "4", "50"), ("canary", "4", "4", "100")]
+    assert {c["SLIPWAY_VERSION"] for c in calls} == {"2.7.0"}
+    assert stage_states(harness, deploy_id) == [("5%", "passed"), ("25%", "passed"), ("50%", "passed"),
+                                                ("100%", "passed")]
+    assert harness.store.rollouts.get(deploy_id).outcome == "passed"
+
+
+async def test_blue_green_deploys_switches_then_releases(harness: Harness, record: Path) -> None:
+    await harness.command("api 2.7.0 staging")
+    deploy = harness.latest_deploy()
+    assert deploy.status == DeployStatus.SUCCEEDED, deploy.status_reason
+    phases = [(c["env"]["SLIPWAY_STRATEGY"], c["env"].get("SLIPWAY_PHASE")) for c in engine_calls(record)]
+    assert phases == [("blue_green", "deploy"), ("blue_green", "switch"), ("blue_green", "release")]
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0))
+async def test_promote_skips_a_pause_once(harness: Harness, record: Path) -> None:
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    said = await harness.slipway.steering.promote(deploy_id, "U0DAVE", position=2)
+    assert "Promoted" in said
+    with pytest.raises(Exception, match="moved on|already promoted"):
+        await harness.slipway.steering.promote(deploy_id, "U0DAVE", position=2)  # the same click again
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == DeployStatus.SUCCEEDED, deploy.status_reason
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "50", "100"]
+    stage = harness.store.rollouts.get(deploy_id).stage(2)
+    assert stage.promoted_by == "U0DAVE" and "promoted by" in stage.decision
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0))
+async def test_an_abort_before_full_traffic_returns_traffic_and_locks(harness: Harness, record: Path) -> None:
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    await harness.slipway.steering.abort(deploy_id, "U0DAVE")  # the requester may roll back (default roles)
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == DeployStatus.FAILED
+    assert deploy.status_reason.startswith("aborted at 25%")
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "0"]
+    assert harness.store.locks.blocked("api", "production", "2.7.0") is not None
+    assert any(lock.environment == "production" for lock in harness.store.locks.all("api"))
+    assert harness.store.rollouts.get(deploy_id).outcome == "aborted"
+    assert harness.slipway.rollbacks.plans.offer(deploy)[0] is None  # nothing was replaced: no Rollback
+    assert stage_states(harness, deploy_id)[1] == ("25%", "aborted")
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0))
+async def test_pause_keeps_the_remaining_time_and_a_restart_resumes_it(harness: Harness, record: Path) -> None:
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    await harness.slipway.steering.pause(deploy_id, "U0DAVE")
+    left = harness.store.rollouts.get(deploy_id).stage(2).remaining
+    assert 25 < left <= 30
+    await harness.restart()
+    await asyncio.sleep(0.3)
+    rollout = harness.store.rollouts.get(deploy_id)
+    assert rollout.paused and rollout.stage(2).state == "watching"
+    assert rollout.stage(2).remaining == left  # nothing promoted while paused, the time left kept
+    await harness.slipway.steering.resume(deploy_id, "U0DAVE")
+    ends = datetime.fromisoformat(harness.store.rollouts.get(deploy_id).stage(2).ends_at)
+    assert abs((ends - datetime.now(ends.tzinfo)).total_seconds() - left) < 3  # the pause left, not a fresh 30 s
+    await harness.slipway.steering.promote(deploy_id, "U0DAVE")
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == DeployStatus.SUCCEEDED
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "50", "100"]
+
+
+@pytest.mark.rollout(bake=30)
+async def test_the_bake_holds_success_and_an_abort_there_is_a_rollback(harness: Harness, record: Path) -> None:
+    first = await ship_to_production(harness, "2.6.0")
+    await wait_for(lambda: harness.deploy(first).status == DeployStatus.BAKING, what="the bake")
+    await harness.slipway.steering.promote(first, "U0DAVE")  # ends the bake now
+    await harness.settle()
+    assert harness.deploy(first).status == DeployStatus.SUCCEEDED
+    second = await ship_to_production(harness, "2.7.0")
+    await wait_for(lambda: harness.deploy(second).status == DeployStatus.BAKING, what="the second bake")
+    said = await harness.slipway.steering.abort(second, "U0DAVE")
+    assert "rolls back" in said
+    await harness.settle()
+    await wait_for(lambda: harness.latest_deploy().id != second and harness.latest_deploy().status in (
+        DeployStatus.SUCCEEDED, DeployStatus.FAILED), what="the rollback")
+    await harness.settle()
+    rollback = harness.latest_deploy()
+    assert rollback.rollback_of == second and rollback.version == "2.6.0"
+    assert rollback.status == DeployStatus.SUCCEEDED
+    assert harness.deploy(second).status == DeployStatus.FAILED
+    assert harness.deploy(second).status_reason.startswith("aborted at the bake")
+    # the rollback is direct: one engine call, no strategy steps
+    assert engine_calls(record)[-1]["env"]["SLIPWAY_STRATEGY"] == "direct"
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0), approvers=("U0ALICE",))
+async def test_steering_takes_the_approve_role_and_abort_the_rollback_role(harness: Harness) -> None:
+    from bot.errors import NotAllowed
+    from bot.slack.blocks import ACTION_APPROVE
+
+    harness.mark_succeeded("api", "staging", "2.7.0")
+    await harness.command("api 2.7.0 production")
+    deploy_id = harness.latest_deploy().id
+    await harness.slack.click(harness.message_of(deploy_id), "U0ALICE", ACTION_APPROVE)  # no settle: it pauses
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    for user in ("U0EVE", "U0DAVE"):  # a stranger, and the requester on a rung with approvals
+        with pytest.raises(NotAllowed, match="approve"):
+            await harness.slipway.steering.promote(deploy_id, user)
+    with pytest.raises(NotAllowed, match="rollback"):
+        await harness.slipway.steering.abort(deploy_id, "U0EVE")
+    refused = [e for e in harness.store.audit.events(deploy_id) if e.action == "refused"]
+    assert [e.detail["attempted"] for e in refused] == ["promote", "promote", "abort"]
+    assert harness.store.rollouts.get(deploy_id).stage(2).promoted_by is None
+    await harness.slipway.steering.promote(deploy_id, "U0ALICE")
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == DeployStatus.SUCCEEDED
