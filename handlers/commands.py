@@ -24,6 +24,7 @@ from bot.deploys.command_text import (
     ShowCommand,
     StatsCommand,
     StatusCommand,
+    SteerCommand,
     UnblockCommand,
     UnlockCommand,
     parse_command,
@@ -37,7 +38,6 @@ from bot.slack.mrkdwn import (
     lock_list_text,
     locks_text,
     override_unused_text,
-    record_text,
     request_accepted_text,
     unblocked_text,
     unescape,
@@ -68,6 +68,17 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         answer = await slipway.status_replies.stats(parsed.service, parsed.days)
         await respond(**answer, response_type="ephemeral", replace_original=False)
 
+    async def steer(parsed: SteerCommand, user: str, source: str) -> str:
+        """Promote, pause, resume or abort the rollout the command names; what
+        happened, to tell the person (the message and its thread show it to all)."""
+        steering = slipway.steering
+        if steering is None:
+            raise SlipwayError("Staged rollouts are not set up in this Slipway.")
+        deploy_id = steering.find(parsed.service, parsed.environment)
+        act = {"promote": steering.promote, "pause": steering.pause, "resume": steering.resume,
+               "abort": steering.abort}[parsed.action]
+        return await act(deploy_id, user, source=source)  # promote: the stage under way now
+
     async def reply(parsed: Any, user: str, source: str, command: dict[str, Any]) -> dict[str, Any]:
         """What to ack with, for every subcommand but a deploy request."""
         if isinstance(parsed, Help):
@@ -84,7 +95,9 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             lifted = await workflow.unblock(user, parsed, source)
             return {"response_type": "in_channel", "text": unblocked_text(lifted, user, workflow.locks_holding(lifted))}
         if isinstance(parsed, ShowCommand):
-            return {"text": record_text(workflow.get(parsed.deploy_id))}
+            return slipway.status_replies.show(workflow.get(parsed.deploy_id))
+        if isinstance(parsed, SteerCommand):
+            return {"text": await steer(parsed, user, source)}
         if isinstance(parsed, HistoryCommand):
             return {"text": history_text(*workflow.history(parsed.service, parsed.environment))}
         if isinstance(parsed, StatusCommand):

@@ -177,3 +177,44 @@ async def test_steering_takes_the_approve_role_and_abort_the_rollback_role(harne
     await harness.slipway.steering.promote(deploy_id, "U0ALICE")
     await harness.settle()
     assert harness.deploy(deploy_id).status == DeployStatus.SUCCEEDED
+
+
+async def test_a_kill_mid_pause_resumes_the_pause_with_the_time_it_had_left(
+        fake_slack, serve, tmp_path: Path, record: Path) -> None:
+    from bot.sandbox.fake_slack import SlackSender
+    from store import Store
+    from tests.conftest import SIGNING_SECRET
+
+    config = tmp_path / "slipway.yml"
+    config.write_text(config_yaml({"api": {"deploy": engine("--record", record), "strategy": {"staging": {"canary": {
+        "steps": [{"weight": 5}, {"weight": 25, "pause": "5s"}, {"weight": 100}]}}}}}))
+    db = tmp_path / "slipway.db"
+    slipway = serve(config, db)
+    url = await slipway.start()
+
+    def stage_two():
+        store = Store.open(db, migrate=False)
+        try:
+            rollout = store.rollouts.get(1)
+            return rollout.stage(2) if rollout is not None else None
+        finally:
+            store.close()
+
+    async with SlackSender(url, SIGNING_SECRET, fake_slack) as slack:
+        assert (await slack.command("api 2.7.0 staging", "U0DAVE"))[0] == 200
+    await wait_for(lambda: (stage := stage_two()) is not None and stage.state == "watching", what="the 25% pause")
+    before = stage_two()
+    await asyncio.sleep(1)
+    await slipway.kill()
+    await slipway.start()
+    await wait_for(lambda: stage_two().state == "passed", timeout=30, what="the 25% stage to pass")
+    after = stage_two()
+    assert after.ends_at == before.ends_at  # the deadline it had, not a fresh 5 s from the restart
+    ended, deadline = datetime.fromisoformat(after.ended_at), datetime.fromisoformat(before.ends_at)
+    assert deadline <= ended < deadline + (deadline - datetime.fromisoformat(before.watch_started_at)) * 0.9
+    store = Store.open(db, migrate=False)
+    await wait_for(lambda: store.deploys.get(1).status == DeployStatus.SUCCEEDED, what="the deploy to succeed")
+    store.close()
+    # each step applied once: the watched step was not applied again, nor any decision repeated
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "100"]
+    await slipway.terminate()

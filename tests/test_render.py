@@ -25,9 +25,9 @@ from bot.slack.blocks import (
     rollback_button,
     section,
 )
-from bot.slack.mrkdwn import version_change
+from bot.slack.mrkdwn import RolloutFacts, version_change
 from bot.slack.status import Cell, Matrix, stats_blocks, status_blocks
-from store import Approval, ChecklistItem, Deploy, Lock
+from store import Approval, ChecklistItem, Deploy, Lock, Rollout, Stage
 
 
 def make_deploy(**overrides: Any) -> Deploy:
@@ -85,6 +85,11 @@ def test_only_known_action_ids_are_rendered() -> None:
     rendered = {e["action_id"] for e in elements(deploy_blocks(deploy, required_approvals=2))}
     done = make_deploy(status="succeeded")
     rendered |= {e["action_id"] for e in elements(deploy_blocks(done, required_approvals=2, rollback_to="2.6.3"))}
+    stages = (Stage(7, 1, "step", 5, None, 60, (), "watching"), Stage(7, 2, "step", 100, None, 0, (), "pending"))
+    for paused in (None, "2026-11-23T12:00:00.000+00:00"):  # Pause, then Resume
+        rollout = RolloutFacts(Rollout(7, "canary", "abort", "t", stages, paused_at=paused), "5% → 100%")
+        rendered |= {e["action_id"] for e in elements(deploy_blocks(make_deploy(status="deploying"),
+                                                                    required_approvals=2, rollout=rollout))}
     assert rendered == set(ACTION_IDS)
 
 

@@ -23,6 +23,9 @@ HELP_TEXT = """\
 • `/deploy locks [service]` — every lock and blocked version: who, when, why, until
 • `/deploy unblock <service> <version> [environment]` — allow a rolled-back version again
 • `/deploy rollback <service> [environment]` — go back to the last good version (asks you to confirm)
+• `/deploy promote <service> [environment]` — a staged rollout (canary, blue-green, bake) goes on from its stage now, without waiting out its pause
+• `/deploy pause <service> [environment]` — hold a staged rollout where it is (its pause keeps the time left); `/deploy resume <service> [environment]` lets it go on
+• `/deploy abort <service> [environment]` — stop a staged rollout: traffic returns to the previous version, or, once at full traffic, it rolls back
 • `/deploy show <id>` — the whole record of one deploy
 • `/deploy history <service> [environment]` — recent deploys
 • `/deploy status [service]` — what runs where: live version, locks, freezes and deploys in flight per environment
@@ -30,7 +33,9 @@ HELP_TEXT = """\
 • `/deploy help` — this message
 Versions are semantic (`2.7.0` or `v2.7.0`). A version reaches an environment only after it succeeded on the rung below; production needs approvals and a ticked checklist."""
 
-SUBCOMMANDS = ("help", "lock", "unlock", "locks", "unblock", "rollback", "show", "history", "status", "stats")
+SUBCOMMANDS = ("help", "lock", "unlock", "locks", "unblock", "rollback", "promote", "pause", "resume", "abort",
+               "show", "history", "status", "stats")
+STEERING = ("promote", "pause", "resume", "abort")  # what people do to a staged rollout in progress
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,15 @@ class RollbackCommand:
 
 
 @dataclass(frozen=True)
+class SteerCommand:
+    """``/deploy promote|pause|resume|abort <service> [environment]``."""
+
+    action: str  # one of STEERING
+    service: str
+    environment: str | None  # None: wherever the service has a rollout in progress
+
+
+@dataclass(frozen=True)
 class ShowCommand:
     deploy_id: int
 
@@ -105,7 +119,7 @@ LOOKS_LIKE_DAYS = re.compile(r"^[-+]?\d+(?:\.\d*)?d?$", re.IGNORECASE)  # told a
 
 
 Command = (Help | RequestDeploy | LockCommand | UnlockCommand | RollbackCommand | ShowCommand | HistoryCommand
-           | StatusCommand | StatsCommand | LocksCommand | UnblockCommand)
+           | StatusCommand | StatsCommand | LocksCommand | UnblockCommand | SteerCommand)
 
 # Slack sends what people type, and their clients often turn "…" into “…”.
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"'})
@@ -189,6 +203,10 @@ def parse_command(text: str) -> Command:
         environment = words[2].lower() if len(words) == 3 else None
         kind = RollbackCommand if head == "rollback" else HistoryCommand
         return kind(words[1].lower(), environment)
+    if head in STEERING:
+        if len(words) not in (2, 3):
+            raise UsageError(f"Usage: `/deploy {head} <service> [environment]`, e.g. `/deploy {head} api production`.")
+        return SteerCommand(head, words[1].lower(), words[2].lower() if len(words) == 3 else None)
     if head == "status":
         if len(words) > 2:
             raise UsageError("Usage: `/deploy status [service]`, e.g. `/deploy status api`.")

@@ -3,8 +3,8 @@
 Each Slipway has its own :class:`Metrics` (its own registry, never
 prometheus_client's global one: several Slipways share a process in the
 tests). Counters and histograms are kept as things happen; what the
-database already knows (deploys by state, outbox depth) is read at scrape
-time by :class:`StoreCollector`, with a few indexed queries that give up
+database already knows (deploys by state, outbox depth, the stage of each
+staged rollout in progress, analysis verdicts) is read at scrape time by :class:`StoreCollector`, with a few indexed queries that give up
 quickly when the database is busy: a scrape then reports what it could read
 and ``slipway_store_up 0``, and never fails.
 """
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from slack_bolt.request.payload_utils import (
@@ -203,11 +203,12 @@ class StoreCollector(Collector):
         self.environments = environments
 
     def describe(self) -> list[Metric]:  # so registering does not query the database
-        return [self._deploys({}), self._outbox({}), self._up(True)]
+        return [self._deploys({}), self._outbox({}), self._stages([]), self._verdicts({}), self._up(True)]
 
     def collect(self) -> Iterator[Metric]:
         readable = True
-        for query, family in ((self._deploy_counts, self._deploys), (self._outbox_counts, self._outbox)):
+        for query, family in ((self._deploy_counts, self._deploys), (self._outbox_counts, self._outbox),
+                              (self._rollout_stages, self._stages), (self._verdict_counts, self._verdicts)):
             try:
                 with impatient(self.store):
                     counts = query()
@@ -223,6 +224,41 @@ class StoreCollector(Collector):
 
     def _outbox_counts(self) -> dict[tuple[str, ...], int]:
         return {(state,): count for state, count in self.store.outbox.depth(OUTBOX_STATES).items()}
+
+    def _rollout_stages(self) -> list[tuple[list[str], int]]:
+        """Each rollout in progress: its labels and the position of its stage under way."""
+        found = []
+        for rollout in self.store.rollouts.in_progress():
+            stage = rollout.current
+            if stage is None:
+                continue
+            deploy = self.store.deploys.get(rollout.deploy_id)
+            state = "paused" if rollout.paused and stage.state == "watching" else stage.state
+            found.append(([str(deploy.id), deploy.service, deploy.environment, rollout.strategy, stage.label, state],
+                          stage.position))
+        return found
+
+    def _verdict_counts(self) -> dict[tuple[str, str], int]:
+        return self.store.rollouts.verdict_counts()
+
+    @staticmethod
+    def _stages(rollouts: list[tuple[list[str], int]]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "slipway_rollout_stage", "The stage each staged rollout in progress is at: its position (1-based), "
+            "labelled with its name and state (pending, applying, watching, paused), read at scrape",
+            labels=["deploy_id", "service", "environment", "strategy", "stage", "state"])
+        for labels, position in rollouts:
+            family.add_metric(labels, position)
+        return family
+
+    @staticmethod
+    def _verdicts(counts: dict[tuple[str, str], int]) -> CounterMetricFamily:
+        family = CounterMetricFamily("slipway_analysis_verdicts", "Measurements of rollouts' metric gates, by "
+                                     "check and verdict (pass, fail, inconclusive), read at scrape",
+                                     labels=["check", "verdict"])
+        for (check, verdict), count in sorted(counts.items()):
+            family.add_metric([check, verdict], count)
+        return family
 
     def _deploys(self, counts: dict[tuple[str, ...], int]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("slipway_deploys", "Deploy records by state and environment (read at scrape)",

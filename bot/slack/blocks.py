@@ -36,18 +36,22 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.deploys.steering import STEERABLE
 from bot.slack.mrkdwn import (
     MAX_SECTION_TEXT,
+    RolloutFacts,
+    abort_plan_text,
     clip,
     mention,
     override_text,
     rollback_plan_text,
+    rollout_text,
     status_text,
     steps_text,
     version_change,
     when,
 )
-from store import Deploy, DeployStatus
+from store import Deploy, DeployStatus, Rollout
 
 # Every interactive element Slipway renders; handlers register one listener
 # each and tests check the manifest and help against this list.
@@ -56,7 +60,13 @@ ACTION_REJECT = "deploy_reject"
 ACTION_CANCEL = "deploy_cancel"
 ACTION_CHECKLIST = "checklist_tick"
 ACTION_ROLLBACK = "deploy_rollback"
-ACTION_IDS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_ROLLBACK)
+# steering a staged rollout (bot.deploys.steering); Promote's value names the stage it was drawn on
+ACTION_PROMOTE = "rollout_promote"
+ACTION_PAUSE = "rollout_pause"
+ACTION_RESUME = "rollout_resume"
+ACTION_ABORT = "rollout_abort"
+ACTION_IDS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_CHECKLIST, ACTION_ROLLBACK,
+              ACTION_PROMOTE, ACTION_PAUSE, ACTION_RESUME, ACTION_ABORT)
 
 MAX_BLOCKS = 50  # blocks in a message: slack_sdk does not count them
 MAX_FIELD_TEXT = 2000  # characters of a section field: slack_sdk does not check them
@@ -105,12 +115,15 @@ def as_dicts(blocks: Iterable[Block]) -> list[dict[str, Any]]:
 
 
 def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str | None = None,
-                  rollback_note: str | None = None, stale_approvals: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                  rollback_note: str | None = None, stale_approvals: tuple[str, ...] = (),
+                  rollout: RolloutFacts | None = None) -> list[dict[str, Any]]:
     """The deploy's message in #deployments, for its current state (≤ 50 blocks).
 
     ``rollback_to`` is the version a Rollback button would go back to (the
     button is shown only with it); ``rollback_note`` says why there is none.
     ``stale_approvals``: who approved too long ago for it to count.
+    ``rollout``: its staged rollout, shown with its stages and checks, and
+    with Promote, Pause or Resume, and Abort while it is in progress.
     """
     open_for_votes = deploy.status == DeployStatus.AWAITING_APPROVAL
     facts = [f"*Service*\n{deploy.service}", f"*Environment*\n{deploy.environment}",
@@ -124,11 +137,15 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     ]
     if deploy.override_reason:
         top.append(section(override_text(deploy, stale_approvals)))
+    if rollout is not None:
+        top.append(section(rollout_text(rollout)))
     bottom: list[Block] = []
     if steps := steps_text(deploy):
         bottom.append(section(steps))
     if open_for_votes:
         bottom.append(_buttons(deploy))
+    elif rollout is not None and rollout_in_progress(deploy, rollout.rollout):
+        bottom.append(rollout_buttons(deploy, rollout.rollout))
     elif rollback_to is not None:
         bottom.append(rollback_button(deploy, rollback_to))
     bottom.append(context(_footer(deploy, rollback_note)))
@@ -207,3 +224,33 @@ def _buttons(deploy: Deploy) -> ActionsBlock:
             confirm=plain("Reject"), deny=plain("Keep it"), style="danger")),
         ButtonElement(action_id=ACTION_CANCEL, value=value, text=plain("Cancel")),
     ])
+
+
+def rollout_in_progress(deploy: Deploy, rollout: Rollout) -> bool:
+    """Whether people may still steer the rollout (bot.deploys.steering says
+    who): it has not ended and no abort is under way."""
+    return deploy.status in STEERABLE and rollout.ended_at is None and rollout.abort_requested_at is None
+
+
+def rollout_buttons(deploy: Deploy, rollout: Rollout) -> ActionsBlock:
+    """Promote (the stage under way, named in its value so that a second,
+    stale click cannot promote the next one), Pause or Resume, and Abort,
+    whose confirmation says what it does."""
+    current = rollout.current
+    elements: list[BlockElement] = []
+    if current is not None and current.promoted_by is None:
+        elements.append(ButtonElement(action_id=ACTION_PROMOTE, style="primary",
+                                      value=f"{deploy.id}:{current.position}",
+                                      text=plain(clip("End the bake now" if current.kind == "bake"
+                                                      else f"Promote {current.label}", ButtonElement.text_max_length))))
+    if rollout.paused:
+        elements.append(ButtonElement(action_id=ACTION_RESUME, value=str(deploy.id), text=plain("Resume")))
+    else:
+        elements.append(ButtonElement(action_id=ACTION_PAUSE, value=str(deploy.id), text=plain("Pause")))
+    elements.append(ButtonElement(
+        action_id=ACTION_ABORT, style="danger", value=str(deploy.id), text=plain("Abort"),
+        confirm=ConfirmObject(title=plain("Abort this rollout?"),
+                              text=MarkdownTextObject(text=clip(abort_plan_text(deploy, rollout),
+                                                                ConfirmObject.text_max_length)),
+                              confirm=plain("Abort"), deny=plain("Keep going"), style="danger")))
+    return ActionsBlock(block_id=f"rollout:{deploy.id}", elements=elements)

@@ -28,6 +28,7 @@ from bot.slack.blocks import deploy_blocks
 from bot.slack.failures import failure_of
 from bot.slack.mrkdwn import deploy_fallback_text
 from bot.slack.outbox import Outbox
+from bot.slack.ship_report import read_rollout
 from store import Deploy, DeployNotFound, DeployStatus, Store, deploy_message_key
 from store.outbox import FAILED
 
@@ -45,7 +46,7 @@ def deploy_view(deploy_id: int) -> str:
 
 
 class DeployMessageView:
-    """Draws a deploy's message from the stored deploy (the outbox's ``deploy`` drawer)."""
+    """Draws a deploy's message from the stored deploy and its rollout (the outbox's ``deploy`` drawer)."""
 
     def __init__(self, workflow: DeployWorkflow,
                  rollback_offer: Callable[[Deploy], tuple[str | None, str | None]]) -> None:
@@ -63,8 +64,9 @@ class DeployMessageView:
         target, note = self._rollback_offer(deploy)
         stale = () if deploy.status != DeployStatus.AWAITING_APPROVAL else tuple(
             a.user_id for a in deploy.approvals if a.user_id not in self._workflow.fresh_approvals(deploy))
+        rollout = read_rollout(self._workflow.store, self._workflow.config, deploy.id)
         blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
-                               rollback_to=target, rollback_note=note, stale_approvals=stale)
+                               rollback_to=target, rollback_note=note, stale_approvals=stale, rollout=rollout)
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
 
 

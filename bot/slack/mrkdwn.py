@@ -19,19 +19,26 @@ through :func:`link`. Which texts those are:
   Slipway's own mentions, "rejected by <@U…>", with what a person or an
   engine wrote, so the person's part is escaped as the reason is written);
 - written by the operator in the config (checklist items, freeze reasons):
-  trusted like the rest of the config, and may hold deliberate mrkdwn links.
+  trusted like the rest of the config, and may hold deliberate mrkdwn links;
+- a rollout's stage ``decision``, ``pause_reason`` and ``abort_reason`` are
+  stored as mrkdwn (the domain escapes what Prometheus or a person said as it
+  writes them); a measurement's ``detail`` is stored raw and escaped here.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.config import USER_ID
+from bot.config import USER_ID, AnalysisCheck
+from bot.deploys.analysis import format_value, sparkline
 from bot.deploys.versions import bump_kind
 from bot.durations import format_duration
-from store import Deploy, DeployStatus
+from store import Deploy, DeployStatus, Rollout, Stage
+from store.rollouts import Measurement
 
 # Block Kit's limit on a section's text, which these texts are shown in
 # (equal to slack_sdk's SectionBlock.text_max_length; a test checks it)
@@ -43,6 +50,7 @@ STATUS_LABELS = {
     DeployStatus.APPROVED: ":white_check_mark: Approved — waiting for the deploy engine",
     DeployStatus.DEPLOYING: ":rocket: Deploying",
     DeployStatus.VERIFYING: ":mag: Verifying",
+    DeployStatus.BAKING: ":bread: Baking — at full traffic, watched through the bake window",
     DeployStatus.SUCCEEDED: ":large_green_circle: Succeeded",
     DeployStatus.FAILED: ":red_circle: Failed",
     DeployStatus.REJECTED: ":no_entry: Rejected",
@@ -186,7 +194,7 @@ def steps_text(deploy: Deploy) -> str:
     if deploy.engine_summary:
         kind = (deploy.executor_kind or "engine").replace("_", " ")
         run_log = link(deploy.run_url, "run log")
-        ran = (DeployStatus.VERIFYING, DeployStatus.SUCCEEDED, DeployStatus.ROLLED_BACK)
+        ran = (DeployStatus.VERIFYING, DeployStatus.BAKING, DeployStatus.SUCCEEDED, DeployStatus.ROLLED_BACK)
         engine_ok = deploy.status in ran or bool(deploy.checks)
         mark = ":white_check_mark:" if engine_ok else ":x:"
         lines.append(f"{mark} *Deploy* ({kind}): {escape(deploy.engine_summary)}"
@@ -255,8 +263,10 @@ def failure_text(deploy: Deploy) -> str:
             "`/deploy`, or roll back with the button on this message.")
 
 
-def record_text(deploy: Deploy) -> str:
-    """``/deploy show``: the whole record of one deploy."""
+def record_text(deploy: Deploy, rollout: RolloutFacts | None = None) -> str:
+    """``/deploy show``: the whole record of one deploy (and of its staged
+    rollout, stage by stage and measurement by measurement, as far as a
+    section holds)."""
     lines = [f"*Deploy #{deploy.id}* — {deploy.service} {deploy.display_version} to {deploy.environment}: "
              f"{deploy.status.replace('_', ' ')}" + (f" ({deploy.status_reason})" if deploy.status_reason else "")]
     lines.append(f"• Version: {version_change(deploy)}")
@@ -284,6 +294,8 @@ def record_text(deploy: Deploy) -> str:
         lines.append(f"• Rollback of #{deploy.rollback_of}")
     if deploy.permalink:
         lines.append(f"• <{deploy.permalink}|Message in the deploy channel>")
+    if rollout is not None:
+        lines += rollout_record(rollout, MAX_SECTION_TEXT - len("\n".join(lines)) - 1)
     return clip("\n".join(lines), MAX_SECTION_TEXT)
 
 
@@ -373,3 +385,190 @@ def override_text(deploy: Deploy, stale_approvals: tuple[str, ...] = ()) -> str:
 def override_unused_text(deploy: Deploy) -> str:
     return (f"\nNo freeze covers {deploy.environment} now, so `--override` was not used: this is an ordinary "
             "request (if a freeze starts before it runs, it stops it; ask again with `--override` then).")
+
+
+# -- staged rollouts ----------------------------------------------------------------------
+
+MAX_SPARKLINE = 20  # points in a check's sparkline: its latest measurements in the stage
+ANALYSIS_ACTOR = "slipway"  # who paused or aborted for the analysis (bot.deploys.progressive.ANALYSIS_ACTOR)
+STRATEGY_WORDS = {"canary": "canary", "blue_green": "blue-green", "direct": "direct, then a bake"}
+VERDICT_MARKS = {"pass": ":white_check_mark:", "fail": ":x:", "inconclusive": ":grey_question:"}
+STAGE_MARKS = {"pending": "·", "applying": ":hourglass_flowing_sand:", "watching": ":hourglass_flowing_sand:",
+               "passed": ":white_check_mark:", "failed": ":x:", "aborted": ":black_square_for_stop:"}
+
+
+@dataclass(frozen=True)
+class RolloutFacts:
+    """A staged rollout as the views show it, read from the store when drawn
+    (``bot.slack.ship_report.read_rollout``)."""
+
+    rollout: Rollout
+    line: str  # ``5% ✓ → 25% ⏳ (analysing, 4m of 10m) → …`` (bot.deploys.progressive.stage_line), plain text
+    measurements: tuple[Measurement, ...] = ()  # every measurement of the rollout, oldest first
+    checks: Mapping[str, AnalysisCheck] = field(default_factory=dict)  # the config's checks, for their ceilings
+
+    @property
+    def shown(self) -> Stage | None:
+        """The stage whose checks the message shows: the one under way, else the last that ran."""
+        started = [stage for stage in self.rollout.stages if stage.state != "pending"]
+        return started[-1] if started else None
+
+    def of(self, position: int, check: str | None = None) -> list[Measurement]:
+        return [m for m in self.measurements if m.position == position and (check is None or m.check == check)]
+
+
+def _number(value: float | None) -> str:
+    return "no data" if value is None else format_value(value)
+
+
+def ceiling_text(check: AnalysisCheck | None) -> str | None:
+    """``2× / 0.05``: how far above its baseline, and above what at all, a check fails."""
+    if check is None:
+        return None
+    parts = ([f"{check.max_ratio:g}×"] if check.max_ratio is not None else []) + (
+        [format_value(check.max)] if check.max is not None else [])
+    return " / ".join(parts) or None
+
+
+def check_line(name: str, measured: Sequence[Measurement], check: AnalysisCheck | None) -> str:
+    """``error_rate 0.004 (stable 0.003, ceiling 2× / 0.05) ▁▂▁▃``: a check's last
+    value in the stage, against its baseline and ceiling, and a sparkline of
+    its latest measurements there (what Prometheus said is escaped)."""
+    if not measured:
+        ceiling = ceiling_text(check)
+        return f"· {escape(name)}: not measured yet" + (f" (ceiling {ceiling})" if ceiling else "")
+    last = measured[-1]
+    about = ([f"stable {format_value(last.baseline)}"] if last.baseline is not None else []) + (
+        [f"ceiling {ceiling}"] if (ceiling := ceiling_text(check)) else [])
+    text = f"{VERDICT_MARKS.get(last.verdict, '')} {escape(name)} {_number(last.value)}"
+    if about:
+        text += f" ({', '.join(about)})"
+    text += f" {sparkline([m.value for m in measured][-MAX_SPARKLINE:])}"  # · where there was no data
+    if last.verdict != "pass" and last.detail:
+        text += f" — {escape(last.detail)}"
+    return text
+
+
+def rollout_text(facts: RolloutFacts) -> str:
+    """The deploy message's rollout: its stages, why it is paused (or
+    aborting, or how it ended), and each check of the stage under way."""
+    rollout = facts.rollout
+    strategy = STRATEGY_WORDS.get(rollout.strategy, rollout.strategy)
+    lines = [f"*Rollout* ({strategy}): {escape(facts.line)}"]
+    if rollout.ended_at is not None:
+        ended = next((s for s in reversed(rollout.stages) if s.state in ("failed", "aborted")), None)
+        outcome = {"passed": ":large_green_circle: passed", "aborted": ":black_square_for_stop: aborted",
+                   "failed": ":red_circle: failed"}.get(rollout.outcome or "", rollout.outcome or "ended")
+        lines.append(f"*Rollout {outcome}* {when(rollout.ended_at)}"
+                     + (f" at {ended.label}: {ended.decision}" if ended is not None and ended.decision else ""))
+    elif rollout.abort_requested_at is not None:
+        lines.append(f":black_square_for_stop: *Aborting* — {rollout.abort_reason or 'abort requested'} "
+                     f"{when(rollout.abort_requested_at)}")
+    elif rollout.paused:
+        lines.append(paused_text(rollout))
+    stage = facts.shown
+    if stage is not None and stage.analysis:
+        lines.append(f"*{stage.label}* checks:")
+        lines += [check_line(name, facts.of(stage.position, name), facts.checks.get(name)) for name in stage.analysis]
+    return clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def paused_text(rollout: Rollout) -> str:
+    """Who paused the rollout, when and why (the reason is stored as mrkdwn)."""
+    who = "Slipway's analysis" if rollout.paused_by == ANALYSIS_ACTOR else mention(rollout.paused_by)
+    reason = rollout.pause_reason or ""
+    if reason == f"paused by {mention(rollout.paused_by)}":  # a person's pause says nothing more
+        reason = ""
+    return (f":double_vertical_bar: *Paused* by {who} {when(rollout.paused_at)}" + (f": {reason}" if reason else "")
+            + ". Nothing is promoted until someone resumes it.")
+
+
+def abort_plan_text(deploy: Deploy, rollout: Rollout) -> str:
+    """What Abort does, for its confirmation: before full traffic, traffic
+    goes back; after it, the abort is a rollback."""
+    if rollout.full_traffic:
+        return (f"{deploy.service} {deploy.display_version} is at full traffic on {deploy.environment}: "
+                "this rolls back to the last good version, at once.")
+    at = rollout.current.label if rollout.current is not None else "where it is"
+    return (f"{deploy.service} {deploy.display_version} stops at {at} on {deploy.environment}: all traffic "
+            f"returns to {deploy.previous_version or 'the stable version'}.")
+
+
+def clock_time(iso: str) -> str:
+    """``12:04:05 UTC``: a measurement's time, short (the stage's times give the day)."""
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%H:%M:%S UTC")
+
+
+def measurement_text(measured: Measurement) -> str:
+    """``12:04:05 UTC error_rate 0.004, stable 0.003: pass`` (and what Prometheus said, escaped, unless it passed)."""
+    text = f"{clock_time(measured.at)} {escape(measured.check)} {_number(measured.value)}"
+    if measured.baseline is not None:
+        text += f", stable {format_value(measured.baseline)}"
+    text += f": {measured.verdict}"
+    if measured.verdict != "pass" and measured.detail:
+        text += f" — {escape(measured.detail)}"
+    return text
+
+
+def stage_record(stage: Stage, at: Callable[[str | None], str]) -> str:
+    """``25%: passed, started … ended … (10m) — promoted by <@U…>``; ``at`` writes a time."""
+    text = f"{stage.label}: {stage.state}"
+    if stage.started_at or stage.watch_started_at:
+        text += f", started {at(stage.started_at or stage.watch_started_at)}"
+    if stage.ended_at:
+        text += f", ended {at(stage.ended_at)}"
+        began = stage.started_at or stage.watch_started_at
+        if began:
+            seconds = (datetime.fromisoformat(stage.ended_at) - datetime.fromisoformat(began)).total_seconds()
+            text += f" ({format_duration(seconds)})"
+    if stage.decision:
+        text += f" — {stage.decision}"
+    return text
+
+
+def fit_lines(groups: Sequence[tuple[str, Sequence[str]]], budget: int, noun: str) -> list[str]:
+    """Every group's head line and as many of its item lines as fit in
+    ``budget`` characters (newlines counted); once an item is left out, the
+    rest follow it, and a last line says how many: ``… 12 more measurement(s) not shown``."""
+    total = sum(len(items) for _, items in groups)
+    room = budget - sum(len(head) + 1 for head, _ in groups)
+    if sum(len(item) + 1 for _, items in groups for item in items) > room:
+        room -= len(f"… {total} more {noun}(s) not shown") + 1  # kept for the note
+    lines: list[str] = []
+    shown, full = 0, False
+    for head, items in groups:
+        lines.append(head)
+        for item in items:
+            full = full or len(item) + 1 > room
+            if not full:
+                lines.append(item)
+                room -= len(item) + 1
+                shown += 1
+    if shown < total:
+        lines.append(f"… {total - shown} more {noun}(s) not shown")
+    return lines
+
+
+def stage_groups(facts: RolloutFacts, at: Callable[[str | None], str], bullet: str = "•",
+                 item: str = "    ◦") -> list[tuple[str, list[str]]]:
+    """Each stage's line and its measurements' lines, for :func:`fit_lines`."""
+    return [(f"{bullet} {stage_record(stage, at)}",
+             [f"{item} {measurement_text(m)}" for m in facts.of(stage.position)]) for stage in facts.rollout.stages]
+
+
+def rollout_record(facts: RolloutFacts, budget: int) -> list[str]:
+    """``/deploy show``'s rollout: the stages, every stage with its times and
+    decision and every measurement, in ``budget`` characters (the last
+    measurements left out first, and counted)."""
+    rollout = facts.rollout
+    strategy = STRATEGY_WORDS.get(rollout.strategy, rollout.strategy)
+    head = f"*Rollout* ({strategy}, on failure: {rollout.on_failure}): {escape(facts.line)}"
+    if rollout.ended_at is not None:
+        head += f" — {rollout.outcome or 'ended'} {when(rollout.ended_at)}"
+    heads = [head]
+    if rollout.ended_at is None and rollout.abort_requested_at is not None:
+        heads.append(f":black_square_for_stop: Aborting — {rollout.abort_reason or 'abort requested'}")
+    elif rollout.ended_at is None and rollout.paused:
+        heads.append(paused_text(rollout))
+    room = budget - sum(len(line) + 1 for line in heads)
+    return heads + fit_lines(stage_groups(facts, when), room, "measurement")

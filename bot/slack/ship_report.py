@@ -7,16 +7,37 @@ details) is escaped as Slack mrkdwn wants (``&lt;`` is also Markdown for
 ``<``), and the run's URL is an autolink (``<https://…>``, a link in both
 Markdown and mrkdwn) only when it is a plain http(s) URL, so the same text
 is safe in the thread: :func:`as_slack_mrkdwn` turns no Markdown link into a
-Slack one, since an engine's summary could hold ``[runbook](https://evil…)``."""
+Slack one, since an engine's summary could hold ``[runbook](https://evil…)``.
+
+A staged rollout's record (every stage, its times and decision, every
+measurement) is read here by :func:`read_rollout`, which the deploy's
+message and ``/deploy show`` read it with too: this module, like
+``bot.slack.mrkdwn``, reaches no Slack library, so the runner may call it."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 from bot.config import Config
+from bot.deploys.progressive import stage_line
 from bot.durations import format_duration
-from bot.slack.mrkdwn import escape, web_url
+from bot.slack.mrkdwn import STRATEGY_WORDS, RolloutFacts, escape, fit_lines, stage_groups, web_url
 from store import Deploy, Store
+
+MAX_REPORT_ROLLOUT = 12000  # characters of the report's rollout record (a Slack message holds 40,000)
+
+
+def read_rollout(store: Store, config: Config, deploy_id: int, now: datetime | None = None) -> RolloutFacts | None:
+    """The rollout of ``deploy_id`` with its stage line and every measurement,
+    None for a deploy without one. ``now``: the wall clock by default, which
+    the runner's stage deadlines are stamped with."""
+    rollout = store.rollouts.get(deploy_id)
+    if rollout is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    checks = config.analysis.checks if config.analysis is not None else {}
+    return RolloutFacts(rollout, stage_line(rollout, now), tuple(store.rollouts.measurements(deploy_id)), checks)
 
 
 def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
@@ -44,6 +65,8 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
     lines += [f"- {'✅' if c.get('passed') else '❌'} {escape(str(c.get('name')))}: {escape(str(c.get('detail')))}"
               for c in checks] or [
         "- no post-deploy checks are configured for this environment"]
+    if (facts := read_rollout(store, config, deploy.id)) is not None:
+        lines += ["", "## Rollout", "", *_rollout_lines(facts)]
     lines += ["", "## Rollback procedure", ""]
     if target is None:
         lines.append(f"- No earlier version of {deploy.service} succeeded on {deploy.environment}; "
@@ -75,3 +98,14 @@ def _approvals(deploy: Deploy) -> str:
     if deploy.approvals:
         return ", ".join(f"{a.user_id} at {a.approved_at}" for a in deploy.approvals)
     return f"{deploy.approved_at or '—'} (no approval needed)" if deploy.rollback_of is None else "rollback: no approval needed"
+
+
+def _rollout_lines(facts: RolloutFacts) -> list[str]:
+    """The strategy, how it ended, then each stage with its times and
+    decision and each of its measurements (bounded: the last left out, and counted)."""
+    rollout = facts.rollout
+    heads = [f"- **Strategy:** {STRATEGY_WORDS.get(rollout.strategy, rollout.strategy)} "
+             f"(on failure: {rollout.on_failure}); outcome: {rollout.outcome or 'not ended'}",
+             f"- **Stages:** {escape(facts.line)}"]
+    groups = stage_groups(facts, lambda iso: iso or "—", bullet="- **Stage**", item="  -")
+    return heads + fit_lines(groups, MAX_REPORT_ROLLOUT, "measurement")

@@ -38,10 +38,11 @@ IN_FLIGHT_WORDS = {
     DeployStatus.APPROVED: "approved, starting",
     DeployStatus.DEPLOYING: "deploying",
     DeployStatus.VERIFYING: "verifying",
+    DeployStatus.BAKING: "baking",
 }
 STATUS_MARKS = {
     DeployStatus.AWAITING_APPROVAL: ":hourglass_flowing_sand:", DeployStatus.APPROVED: ":white_check_mark:",
-    DeployStatus.DEPLOYING: ":rocket:", DeployStatus.VERIFYING: ":mag:",
+    DeployStatus.DEPLOYING: ":rocket:", DeployStatus.VERIFYING: ":mag:", DeployStatus.BAKING: ":bread:",
     DeployStatus.SUCCEEDED: ":large_green_circle:", DeployStatus.FAILED: ":red_circle:",
     DeployStatus.REJECTED: ":no_entry:", DeployStatus.CANCELLED: ":heavy_multiplication_x:",
     DeployStatus.ROLLED_BACK: ":rewind:", DeployStatus.EXPIRED: ":hourglass:",

@@ -1,5 +1,6 @@
-"""What ``/deploy status``, ``/deploy stats`` and the App Home show, read
-from the store and drawn by ``bot.slack.status``.
+"""What ``/deploy status``, ``/deploy stats``, ``/deploy show`` and the App
+Home show, read from the store and drawn by ``bot.slack.status`` (and
+``bot.slack.mrkdwn``).
 
 The stats read up to a year of history: they are worked out in a thread,
 on a SQLite connection of their own, so the event loop keeps acking.
@@ -13,8 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import Config
+from bot.slack.mrkdwn import record_text
+from bot.slack.ship_report import read_rollout
 from bot.slack.status import home_view, stats_reply, status_reply
-from store import Store
+from store import Deploy, Store
 
 
 class StatusReplies:
@@ -30,6 +33,10 @@ class StatusReplies:
             UnknownService: ``service`` is not in the config.
         """
         return status_reply(self.config, self.store, self.clock(), service)
+
+    def show(self, deploy: Deploy) -> dict[str, Any]:
+        """``/deploy show``: the deploy's record, with its rollout's stages and measurements."""
+        return {"text": record_text(deploy, read_rollout(self.store, self.config, deploy.id))}
 
     def home(self) -> dict[str, Any]:
         """The App Home view (the same for everyone)."""
