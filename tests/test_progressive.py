@@ -17,7 +17,7 @@ from tests.conftest import Harness, approvals, config_yaml, engine, engine_calls
 
 
 def canary_config(record: Path, *, pauses: tuple[float, ...] = (0, 0, 0), bake: float | None = None,
-                  auto_rollback: bool = False, approvers: tuple[str, ...] = ()) -> str:
+                  auto_rollback: bool = False, approvers: tuple[str, ...] = (), green_pause: float = 0) -> str:
     steps = [{"weight": weight, **({"pause": f"{pause}s"} if pause else {})}
              for weight, pause in zip((5, 25, 50), pauses, strict=True)]
     production: dict = {"requires": "staging", "auto_rollback": auto_rollback}
@@ -25,10 +25,16 @@ def canary_config(record: Path, *, pauses: tuple[float, ...] = (0, 0, 0), bake: 
         production["approvals"] = approvals(*approvers)
     if bake is not None:
         production["bake"] = {"duration": f"{bake}s"}
+    sections = {"alerts": {"channel": "C0ALERTS"}} if auto_rollback else {}
     return config_yaml({"api": {"deploy": engine("--record", record),
                                 "strategy": {"production": {"canary": {"steps": [*steps, {"weight": 100}]}},
-                                             "staging": {"blue_green": {}}}}},
-                       production=production)
+                                             "staging": {"blue_green": {"pause": f"{green_pause}s"} if green_pause else {}}}}},
+                       production=production, **sections)
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    return {"SLIPWAY_GENERIC_TOKEN": "generic-token"}
 
 
 @pytest.fixture
@@ -218,3 +224,37 @@ async def test_a_kill_mid_pause_resumes_the_pause_with_the_time_it_had_left(
     # each step applied once: the watched step was not applied again, nor any decision repeated
     assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "100"]
     await slipway.terminate()
+
+
+@pytest.mark.rollout(green_pause=30)
+async def test_a_blue_green_abort_before_release_switches_back(harness: Harness, record: Path) -> None:
+    await harness.slack.command("api 2.7.0 staging", "U0DAVE")
+    deploy_id = harness.latest_deploy().id
+    await wait_for(lambda: ("switch", "watching") in stage_states(harness, deploy_id), what="the switch's pause")
+    await harness.slipway.steering.abort(deploy_id, "U0DAVE")
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == DeployStatus.FAILED and deploy.status_reason.startswith("aborted at switch")
+    assert [c["env"]["SLIPWAY_PHASE"] for c in engine_calls(record)] == ["deploy", "switch", "switch_back"]
+    assert stage_states(harness, deploy_id) == [("deploy", "passed"), ("switch", "aborted"), ("release", "pending")]
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0), auto_rollback=True)
+async def test_a_page_tied_to_a_canary_in_progress_aborts_it(harness: Harness, record: Path) -> None:
+    import aiohttp
+
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    alert = {"id": "checkout-errors", "service": "api", "environment": "production", "metric": "error_rate",
+             "value": 0.3, "baseline": 0.02, "status": "firing", "summary": "checkout errors"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(harness.url + "/webhooks/generic", json=alert,
+                                headers={"Authorization": "Bearer generic-token"}) as response:
+            assert response.status == 200, await response.text()
+    await wait_for(lambda: harness.deploy(deploy_id).status == DeployStatus.FAILED, what="the abort")
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status_reason.startswith("aborted at 25%: a page-level alert"), deploy.status_reason
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "0"]
+    assert harness.latest_deploy().id == deploy_id  # no rollback: the stable version kept serving
+    assert not harness.store.intents.pending("auto_rollback")
