@@ -17,7 +17,8 @@ from tests.conftest import Harness, approvals, config_yaml, engine, engine_calls
 
 
 def canary_config(record: Path, *, pauses: tuple[float, ...] = (0, 0, 0), bake: float | None = None,
-                  auto_rollback: bool = False, approvers: tuple[str, ...] = (), green_pause: float = 0) -> str:
+                  auto_rollback: bool = False, approvers: tuple[str, ...] = (), green_pause: float = 0,
+                  held: bool = False) -> str:
     steps = [{"weight": weight, **({"pause": f"{pause}s"} if pause else {})}
              for weight, pause in zip((5, 25, 50), pauses, strict=True)]
     production: dict = {"requires": "staging", "auto_rollback": auto_rollback}
@@ -26,7 +27,8 @@ def canary_config(record: Path, *, pauses: tuple[float, ...] = (0, 0, 0), bake: 
     if bake is not None:
         production["bake"] = {"duration": f"{bake}s"}
     sections = {"alerts": {"channel": "C0ALERTS"}} if auto_rollback else {}
-    return config_yaml({"api": {"deploy": engine("--record", record),
+    hold = ("--wait-for", record.parent / "release") if held else ()  # each call waits for the file
+    return config_yaml({"api": {"deploy": engine("--record", record, *hold),
                                 "strategy": {"production": {"canary": {"steps": [*steps, {"weight": 100}]}},
                                              "staging": {"blue_green": {"pause": f"{green_pause}s"} if green_pause else {}}}}},
                        production=production, **sections)
@@ -258,3 +260,20 @@ async def test_a_page_tied_to_a_canary_in_progress_aborts_it(harness: Harness, r
     assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "0"]
     assert harness.latest_deploy().id == deploy_id  # no rollback: the stable version kept serving
     assert not harness.store.intents.pending("auto_rollback")
+
+
+@pytest.mark.rollout(held=True)
+async def test_an_abort_during_an_engine_call_waits_for_it_then_aborts(harness: Harness, record: Path) -> None:
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("5%", "applying") in stage_states(harness, deploy_id) and engine_calls(record),
+                   what="the 5% engine call")
+    await harness.slipway.steering.abort(deploy_id, "U0DAVE")
+    await asyncio.sleep(0.3)
+    assert harness.deploy(deploy_id).status == DeployStatus.DEPLOYING  # the call under way is not cut short
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5"]
+    (record.parent / "release").touch()
+    await harness.settle()
+    deploy = harness.deploy(deploy_id)
+    assert deploy.status == DeployStatus.FAILED and deploy.status_reason.startswith("aborted at 5%"), \
+        deploy.status_reason
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "0"]
