@@ -65,3 +65,17 @@ def versions() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
+
+
+def summary_ms(seconds: list[float]) -> dict[str, Any]:
+    """n, p50, p90, p99, max and mean of ``seconds``, in milliseconds (None when empty)."""
+    ordered = sorted(seconds)
+    ms = lambda s: round(s * 1000, 3) if s == s else None  # noqa: E731  (NaN: no samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": ms(percentile(ordered, 0.50)),
+        "p90_ms": ms(percentile(ordered, 0.90)),
+        "p99_ms": ms(percentile(ordered, 0.99)),
+        "max_ms": ms(ordered[-1]) if ordered else None,
+        "mean_ms": ms(sum(ordered) / len(ordered)) if ordered else None,
+    }

@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +41,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
-import pytest
 import yaml
+
+from tests.debian import DebianProgram
 
 PACKAGE = "prometheus-alertmanager"
 DEFAULT_BINARY = "/usr/bin/prometheus-alertmanager"
@@ -58,7 +58,6 @@ MISSING_MESSAGE = (
     "ALERTMANAGER_BIN at an alertmanager binary (v0.25 or later)."
 )
 
-_install_attempt: str | None = None  # what the one apt-get attempt said
 
 
 class AlertmanagerError(RuntimeError):
@@ -67,59 +66,13 @@ class AlertmanagerError(RuntimeError):
 
 # -- the binary ----------------------------------------------------------------
 
-def binary() -> str | None:
-    """The Alertmanager binary to run, or None if there is none."""
-    configured = os.environ.get("ALERTMANAGER_BIN")
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    if os.access(DEFAULT_BINARY, os.X_OK):
-        return DEFAULT_BINARY
-    return shutil.which(PACKAGE) or shutil.which("alertmanager")
+PROGRAM = DebianProgram(PACKAGE, DEFAULT_BINARY, "ALERTMANAGER_BIN", (PACKAGE, "alertmanager"), MISSING_MESSAGE)
+binary = PROGRAM.binary
+ensure_installed = PROGRAM.ensure_installed
 
 
 def installed() -> bool:
     return binary() is not None
-
-
-def _apt_install() -> str:
-    """One attempt at `apt-get install -y prometheus-alertmanager` (with an
-    `apt-get update` and a second try if the package lists are empty or
-    stale). Returns a transcript for the failure message."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available here, so no install was attempted."
-    if os.geteuid() != 0:
-        return "Not running as root, so `apt-get install` was not attempted."
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", PACKAGE]
-    transcript = []
-    for command in (install, ["apt-get", "update"], install):
-        try:
-            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False,
-                                  capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            transcript.append(f"$ {' '.join(command)}\n{exc}")
-            break
-        transcript.append(f"$ {' '.join(command)}  -> exit {done.returncode}\n"
-                          f"{(done.stdout + done.stderr)[-1500:]}")
-        if command is install and done.returncode == 0:
-            break
-    return "\n".join(transcript)
-
-
-def ensure_installed() -> str:
-    """The binary's path. If it is missing, tries `apt-get install` once per
-    test session; if it is still missing, fails the current test (no skip)."""
-    global _install_attempt
-    path = binary()
-    if path is not None:
-        return path
-    if _install_attempt is None and not os.environ.get("ALERTMANAGER_BIN"):
-        _install_attempt = _apt_install()
-        path = binary()
-        if path is not None:
-            return path
-    pytest.fail(f"{MISSING_MESSAGE}\n\nInstall attempt:\n{_install_attempt or '(none)'}",
-                pytrace=False)
 
 
 # -- building alerts -----------------------------------------------------------

@@ -75,6 +75,8 @@ from typing import Any, Self
 import pytest
 import yaml
 
+from tests.debian import DebianProgram
+
 PACKAGE = "prometheus"
 DEFAULT_BINARY = "/usr/bin/prometheus"
 JOB = "app"
@@ -86,7 +88,6 @@ MISSING_MESSAGE = (
     "(Debian/Ubuntu, v2.42) or point PROMETHEUS_BIN at a prometheus binary (v2.x)."
 )
 
-_install_attempt: str | None = None  # what the one apt-get attempt said
 _services = itertools.count(1)
 
 
@@ -102,54 +103,9 @@ def unique_service(prefix: str = "svc") -> str:
 
 # -- the binary ----------------------------------------------------------------
 
-def binary() -> str | None:
-    """The Prometheus binary to run, or None if there is none."""
-    configured = os.environ.get("PROMETHEUS_BIN")
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    if os.access(DEFAULT_BINARY, os.X_OK):
-        return DEFAULT_BINARY
-    return shutil.which("prometheus")
-
-
-def _apt_install() -> str:
-    """One attempt at `apt-get install -y prometheus` (with an `apt-get
-    update` and a second try if the package lists are empty or stale).
-    Returns a transcript for the failure message."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available here, so no install was attempted."
-    if os.geteuid() != 0:
-        return "Not running as root, so `apt-get install` was not attempted."
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", PACKAGE]
-    transcript = []
-    for command in (install, ["apt-get", "update"], install):
-        try:
-            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False,
-                                  capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            transcript.append(f"$ {' '.join(command)}\n{exc}")
-            break
-        transcript.append(f"$ {' '.join(command)}  -> exit {done.returncode}\n"
-                          f"{(done.stdout + done.stderr)[-1500:]}")
-        if command is install and done.returncode == 0:
-            break
-    return "\n".join(transcript)
-
-
-def ensure_installed() -> str:
-    """The binary's path. If it is missing, tries `apt-get install` once per
-    test session; if it is still missing, fails the current test (no skip)."""
-    global _install_attempt
-    path = binary()
-    if path is not None:
-        return path
-    if _install_attempt is None and not os.environ.get("PROMETHEUS_BIN"):
-        _install_attempt = _apt_install()
-        path = binary()
-        if path is not None:
-            return path
-    pytest.fail(f"{MISSING_MESSAGE}\n\nInstall attempt:\n{_install_attempt or '(none)'}", pytrace=False)
+PROGRAM = DebianProgram(PACKAGE, DEFAULT_BINARY, "PROMETHEUS_BIN", ("prometheus",), MISSING_MESSAGE)
+binary = PROGRAM.binary
+ensure_installed = PROGRAM.ensure_installed
 
 
 # -- the app Prometheus scrapes ------------------------------------------------

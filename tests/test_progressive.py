@@ -117,6 +117,10 @@ async def test_an_abort_before_full_traffic_returns_traffic_and_locks(harness: H
     assert harness.store.rollouts.get(deploy_id).outcome == "aborted"
     assert harness.slipway.rollbacks.plans.offer(deploy)[0] is None  # nothing was replaced: no Rollback
     assert stage_states(harness, deploy_id)[1] == ("25%", "aborted")
+    thread = [c.args.get("text", "") for c in harness.fake.calls_to("chat.postMessage") if c.args.get("thread_ts")]
+    last_word = next(text for text in thread if text.startswith(":octagonal_sign: api 2.7.0 aborted at 25%"))
+    assert "nothing to roll back" in last_word and "production is locked" in last_word
+    assert not any("roll back with the button" in text for text in thread)
 
 
 @pytest.mark.rollout(pauses=(0, 30, 0))

@@ -1,8 +1,9 @@
 """``slipway sandbox``: the page's JSON doors drive Slipway through the
-whole flow (command, checklist, approvals, deploy, verification, alert,
-rollback), in-process on port 0; and the real command prints its URL and
-answers /healthz. What the page draws is tested in a real browser
-(tests/test_sandbox_browser.py)."""
+whole flow (command, checklist, approvals, canary, verification, alert,
+rollback), in-process on port 0; the sandbox's stand-in for Prometheus
+answers in Prometheus' shape and "Make the canary fail" aborts a canary;
+and the real command prints its URL and answers /healthz. What the page
+draws is tested in a real browser (tests/test_sandbox_browser.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
 
+from bot.deploys.analysis import Prometheus, fill_query
 from bot.runtime.cli import check_config
 from bot.sandbox import Sandbox, demo
 from tests.conftest import quick_sandbox
@@ -26,6 +30,17 @@ from tests.conftest import quick_sandbox
 ROOT = Path(__file__).resolve().parent.parent
 DANA, ALICE, BOB = "U0DANA", "U0ALICE", "U0BOB"
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <@U0ALICE>'
+# the canary on production, at a test's pace: each stage measured once or twice, the whole rollout in about a second
+QUICK_ROLLOUT = demo.Rollout(pause=0.3, bake=0.3, interval=0.15)
+# a canary that stays at its first step until the test acts on it (each measurement passes)
+WATCHED_ROLLOUT = demo.Rollout(pause=120, bake=120, interval=0.1)
+
+
+def quick(db_path: Path, state_dir: Path, rollout: demo.Rollout = QUICK_ROLLOUT) -> Sandbox:
+    """conftest's quick sandbox, its canary at ``rollout``'s pace (read at start)."""
+    sandbox = quick_sandbox(db_path, state_dir)
+    sandbox.rollout = rollout
+    return sandbox
 
 
 class Page:
@@ -96,7 +111,7 @@ def reply_about(needle: str) -> Callable[[dict[str, Any]], Any]:
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    running = await quick_sandbox(tmp_path / "sandbox.db", tmp_path / "demo-state").start()
+    running = await quick(tmp_path / "sandbox.db", tmp_path / "demo-state").start()
     yield running
     await running.stop()
 
@@ -162,6 +177,146 @@ async def test_the_whole_flow_from_the_page(page: Page) -> None:
     await page.wait(BOB, deploy_message(f"Deploy demo {demo.STARTING_VERSION} to production", "Succeeded"))
     assert await demo_version(page, "production") == demo.STARTING_VERSION
     await page.wait(BOB, deploy_message("Deploy demo 1.0.0 to production", "Rolled back"))
+
+
+async def ship_to_production(page: Page, version: str) -> dict[str, Any]:
+    """Dana ships ``version`` to staging, then asks for production and ticks
+    its checklist; Alice and Bob approve. The production message, approved."""
+    await page.type(DANA, f"/deploy demo {version} staging")
+    await page.wait(DANA, deploy_message(f"Deploy demo {version} to staging", "Succeeded"))
+    header = f"Deploy demo {version} to production"
+    await page.type(DANA, f"/deploy demo {version} production")
+    request = await page.wait(DANA, deploy_message(header, "Awaiting approval"))
+    for block in [b for b in request["blocks"] if "checklist_tick" in _action_ids(b)]:
+        await page.post("/api/click", {"user": DANA, "channel": "C0DEPLOYS", "ts": request["ts"],
+                                       "action_id": "checklist_tick", "block_id": block["block_id"],
+                                       "selected": [option["value"] for option in block["accessory"]["options"]]})
+    request = await page.wait(DANA, deploy_message(header, "3 of 3 ticked"))
+    await page.click(ALICE, request, "deploy_approve")
+    request = await page.wait(ALICE, deploy_message(header, "1 of 2"))
+    await page.click(BOB, request, "deploy_approve")
+    return await page.wait(BOB, deploy_message(header, "Approved by"))
+
+
+def thread_line(header: str, needle: str) -> Callable[[dict[str, Any]], Any]:
+    """A predicate: the reply in the thread of the message headed ``header`` that says ``needle``."""
+    def find(state: dict[str, Any]) -> dict[str, Any] | None:
+        message = deploy_message(header)(state)
+        return next((r for r in message["replies"] if needle in text_of(r)), None) if message else None
+    return find
+
+
+def running(state: dict[str, Any], environment: str) -> dict[str, Any]:
+    return next(row for row in state["service"]["running"] if row["environment"] == environment)
+
+
+async def prometheus_answer(page: Page, query: str, status: int = 200) -> dict[str, Any]:
+    async with page.session.get(f"{page.sandbox.url}/api/v1/query", params={"query": query}) as answer:
+        assert answer.status == status and answer.content_type == "application/json"
+        return await answer.json()
+
+
+async def test_the_sandbox_answers_the_canarys_queries_as_prometheus_would(page: Page) -> None:
+    """The demo's analysis asks the sandbox, as it would ask Prometheus: the
+    stable rate for the stable track, the canary's for the canary track
+    (both low), in Prometheus' exact shape, which Slipway's own client reads."""
+    config = page.sandbox.config
+    assert config.prometheus_url == page.sandbox.url
+    check = config.analysis.checks["error_rate"]
+    values = {"service": "demo", "environment": "production", "version": "1.0.0", "previous_version": "0.9.0"}
+    canary, stable = fill_query(check.query, **values), fill_query(check.baseline_query, **values)
+    assert 'track="canary"' in canary and 'track="stable"' in stable
+
+    before = time.time()
+    answer = await prometheus_answer(page, canary)
+    assert answer == {"status": "success", "data": {"resultType": "vector",
+                                                    "result": [{"metric": {}, "value": [ANY, "0.005"]}]}}
+    stamp = answer["data"]["result"][0]["value"][0]
+    assert isinstance(stamp, float) and before - 1 <= stamp <= time.time() + 1, "a sample's time: unix seconds"
+    assert (await prometheus_answer(page, stable))["data"]["result"][0]["value"][1] == "0.004"
+    assert (await prometheus_answer(page, 'up{job="demo"}'))["data"] == {"resultType": "vector", "result": []}, \
+        "a query about anything else has no data"
+    refused = await prometheus_answer(page, " ", status=400)
+    assert refused["status"] == "error" and refused["errorType"] == "bad_data"
+
+    prometheus = Prometheus(page.sandbox.url, timeout=5)
+    try:
+        assert await prometheus.instant(canary) == demo.CANARY_ERROR_RATE
+        assert await prometheus.instant(stable) == demo.STABLE_ERROR_RATE
+        assert await prometheus.instant('up{job="demo"}') is None
+    finally:
+        await prometheus.close()
+
+
+async def test_a_canary_on_production_goes_through_its_stages(page: Page) -> None:
+    """Production takes the demo as a canary: each step is one call of the
+    demo's engine, every stage passes its error-rate check, then the bake."""
+    production = "Deploy demo 1.0.0 to production"
+    await ship_to_production(page, "1.0.0")
+    done = await page.wait(BOB, deploy_message(production, "Succeeded"))
+    assert "*Rollout* (canary): 10% ✓ → 50% ✓ → 100% ✓ → bake ✓" in text_of(done)
+    for stage in ("10%", "50%", "bake"):
+        await page.wait(BOB, thread_line(production, f":white_check_mark: {stage}: passed (error_rate 0.005)"))
+    await page.wait(BOB, thread_line(production, ":white_check_mark: 100%: passed"))
+    verified = await page.wait(BOB, thread_line(production, "*Verification*"))
+    assert "version=1.0.0" in text_of(verified), "after the first step, the health check reaches the canary"
+    state = await page.state(BOB)
+    assert running(state, "production") == {"environment": "production", "version": "1.0.0", "canary": None}
+    assert await demo_version(page, "production") == "1.0.0"
+
+
+async def test_make_the_canary_fail_aborts_it(tmp_path: Path) -> None:
+    """"Make the canary fail" raises the canary's error rate: its next
+    measurement fails (failure_limit 1), the evidence lands in the thread,
+    Slipway aborts at the stage it was in (all traffic back to 0.9.0), locks
+    production and blocks the version. The next deploy starts healthy."""
+    sandbox = await quick(tmp_path / "sandbox.db", tmp_path / "demo-state", WATCHED_ROLLOUT).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            page = Page(sandbox, session)
+            refused = await page.post("/api/canary/fail", {}, status=409)
+            assert "No canary to fail" in refused["error"]
+
+            production = "Deploy demo 1.0.0 to production"
+            await ship_to_production(page, "1.0.0")
+            watched = await page.wait(BOB, deploy_message(production, "10% ⏳ (analysing"))
+            assert "50% → 100% → bake" in text_of(watched)
+            await page.wait(BOB, deploy_message(production, "error_rate 0.005 (stable 0.004"))
+            state = await page.state(BOB)
+            assert running(state, "production")["version"] == demo.STARTING_VERSION
+            assert running(state, "production")["canary"] == {"version": "1.0.0", "weight": 10}
+
+            failing = await page.post("/api/canary/fail", {})
+            assert failing["version"] == "1.0.0" and failing["error_rate"] == demo.FAILING_CANARY_ERROR_RATE
+
+            evidence = await page.wait(BOB, thread_line(production, ":x: 10%: error_rate 0.2"))
+            assert "2× stable 0.004" in text_of(evidence)
+            await page.wait(BOB, thread_line(production, "Aborting at 10%"))
+            aborted = await page.wait(BOB, deploy_message(production, "Failed — aborted at 10%"))
+            assert "10% ⏹ → 50% → 100% → bake" in text_of(aborted)
+            assert "nothing to roll back" in text_of(aborted)
+            assert [a for block in aborted["blocks"] for a in _action_ids(block)] == [], \
+                "no Rollback, Promote or Abort any more: the stable version kept serving"
+            state = await page.state(BOB)
+            assert running(state, "production") == {"environment": "production",
+                                                    "version": demo.STARTING_VERSION, "canary": None}
+
+            await page.type(BOB, "/deploy locks demo")
+            locks = await page.wait(BOB, reply_about("aborted at 10%"))
+            assert "demo on production: locked by" in text_of(locks), text_of(locks)
+            assert "*Blocked versions*" in text_of(locks) and "demo 1.0.0 on production" in text_of(locks)
+
+            # the demo can be replayed: a new deploy's canary is healthy again
+            await page.type(BOB, "/deploy unlock demo production")
+            await page.wait(BOB, reply_about("released"))
+            await page.type(DANA, "/deploy demo 1.0.1 staging")
+            await page.wait(DANA, deploy_message("Deploy demo 1.0.1 to staging", "Succeeded"))
+            await page.type(DANA, "/deploy demo 1.0.1 production")
+            await page.wait(DANA, deploy_message("Deploy demo 1.0.1 to production", "Awaiting approval"))
+            query = sandbox.config.analysis.checks["error_rate"].query
+            assert (await prometheus_answer(page, query))["data"]["result"][0]["value"][1] == "0.005"
+    finally:
+        await sandbox.stop()
 
 
 async def test_slipways_direct_messages_reach_their_person_and_only_news(page: Page) -> None:
@@ -261,7 +416,7 @@ async def test_a_state_request_waits_for_something_new(page: Page) -> None:
 
 
 async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: Path) -> None:
-    first = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
+    first = await quick(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(first, session)
@@ -269,7 +424,7 @@ async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: P
             earlier = await page.wait(DANA, deploy_message("Deploy demo 1.0.0 to staging", "Succeeded"))
     finally:
         await first.stop()
-    second = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
+    second = await quick(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(second, session)

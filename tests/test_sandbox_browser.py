@@ -1,6 +1,7 @@
 """The sandbox page in a real browser: headless Chromium (Debian's
 ``chromium`` and ``chromium-driver``) drives the whole flow by typing and
-clicking, and every assertion is on what the page shows.
+clicking (and a canary on production, made to fail), and every assertion is
+on what the page shows.
 
 If Chromium or its driver is missing, the test tries ``apt-get install``
 once (as root) and otherwise FAILS, saying why: a page that silently stops
@@ -33,7 +34,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bot.sandbox import Sandbox
+from bot.sandbox import Sandbox, demo
 from bot.sandbox.demo import STARTING_VERSION
 from tests.conftest import quick_sandbox
 
@@ -49,6 +50,9 @@ CHROME_ARGUMENTS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disabl
 WAIT = 60  # seconds before a wait on the page gives up
 POLL = 0.05  # seconds between two looks at the page while waiting (WebDriverWait's default is half a second)
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <@U0ALICE>'
+# the canary on production: through its stages in about a second, or held at its first step until the test acts
+QUICK_ROLLOUT = demo.Rollout(pause=0.3, bake=0.3, interval=0.15)
+WATCHED_ROLLOUT = demo.Rollout(pause=120, bake=120, interval=0.25)
 
 T = TypeVar("T")
 _install_attempt: str | None = None
@@ -98,8 +102,9 @@ class SandboxThread:
     """A sandbox on port 0, on an event loop of its own, so that the test's
     blocking WebDriver calls never stall it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, rollout: demo.Rollout = QUICK_ROLLOUT) -> None:
         self.tmp_path = tmp_path
+        self.rollout = rollout
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sandbox", daemon=True)
         self.sandbox: Sandbox | None = None
@@ -111,7 +116,9 @@ class SandboxThread:
         self.thread.start()
 
         async def start() -> Sandbox:
-            return await quick_sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state").start()
+            sandbox = quick_sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state")
+            sandbox.rollout = self.rollout
+            return await sandbox.start()
 
         self.sandbox = self.run(start())
         return self.sandbox
@@ -125,8 +132,14 @@ class SandboxThread:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[SandboxThread]:
-    running = SandboxThread(tmp_path)
+def rollout() -> demo.Rollout:
+    """The pace of the sandbox's canary (a test may parametrize it)."""
+    return QUICK_ROLLOUT
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, rollout: demo.Rollout) -> Iterator[SandboxThread]:
+    running = SandboxThread(tmp_path, rollout)
     with running:
         yield running
 
@@ -173,6 +186,22 @@ def message(driver: WebDriver, header: str) -> WebElement | None:
     found = driver.find_elements(By.XPATH, f"//article[@data-ts][.//div[@class='bk-header' and "
                                            f"normalize-space()='{header}']]")
     return found[-1] if found else None
+
+
+def text_of(driver: WebDriver, header: str, *needles: str) -> Callable[[WebDriver], str | None]:
+    """A condition: the text of the message headed ``header``, once it shows
+    every one of ``needles`` (read at once: a message measured every moment
+    is redrawn as often, so an element kept for later may be gone)."""
+    def check(_: WebDriver) -> str | None:
+        found = message(driver, header)
+        text = found.text if found is not None else ""
+        return text if text and all(needle in text for needle in needles) else None
+    return check
+
+
+def button_labels(driver: WebDriver, header: str) -> list[str]:
+    found = message(driver, header)
+    return [button.text for button in found.find_elements(By.CSS_SELECTOR, "button[data-control]")] if found else []
 
 
 def showing(driver: WebDriver, header: str, text: str) -> Callable[[WebDriver], WebElement | None]:
@@ -222,6 +251,20 @@ def tick_every_item(driver: WebDriver, header: str, count: int) -> None:
 
 def running_version(driver: WebDriver, environment: str) -> str:
     return driver.find_element(By.XPATH, f"//table[@id='running']//tr[th[contains(., '{environment}')]]/td").text
+
+
+def thread_reply(driver: WebDriver, header: str, text: str) -> str | None:
+    """The text of the reply that says ``text`` in the thread of the message
+    headed ``header``, opening the thread first if it is folded."""
+    found = message(driver, header)
+    if found is None:
+        return None
+    toggle = found.find_elements(By.CSS_SELECTOR, ".thread-toggle[aria-expanded='false']")
+    if toggle:
+        toggle[0].click()
+        return None
+    return next((reply.text for reply in found.find_elements(By.CSS_SELECTOR, ".replies .reply")
+                 if text in reply.text), None)
 
 
 def console_errors(driver: WebDriver) -> list[str]:
@@ -278,6 +321,58 @@ def test_the_whole_flow_in_a_real_browser(sandbox: SandboxThread, browser: WebDr
     ActionChains(browser).move_to_element(browser.find_element(By.CLASS_NAME, "workspace")).perform()  # no hover
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "sandbox-final.png"))
+
+
+@pytest.mark.parametrize("rollout", [WATCHED_ROLLOUT], ids=["watched"])
+def test_a_canary_made_to_fail_is_aborted(sandbox: SandboxThread, browser: WebDriver) -> None:
+    """Production takes the demo as a canary; "Make the canary fail" raises
+    its error rate, and the page shows what Slack would: the failed
+    measurement in the thread, the abort, the stable version serving, the lock."""
+    browser.get(sandbox.sandbox.url + "/")
+    wait_until(browser, lambda d: d.find_element(By.ID, "speaking-as").text == "You are Dana (developer)", "Dana")
+    type_command(browser, "/deploy demo 1.0.0 staging")
+    wait_until(browser, showing(browser, "Deploy demo 1.0.0 to staging", "Succeeded"), "staging succeeded")
+
+    production = "Deploy demo 1.0.0 to production"
+    type_command(browser, "/deploy demo 1.0.0 production")
+    tick_every_item(browser, production, 3)
+    become(browser, "Alice")
+    click_button(browser, production, "Approve")
+    wait_until(browser, showing(browser, production, "Approvals: 1 of 2 (@Alice)"), "Alice's approval")
+    become(browser, "Bob")
+    click_button(browser, production, "Approve")
+
+    wait_until(browser, text_of(browser, production, "Rollout (canary): 10% ⏳ (analysing",
+                                "→ 50% → 100% → bake", "✅ error_rate 0.005 (stable 0.004"),
+               "the canary's first stage, measured")
+    wait_until(browser, lambda d: {"Promote 10%", "Pause", "Abort"} <= set(button_labels(d, production)),
+               "the rollout's buttons")
+    wait_until(browser, lambda d: running_version(d, "production") == f"{STARTING_VERSION}\ncanary 1.0.0 · 10%",
+               "the canary beside the stable version in the sidebar")
+
+    browser.find_element(By.ID, "fail-canary").click()
+    wait_until(browser, lambda d: "now fails 20%" in d.find_element(By.ID, "toast").text, "the button's answer")
+    wait_until(browser, text_of(browser, production, "Failed — aborted at 10%", "10% ⏹ → 50% → 100% → bake",
+                                "nothing to roll back"), "the abort")
+    wait_until(browser, lambda d: button_labels(d, production) == [],
+               "no Rollback, Promote or Abort on the aborted canary: the stable version kept serving")
+    evidence = wait_until(browser, lambda d: thread_reply(d, production, "10%: error_rate 0.2 >"),
+                          "the failed measurement in the thread")
+    assert "❌" in evidence and "2× stable 0.004" in evidence
+    wait_until(browser, lambda d: thread_reply(d, production, "Aborting at 10%"), "the abort in the thread")
+    wait_until(browser, lambda d: running_version(d, "production") == STARTING_VERSION,
+               f"{STARTING_VERSION} alone on production again")
+
+    type_command(browser, "/deploy locks demo")
+    locks = wait_until(browser, lambda d: next((m.text for m in d.find_elements(By.CSS_SELECTOR, ".ephemeral")
+                                                if "Locks" in m.text), None), "the locks")
+    assert "demo on production: locked by" in locks and "1.0.0 aborted at 10%" in locks
+    assert console_errors(browser) == []
+
+    ActionChains(browser).move_to_element(browser.find_element(By.CLASS_NAME, "workspace")).perform()  # no hover
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", message(browser, production))
+    browser.save_screenshot(str(ARTIFACTS / "sandbox-canary-aborted.png"))
 
 
 def test_hostile_text_is_shown_as_text(sandbox: SandboxThread, browser: WebDriver) -> None:

@@ -278,7 +278,7 @@ class StageWatch:
                                   f":x: {stage.label}: {evidence}")
                 if failures >= check.failure_limit:
                     if stage.kind == "bake" or rollout.on_failure == "abort":
-                        return Verdict("failed", f"{stage.label}: {evidence}")
+                        return Verdict("failed", evidence)
                     await self.pause_for(deploy, f"{stage.label}: {evidence} (on_failure: pause)")
                     return None
             elif result.verdict == "inconclusive":

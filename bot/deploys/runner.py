@@ -28,6 +28,7 @@ from bot.slack.mrkdwn import mention
 from bot.executors.process import run_process
 from bot.runtime.tasks import BackgroundTasks
 from bot.slack.mrkdwn import (
+    abort_text,
     code_block,
     engine_log_text,
     escape,
@@ -516,10 +517,10 @@ class DeployRunner:
                     actor=None if by == ANALYSIS_ACTOR else by, action="aborted", reason=status_reason)
                 self.store.locks.acquire(deploy.service, deploy.environment, by, lock_reason, keep_existing=True,
                                          deploy_id=deploy.id)
-                self.store.locks.block_version(deploy.service, deploy.environment, deploy.version, by, lock_reason,
-                                               rollback_id=deploy.id)
+                self.store.locks.block_version(deploy.service, deploy.environment, deploy.version, by,
+                                               f"{lock_reason} (#{deploy.id})")
                 self.events.publish(DeployChanged(deploy.id))
-                self.views.thread(deploy, failure_text(deploy))
+                self.views.thread(deploy, abort_text(deploy))
                 self._ship_report(deploy)
         except StateConflict:
             return

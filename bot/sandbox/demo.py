@@ -23,6 +23,26 @@ USERGROUPS = {"sre": ["U0ERIN"]}
 # deploy has something to roll back to.
 STARTING_VERSION = "0.9.0"
 DEPLOY_SCRIPT = Path(__file__).with_name("demo_deploy.py")
+# Where the demo goes out as a canary (10% -> 50% -> 100%, then a bake), gated by the error rate the
+# sandbox's stand-in for Prometheus reports (GET /api/v1/query): a low one, until the page's
+# "Make the canary fail" raises the canary's.
+CANARY_ENVIRONMENT = "production"
+STABLE_ERROR_RATE = 0.004
+CANARY_ERROR_RATE = 0.005  # under the check's ceiling: 2x the stable rate
+FAILING_CANARY_ERROR_RATE = 0.2
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How fast the canary on production goes: slow enough for a person to
+    watch its stages and press "Make the canary fail" (seconds)."""
+
+    pause: float = 20.0  # each step below 100%, watched by the analysis
+    bake: float = 15.0  # at full traffic, before the deploy counts as done
+    interval: float = 4.0  # between two measurements of the error rate
+
+
+ROLLOUT = Rollout()
 
 
 @dataclass(frozen=True)
@@ -41,24 +61,27 @@ PEOPLE = (
 PEOPLE_BY_ID = {person.id: person for person in PEOPLE}
 
 
-def config_text(sandbox_url: str, state_dir: Path, pace: float = PACE) -> str:
+def config_text(sandbox_url: str, state_dir: Path, pace: float = PACE, rollout: Rollout = ROLLOUT) -> str:
     """The demo config, with the sandbox's own paths and URL filled in;
-    ``pace``: seconds per step of the demo deploy script."""
+    ``pace``: seconds per step of the demo deploy script; ``rollout``: the
+    pace of the canary on production."""
     template = resources.files("bot.sandbox").joinpath("demo.yml").read_text(encoding="utf-8")
     # JSON strings are YAML strings: a path with spaces or quotes stays one value
     return Template(template).substitute(
         python=json.dumps(sys.executable), deploy_script=json.dumps(str(DEPLOY_SCRIPT)),
         state_dir=json.dumps(str(state_dir)), pace=json.dumps(str(pace)),
-        health_url=json.dumps(f"{sandbox_url}/demo/health/{{environment}}"))
+        health_url=json.dumps(f"{sandbox_url}/demo/health/{{environment}}"),
+        prometheus_url=json.dumps(sandbox_url), canary_pause=json.dumps(float(rollout.pause)),
+        bake=json.dumps(float(rollout.bake)), analysis_interval=json.dumps(float(rollout.interval)))
 
 
-def load(sandbox_url: str, state_dir: Path, pace: float = PACE) -> Config:
+def load(sandbox_url: str, state_dir: Path, pace: float = PACE, rollout: Rollout = ROLLOUT) -> Config:
     """The demo config, validated as ``slipway check-config`` would.
 
     Raises:
         ConfigError: the shipped template is broken (a bug in Slipway).
     """
-    return parse_config(config_text(sandbox_url, state_dir, pace), "<sandbox demo config>")
+    return parse_config(config_text(sandbox_url, state_dir, pace, rollout), "<sandbox demo config>")
 
 
 def directory(config: Config) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """The sandbox page's HTTP side: the page itself, the channel as JSON
-(long-polled), and the doors through which the person at the page acts.
+(long-polled), and the doors through which the person at the page acts;
+and what the demo service's config asks of the world: its health endpoint
+(``/demo/health/<environment>``) and a Prometheus (``/api/v1/query``).
 
 The page has no authentication, so it is made hard to reach from anywhere
 but the browser on this machine: loopback only (checked at start), a
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,7 @@ from aiohttp import web
 
 from bot.errors import SlipwayError
 from bot.sandbox import view
-from bot.sandbox.demo_deploy import deployed_version
+from bot.sandbox.demo_deploy import canary_of, deployed_version
 
 if TYPE_CHECKING:
     from bot.sandbox.server import Sandbox
@@ -91,6 +94,22 @@ def page_app(sandbox: "Sandbox") -> web.Application:
         await _json_object(request)
         return web.json_response(await sandbox.simulate_alert())
 
+    async def fail_canary(request: web.Request) -> web.Response:
+        await _json_object(request)
+        return web.json_response(await sandbox.fail_canary())
+
+    async def prometheus_query(request: web.Request) -> web.Response:
+        """Prometheus' instant query (``GET /api/v1/query?query=…``), in its
+        exact JSON shape, for the demo's error-rate check: a one-sample
+        vector, or an empty one (no data) for a query about something else."""
+        query = request.query.get("query", "")
+        if not query.strip():
+            return web.json_response({"status": "error", "errorType": "bad_data",
+                                      "error": 'invalid parameter "query": query must not be empty'}, status=400)
+        value = sandbox.error_rate(query)
+        result = [] if value is None else [{"metric": {}, "value": [round(time.time(), 3), repr(float(value))]}]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
     async def healthz(request: web.Request) -> web.Response:
         if not sandbox.ready:
             return web.json_response({"status": "starting"}, status=503)
@@ -99,14 +118,20 @@ def page_app(sandbox: "Sandbox") -> web.Application:
                                  status=200 if healthy else 503)
 
     async def demo_health(request: web.Request) -> web.Response:
-        """The demo service's health check, reporting what demo_deploy.py last deployed."""
+        """The demo service's health check, reporting what demo_deploy.py last
+        deployed: while a canary runs, its instances answer (verification
+        checks the new version after a canary's first step)."""
         environment = request.match_info["environment"]
         if environment not in sandbox.config.environment_names:
             return web.json_response({"status": "unknown environment"}, status=404)
         version = deployed_version(sandbox.state_dir, environment)
-        if version is None:
+        canary = canary_of(sandbox.state_dir, environment)
+        if version is None and canary is None:
             return web.json_response({"status": "down", "environment": environment}, status=503)
-        return web.json_response({"status": "ok", "service": "demo", "environment": environment, "version": version})
+        answer = {"status": "ok", "service": "demo", "environment": environment, "version": version}
+        if canary is not None:
+            answer.update(version=canary["version"], track="canary", weight=canary["weight"], stable=version)
+        return web.json_response(answer)
 
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)
@@ -114,6 +139,8 @@ def page_app(sandbox: "Sandbox") -> web.Application:
     app.router.add_post("/api/command", command)
     app.router.add_post("/api/click", click)
     app.router.add_post("/api/alert", alert)
+    app.router.add_post("/api/canary/fail", fail_canary)
+    app.router.add_get("/api/v1/query", prometheus_query)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/demo/health/{environment}", demo_health)
     return app

@@ -8,7 +8,9 @@ Three aiohttp servers in one process, all on loopback:
 * Slipway itself (``create_slipway`` + ``create_web_app``, as ``slipway
   serve`` builds it), on a free port, with a signing secret and an alert
   token made up for this run;
-* the page (bot/sandbox/page.py), on the port asked for.
+* the page (bot/sandbox/page.py), on the port asked for; it also stands in
+  for the demo service's health endpoint and for the Prometheus its canary's
+  error-rate check asks (``GET /api/v1/query``).
 
 Whatever the person at the page does reaches Slipway as Slack (or a
 monitor) would send it: a slash command or a click signed by
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -44,7 +47,8 @@ from bot.runtime.tasks import until_stopped
 from bot.sandbox import demo, view
 from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender
 from bot.sandbox.page import is_loopback, page_app
-from store import Store
+from store import Deploy, Store
+from store.status import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ COMMAND = "/deploy"
 MAX_COMMAND_TEXT = 4000
 DRAIN_SECONDS = 5.0  # on stop, how long a demo deploy in progress may take to finish
 ALERT_VALUE, ALERT_BASELINE = 0.12, 0.004  # 30x the baseline: above the 5x that pages
+TRACK = re.compile(r'\btrack\s*=\s*"(canary|stable)"')  # which instances a query of the demo config asks about
 
 
 class PageError(SlipwayError):
@@ -80,11 +85,14 @@ class Sandbox:
     """Slipway with a fake Slack and the page that shows it."""
 
     def __init__(self, db_path: Path, state_dir: Path, *, outbox_interval: float = 0.25,
-                 long_poll: float = 25.0, deploy_pace: float = demo.PACE) -> None:
+                 long_poll: float = 25.0, deploy_pace: float = demo.PACE,
+                 rollout: demo.Rollout = demo.ROLLOUT) -> None:
         self.db_path = db_path
         self.state_dir = state_dir
         self.outbox_interval = outbox_interval
         self.deploy_pace = deploy_pace  # seconds per step of the demo deploy, slow enough to watch
+        self.rollout = rollout  # the pace of the canary on production (read at start)
+        self.failing_canary: int | None = None  # the deploy whose canary "Make the canary fail" broke
         self.long_poll = long_poll  # how long a state request waits for something new
         self.url = ""
         self.slipway_url = ""
@@ -125,7 +133,7 @@ class Sandbox:
         self.url = f"http://{'[' + bound[0] + ']' if ':' in bound[0] else bound[0]}:{bound[1]}"
         await self.fake.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.config = demo.load(self.url, self.state_dir, self.deploy_pace)
+        self.config = demo.load(self.url, self.state_dir, self.deploy_pace, self.rollout)
         self.store = Store.open(self.db_path)
         demo.seed_history(self.store, self.config, self.state_dir)
         settings = Settings(bot_token=self.fake.token, signing_secret=self._signing_secret, api_url=self.fake.api_url)
@@ -217,6 +225,47 @@ class Sandbox:
             "summary": "5xx on /checkout (simulated from the sandbox page)",
         }
         return await self.post_alert(alert)
+
+    async def fail_canary(self) -> dict[str, Any]:
+        """Make the canary of the deploy under way on production answer
+        :data:`~bot.sandbox.demo.FAILING_CANARY_ERROR_RATE` errors, so that
+        its next measurement fails the analysis (failure_limit 1) and Slipway
+        aborts it (in the bake: fails it and offers its rollback). Only that
+        deploy's canary: the next deploy starts healthy again.
+
+        Raises:
+            PageError: no deploy of the demo is under way on production.
+        """
+        deploy = self._canary_deploy()
+        if deploy is None:
+            raise PageError(f"No canary to fail: no deploy of {demo.SERVICE} is under way on "
+                            f"{demo.CANARY_ENVIRONMENT}. Deploy one (`/deploy {demo.SERVICE} 1.0.0 "
+                            f"{demo.CANARY_ENVIRONMENT}`, after staging) and press this while its stages run.", 409)
+        self.failing_canary = deploy.id
+        return {"ok": True, "deploy": deploy.id, "version": deploy.display_version,
+                "environment": deploy.environment, "error_rate": demo.FAILING_CANARY_ERROR_RATE}
+
+    def error_rate(self, query: str) -> float | None:
+        """What the sandbox's stand-in for Prometheus answers to ``query``:
+        the error rate of the stable or the canary instances of the demo
+        (told apart by the query's ``track`` label), or None (no data) for a
+        query about neither."""
+        track = TRACK.search(query)
+        if track is None:
+            return None
+        if track.group(1) == "stable":
+            return demo.STABLE_ERROR_RATE
+        latest = self.store.deploys.history(demo.SERVICE, demo.CANARY_ENVIRONMENT, limit=1)
+        if self.failing_canary is not None and latest and latest[0].id == self.failing_canary:
+            return demo.FAILING_CANARY_ERROR_RATE
+        return demo.CANARY_ERROR_RATE
+
+    def _canary_deploy(self) -> Deploy | None:
+        """The deploy of the demo under way (or waiting) on production, if any."""
+        latest = self.store.deploys.history(demo.SERVICE, demo.CANARY_ENVIRONMENT, limit=1)
+        if latest and latest[0].status in ACTIVE_STATES and latest[0].rollback_of is None:
+            return latest[0]
+        return None
 
     async def post_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
         """POST ``alert`` (Slipway's generic format) to Slipway's alert webhook."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bot.sandbox import demo
-from bot.sandbox.demo_deploy import deployed_version
+from bot.sandbox.demo_deploy import canary_of, deployed_version
 from bot.sandbox.fake_slack import Message, dm_channel
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ def state(sandbox: "Sandbox", user: str) -> dict[str, Any]:
         "direct_channel": dm_channel(user),
         "direct": [_message(m, []) for m in sandbox.fake.channel_messages(dm_channel(user))],
         "service": {"name": demo.SERVICE, "running": [
-            {"environment": name, "version": deployed_version(sandbox.state_dir, name)}
+            {"environment": name, "version": deployed_version(sandbox.state_dir, name),
+             "canary": _canary(sandbox, name)}
             for name in config.environments_of(demo.SERVICE)]},
     }
 
@@ -58,6 +59,12 @@ def replies_for(sandbox: "Sandbox", user: str) -> list[dict[str, Any]]:
             shown.append(_reply(response.seq, response.posted_at, str(response.payload.get("text") or ""),
                                 list(response.payload.get("blocks") or []), public=public))
     return sorted(shown, key=lambda item: item["seq"])
+
+
+def _canary(sandbox: "Sandbox", environment: str) -> dict[str, Any] | None:
+    """The canary beside the stable version on ``environment``: its version and share of traffic."""
+    canary = canary_of(sandbox.state_dir, environment)
+    return None if canary is None else {"version": canary.get("version"), "weight": canary.get("weight")}
 
 
 def _is_reply(message: Message) -> bool:

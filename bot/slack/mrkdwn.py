@@ -263,6 +263,16 @@ def failure_text(deploy: Deploy) -> str:
             "`/deploy`, or roll back with the button on this message.")
 
 
+def abort_text(deploy: Deploy) -> str:
+    """The thread's last word on a rollout aborted before full traffic."""
+    kept = deploy.previous_version or "the stable version"
+    return (f":octagonal_sign: {deploy.service} {deploy.display_version} {deploy.status_reason}.\n"
+            f"All traffic is back on {kept}, so there is nothing to roll back. {deploy.environment} is locked and "
+            f"{deploy.display_version} blocked there: ship a fix, then `/deploy unlock {deploy.service} "
+            f"{deploy.environment}` (and `/deploy unblock {deploy.service} {deploy.display_version} "
+            f"{deploy.environment}` to allow this version again).")
+
+
 def record_text(deploy: Deploy, rollout: RolloutFacts | None = None) -> str:
     """``/deploy show``: the whole record of one deploy (and of its staged
     rollout, stage by stage and measurement by measurement, as far as a

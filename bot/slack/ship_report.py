@@ -68,7 +68,12 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
     if (facts := read_rollout(store, config, deploy.id)) is not None:
         lines += ["", "## Rollout", "", *_rollout_lines(facts)]
     lines += ["", "## Rollback procedure", ""]
-    if target is None:
+    if facts is not None and facts.rollout.outcome == "aborted":
+        lines.append(f"- Nothing to roll back: the rollout was aborted before it took all traffic and "
+                     f"{deploy.previous_version or 'the stable version'} kept serving. {deploy.environment} is locked "
+                     f"and {deploy.display_version} blocked there: fix forward, then "
+                     f"`/deploy unlock {deploy.service} {deploy.environment}`.")
+    elif target is None:
         lines.append(f"- No earlier version of {deploy.service} succeeded on {deploy.environment}; "
                      "there is nothing to roll back to. Fix forward with a new deploy.")
     else:

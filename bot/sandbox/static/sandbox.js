@@ -19,6 +19,9 @@ const EMOJI = {
   "+1": "👍", "-1": "👎", thumbsdown: "👎", wave: "👋", memo: "📝", clipboard: "📋", package: "📦",
   stopwatch: "⏱️", calendar: "📅", link: "🔗", bug: "🐛", construction: "🚧", sparkles: "✨",
   checkered_flag: "🏁", pushpin: "📌", bulb: "💡", hammer_and_wrench: "🛠️", gear: "⚙️", zap: "⚡",
+  octagonal_sign: "🛑", black_square_for_stop: "⏹️", double_vertical_bar: "⏸️", arrow_forward: "▶️", bread: "🍞",
+  snowflake: "❄️", card_file_box: "🗃️", grey_question: "❔", ballot_box_with_check: "☑️",
+  arrows_counterclockwise: "🔄",
 };
 const AVATAR_COLOURS = 5;  // .avatar.colour-0 … colour-4 in sandbox.css (no inline styles: see the CSP)
 
@@ -344,7 +347,9 @@ function renderPeople() {
 function renderRunning() {
   const service = page.data.service;
   document.getElementById("running").innerHTML = service.running.map((row) => `
-    <tr><th>${esc(service.name)} · ${esc(row.environment)}</th><td>${esc(row.version || "—")}</td></tr>`).join("");
+    <tr><th>${esc(service.name)} · ${esc(row.environment)}</th><td>${esc(row.version || "—")}${row.canary
+      ? `<span class="canary">canary ${esc(row.canary.version)} · ${esc(row.canary.weight)}%</span>` : ""}</td></tr>`)
+    .join("");
 }
 
 // -- talking to the sandbox --------------------------------------------------------------
@@ -474,6 +479,14 @@ function wire() {
   document.getElementById("simulate-alert").addEventListener("click", async () => {
     const result = await send("/api/alert", {});
     if (result) toast(`Alert sent; Slipway took ${result.received} alert(s).`);
+  });
+  document.getElementById("fail-canary").addEventListener("click", async () => {
+    const result = await send("/api/canary/fail", {});
+    if (result) {
+      const share = Math.round(result.error_rate * 100);
+      toast(`The canary of ${result.version} on ${result.environment} now fails ${share}% of its requests: `
+        + "its next measurement will show it.");
+    }
   });
 }
 
