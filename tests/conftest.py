@@ -28,7 +28,7 @@ from bot.runtime.composition import (
     create_web_app,
 )
 from bot.runtime.settings import Settings
-from bot.sandbox import Sandbox
+from bot.sandbox import Sandbox, demo
 from bot.sandbox.fake_slack import FakeSlack, Message, SlackSender
 from bot.slack.blocks import ACTION_APPROVE, ACTION_CHECKLIST
 from store import Deploy, Store
@@ -136,10 +136,14 @@ class FakeTime:
         await asyncio.sleep(0)  # the others' turn, as a real sleep would give
 
 
-def quick_sandbox(db_path: Path, state_dir: Path) -> Sandbox:
-    """A sandbox not paced for a person watching: its outbox posts at once and
-    the demo deploy's steps take no time."""
-    return Sandbox(db_path, state_dir, outbox_interval=0.01, deploy_pace=0)
+# the sandbox's canary on production, through its stages in about a second
+QUICK_ROLLOUT = demo.Rollout(pause=0.3, bake=0.3, interval=0.15)
+
+
+def quick_sandbox(db_path: Path, state_dir: Path, rollout: demo.Rollout = QUICK_ROLLOUT) -> Sandbox:
+    """A sandbox not paced for a person watching: its outbox posts at once,
+    the demo deploy's steps take no time and its canary's stages ``rollout``'s."""
+    return Sandbox(db_path, state_dir, outbox_interval=0.01, deploy_pace=0, rollout=rollout)
 
 
 class Harness:

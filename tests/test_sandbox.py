@@ -31,16 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DANA, ALICE, BOB = "U0DANA", "U0ALICE", "U0BOB"
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <@U0ALICE>'
 # the canary on production, at a test's pace: each stage measured once or twice, the whole rollout in about a second
-QUICK_ROLLOUT = demo.Rollout(pause=0.3, bake=0.3, interval=0.15)
 # a canary that stays at its first step until the test acts on it (each measurement passes)
 WATCHED_ROLLOUT = demo.Rollout(pause=120, bake=120, interval=0.1)
-
-
-def quick(db_path: Path, state_dir: Path, rollout: demo.Rollout = QUICK_ROLLOUT) -> Sandbox:
-    """conftest's quick sandbox, its canary at ``rollout``'s pace (read at start)."""
-    sandbox = quick_sandbox(db_path, state_dir)
-    sandbox.rollout = rollout
-    return sandbox
 
 
 class Page:
@@ -111,7 +103,7 @@ def reply_about(needle: str) -> Callable[[dict[str, Any]], Any]:
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    running = await quick(tmp_path / "sandbox.db", tmp_path / "demo-state").start()
+    running = await quick_sandbox(tmp_path / "sandbox.db", tmp_path / "demo-state").start()
     yield running
     await running.stop()
 
@@ -270,7 +262,7 @@ async def test_make_the_canary_fail_aborts_it(tmp_path: Path) -> None:
     measurement fails (failure_limit 1), the evidence lands in the thread,
     Slipway aborts at the stage it was in (all traffic back to 0.9.0), locks
     production and blocks the version. The next deploy starts healthy."""
-    sandbox = await quick(tmp_path / "sandbox.db", tmp_path / "demo-state", WATCHED_ROLLOUT).start()
+    sandbox = await quick_sandbox(tmp_path / "sandbox.db", tmp_path / "demo-state", WATCHED_ROLLOUT).start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(sandbox, session)
@@ -416,7 +408,7 @@ async def test_a_state_request_waits_for_something_new(page: Page) -> None:
 
 
 async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: Path) -> None:
-    first = await quick(tmp_path / "kept.db", tmp_path / "state").start()
+    first = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(first, session)
@@ -424,7 +416,7 @@ async def test_a_kept_database_carries_the_history_into_the_next_run(tmp_path: P
             earlier = await page.wait(DANA, deploy_message("Deploy demo 1.0.0 to staging", "Succeeded"))
     finally:
         await first.stop()
-    second = await quick(tmp_path / "kept.db", tmp_path / "state").start()
+    second = await quick_sandbox(tmp_path / "kept.db", tmp_path / "state").start()
     try:
         async with aiohttp.ClientSession() as session:
             page = Page(second, session)

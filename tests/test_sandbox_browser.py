@@ -36,7 +36,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from bot.sandbox import Sandbox, demo
 from bot.sandbox.demo import STARTING_VERSION
-from tests.conftest import quick_sandbox
+from tests.conftest import QUICK_ROLLOUT, quick_sandbox
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -51,7 +51,6 @@ WAIT = 60  # seconds before a wait on the page gives up
 POLL = 0.05  # seconds between two looks at the page while waiting (WebDriverWait's default is half a second)
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> & <@U0ALICE>'
 # the canary on production: through its stages in about a second, or held at its first step until the test acts
-QUICK_ROLLOUT = demo.Rollout(pause=0.3, bake=0.3, interval=0.15)
 WATCHED_ROLLOUT = demo.Rollout(pause=120, bake=120, interval=0.25)
 
 T = TypeVar("T")
@@ -116,8 +115,7 @@ class SandboxThread:
         self.thread.start()
 
         async def start() -> Sandbox:
-            sandbox = quick_sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state")
-            sandbox.rollout = self.rollout
+            sandbox = quick_sandbox(self.tmp_path / "sandbox.db", self.tmp_path / "demo-state", self.rollout)
             return await sandbox.start()
 
         self.sandbox = self.run(start())
