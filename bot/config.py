@@ -434,6 +434,55 @@ class Bake(_Model):
     analysis: list[str] = []
 
 
+class GitHubChanges(_Model):
+    """Where the changes between two versions are read: a GitHub repository."""
+
+    repository: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    tag: Annotated[str, Field(pattern=r"\{version\}")] = "v{version}"  # how a version maps to a git tag
+    token_env: Annotated[str, Field(pattern=ENV_NAME)] = "GITHUB_TOKEN"
+    api_url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.github.com"
+    deployments: bool = False  # mirror deploys as GitHub Deployments
+    release: bool = False  # on success on the last rung, create the GitHub Release for the tag
+
+
+class GitChanges(_Model):
+    """...or a local git mirror Slipway reads (any git host)."""
+
+    path: Annotated[str, Field(min_length=1)]  # the repository (bare mirror or work tree)
+    tag: Annotated[str, Field(pattern=r"\{version\}")] = "v{version}"
+    fetch: bool = False  # `git fetch --tags` before each lookup
+    web_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # for compare links: {web_url}/compare/a...b
+
+
+class Changes(_Model):
+    """What a deploy ships: the commits and pull requests between the live
+    version and the requested one (exactly one source)."""
+
+    github: GitHubChanges | None = None
+    git: GitChanges | None = None
+    migration_paths: list[Annotated[str, Field(min_length=1)]] = []  # globs: touching one makes it a migration
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Changes":
+        if (self.github is None) == (self.git is None):
+            raise ValueError("give exactly one of github, git")
+        return self
+
+    @property
+    def tag_template(self) -> str:
+        source = self.github or self.git
+        assert source is not None
+        return source.tag
+
+
+class Artifacts(_Model):
+    """What must exist before a version may be requested."""
+
+    tag_must_exist: bool = False  # refuse a version without its git tag (needs changes)
+    image: Annotated[str, Field(pattern=r"^[^/\s]+/\S+:\S*\{version\}\S*$")] | None = None  # registry/name:tag
+    registry_token_env: Annotated[str, Field(pattern=ENV_NAME)] | None = None  # optional bearer token
+
+
 class Service(_Model):
     deploy: DeployExecutor | None = None
     migrations: Migrations = Migrations()
@@ -441,6 +490,8 @@ class Service(_Model):
     verify: dict[str, Verification] = {}  # keyed by environment name
     environments: list[str] | None = None  # None: every rung of the ladder
     strategy: dict[str, Strategy] = {}  # keyed by environment name; absent: direct
+    changes: Changes | None = None  # where the commits and pull requests being shipped are read
+    artifacts: Artifacts | None = None  # what must exist before a version may be requested
 
 
 class AlertLabels(_Model):
@@ -544,6 +595,10 @@ class Config(_Model):
                     names.add(executor.webhook.secret_env)
                 if executor is not None and executor.github_actions is not None:
                     names.add(executor.github_actions.token_env)
+            if service.changes is not None and service.changes.github is not None:
+                names.add(service.changes.github.token_env)
+            if service.artifacts is not None and service.artifacts.registry_token_env is not None:
+                names.add(service.artifacts.registry_token_env)
         if self.alerts is not None:
             names |= {self.alerts.alertmanager_token_env, self.alerts.grafana_secret_env,
                       self.alerts.generic_token_env}
@@ -662,6 +717,9 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
             if name not in names:
                 problems.append((where, f"unknown environment {name!r}"))
             problems += _analysis_problems(config, [*where, strategy.kind, "analysis"], strategy.analysis)
+        if service.artifacts is not None and service.artifacts.tag_must_exist and service.changes is None:
+            problems.append((["services", service_name, "artifacts", "tag_must_exist"],
+                             "a tag is looked up in the changes source: add a changes block (github or git)"))
     for index, env in enumerate(config.environments):
         if env.bake is not None:
             problems += _analysis_problems(config, ["environments", index, "bake", "analysis"], env.bake.analysis)

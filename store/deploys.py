@@ -145,11 +145,15 @@ class Deploys:
         migration: bool = False,
         override_reason: str | None = None,
         override_freeze: list[dict[str, str]] | None = None,
+        checking: bool = False,
     ) -> Deploy:
         """Record a new deploy request (``awaiting_approval``, or ``approved``
         straight away when the environment needs no approval). A request
         awaiting approval expires at ``expires_at``. ``override_reason``: it
         asks to deploy inside the freeze occurrences ``override_freeze``.
+
+        ``checking``: its changes and artifacts are to be looked up before it
+        may be approved or started (:meth:`record_lookup` ends that).
 
         Raises:
             DuplicateRequest: a deploy was already recorded for ``trigger_id``.
@@ -164,10 +168,10 @@ class Deploys:
                 cursor = self._db.execute(
                     "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
                     "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at, expires_at, "
-                    "migration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "migration, lookup_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [service, environment, version, int(version_prefixed), status, requested_by, now,
                      trigger_id, previous_version, None if needs_approval else now, rollback_of, now,
-                     expires_at if needs_approval else None, int(migration)],
+                     expires_at if needs_approval else None, int(migration), "checking" if checking else None],
                 )
                 deploy_id = cursor.lastrowid
                 self._record_request(deploy_id, requested_by, service, environment, version, checklist,
@@ -180,6 +184,34 @@ class Deploys:
             if existing := self.in_flight(service, environment):
                 raise DeployInFlight(existing) from None
             raise
+        return self.get(deploy_id)
+
+    def record_lookup(self, deploy_id: int, changes: dict[str, Any] | None, *,
+                      migration_checklist: list[str] | None = None, source: str | None = None) -> Deploy:
+        """The lookups after a request are done: keep what it ships
+        (``changes``), and with ``migration_checklist`` mark it as carrying
+        a migration (the changes touched migration files), its checklist
+        grown by those items not in it yet. Idempotent: a deploy no longer
+        ``checking`` is returned as it is."""
+        with self._database.transaction():
+            row = self._db.execute("SELECT lookup_state, migration FROM deploys WHERE id = ?", [deploy_id]).fetchone()
+            if row is None:
+                raise DeployNotFound(f"no deploy #{deploy_id}")
+            if row[0] != "checking":
+                return self.get(deploy_id)
+            self._db.execute("UPDATE deploys SET changes = ?, lookup_state = 'done', updated_at = ? WHERE id = ?",
+                             [json.dumps(changes, sort_keys=True) if changes is not None else None,
+                              self._database.now(), deploy_id])
+            if migration_checklist is not None:
+                self._db.execute("UPDATE deploys SET migration = 1 WHERE id = ?", [deploy_id])
+                have = [r[0] for r in self._db.execute(
+                    "SELECT label FROM checklist_items WHERE deploy_id = ? ORDER BY position", [deploy_id])]
+                for offset, label in enumerate([item for item in migration_checklist if item not in have]):
+                    self._db.execute("INSERT INTO checklist_items (deploy_id, position, label) VALUES (?, ?, ?)",
+                                     [deploy_id, len(have) + offset, label])
+            self._audit.record(deploy_id, None, "changes_looked_up",
+                               {"commits": len((changes or {}).get("commits", [])),
+                                "migration": migration_checklist is not None}, source)
         return self.get(deploy_id)
 
     def _record_override(self, deploy_id: int, requested_by: str, reason: str, freezes: list[dict[str, str]],

@@ -66,6 +66,8 @@ class Deploy:
     override_reason: str | None = None  # set: a request to deploy inside a freeze, and why
     override_freeze: str | None = None  # JSON list of the freeze occurrences it overrides
     rolled_back_at: str | None = None  # when a later rollback undid it
+    changes: str | None = None  # JSON: the change set being shipped (bot.changes.model.ChangeSet.as_record)
+    lookup_state: str | None = None  # "checking": changes and artifacts being looked up; "done"; None: no lookup
     checklist: tuple[ChecklistItem, ...] = ()
     approvals: tuple[Approval, ...] = ()
 
@@ -78,6 +80,17 @@ class Deploy:
         """The freeze occurrences this deploy may run in (``--override``):
         each with ``key``, ``reason``, ``schedule``, ``from`` and ``until``."""
         return json.loads(self.override_freeze) if self.override_freeze else []
+
+    @property
+    def change_set(self) -> dict[str, Any] | None:
+        """The changes looked up for this deploy (None: none looked up)."""
+        return json.loads(self.changes) if self.changes else None
+
+    @property
+    def checking(self) -> bool:
+        """Its changes and artifacts are still being looked up: it may be
+        neither approved nor started yet."""
+        return self.lookup_state == "checking"
 
     @property
     def checks(self) -> list[dict[str, Any]]:

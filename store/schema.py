@@ -269,10 +269,36 @@ def _m12_progressive_delivery(db: sqlite_utils.Database) -> None:
     db["engine_reports"].add_column("stage", str)
 
 
+def _m13_changes_and_github(db: sqlite_utils.Database) -> None:
+    """Issue 13: what a deploy ships (its changes, looked up after the ack),
+    and GitHub writes (deployments, their statuses, releases) as durable rows."""
+    # JSON of the change set (commits, pull requests, compare link, migration files), and
+    # where its lookups stand: 'checking' (not yet approvable nor startable), 'done', or NULL
+    # (the service has no changes source nor artifact check)
+    db["deploys"].add_column("changes", str)
+    db["deploys"].add_column("lookup_state", str)
+    # one row per GitHub write, in order per deploy; sent by a worker, retried with backoff
+    db["github_writes"].create(
+        {"id": int, "deploy_id": int, "kind": str, "payload": str, "state": str, "attempts": int,
+         "next_attempt_at": str, "created_at": str, "sent_at": str, "last_error": str, "result": str},
+        pk="id", not_null={"deploy_id", "kind", "payload", "state", "attempts", "created_at"},
+        defaults={"state": "pending", "attempts": 0},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+    db["github_writes"].create_index(["state", "id"])
+    # the GitHub deployment that mirrors a Slipway deploy
+    db["github_deployments"].create(
+        {"deploy_id": int, "repository": str, "github_id": int, "created_at": str},
+        pk="deploy_id", not_null={"repository", "github_id", "created_at"},
+        foreign_keys=[("deploy_id", "deploys", "id")],
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
     _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy,
-    _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes, _m12_progressive_delivery]
+    _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes, _m12_progressive_delivery,
+    _m13_changes_and_github]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:
