@@ -132,6 +132,7 @@ SEED_VERSION = "1.0.0"   # succeeded on staging for every service before the run
 STAGING_VERSION = "2.0.0"  # what the command benchmark asks for on staging
 TARGET_RATIO = 1.2
 APPS = ("bare", "slipway")
+FAKE_SLACK_SERVER = Path(__file__).with_name("fake_slack_server.py")
 
 
 def config_text(services: int, engine: list[str] | None = None) -> str:
@@ -156,10 +157,72 @@ def config_text(services: int, engine: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- the fake Slack in a process of its own ----------------------------------------------
+
+
+class FakeSlackProcess:
+    """``bench/fake_slack_server.py`` in a child process (``--fake-slack process``):
+    the same fake Web API, reached over loopback, its work off this process's
+    event loop. Offers what the benchmark reads of an in-process FakeSlack."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._process: asyncio.subprocess.Process | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, token: str) -> "FakeSlackProcess":
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, str(FAKE_SLACK_SERVER), "--token", token,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self._process.stdout is not None
+        self.url = (await asyncio.wait_for(self._process.stdout.readline(), 30)).decode().strip()
+        if not self.url.startswith("http://"):
+            raise RuntimeError(f"bench/fake_slack_server.py did not start (said {self.url!r})")
+        self._session = aiohttp.ClientSession()
+        return self
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    def response_url(self, key: str = "r") -> str:
+        return f"{self.url}/response/{key}"
+
+    async def message(self, channel: str, ts: str) -> Message:
+        assert self._session is not None
+        async with self._session.get(f"{self.url}/bench/message", params={"channel": channel, "ts": ts}) as answer:
+            answer.raise_for_status()
+            m = await answer.json()
+        return Message(m["channel"], m["ts"], m["text"], m["blocks"], m["thread_ts"])
+
+    async def stats(self) -> dict[str, Any]:
+        """Its process CPU time (seconds) and the Web API calls it answered, by method."""
+        assert self._session is not None
+        async with self._session.get(f"{self.url}/bench/stats") as answer:
+            return await answer.json()
+
+    async def tidy(self) -> None:
+        assert self._session is not None
+        async with self._session.post(f"{self.url}/bench/tidy") as answer:
+            await answer.read()
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._process is not None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            try:
+                await asyncio.wait_for(self._process.wait(), 10)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+
+
 # -- the two servers ------------------------------------------------------------------
 
 
-def bare_app(fake: FakeSlack) -> AsyncApp:
+def bare_app(fake: FakeSlack | FakeSlackProcess) -> AsyncApp:
     app = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=fake.api_url), signing_secret=SIGNING_SECRET)
 
     @app.command("/deploy")
@@ -218,6 +281,25 @@ async def run_batch(target: Target, bodies: list[str], concurrency: int) -> tupl
     return results, time.perf_counter() - began
 
 
+async def run_open(target: Target, bodies: list[str], interval: float) -> tuple[list[Result], float]:
+    """POST ``bodies`` open loop: one request every ``interval`` seconds, sent
+    on time whether or not earlier ones were answered; returns the results and
+    the wall time of the batch."""
+    signed = [(body.encode(), target.sender.signed_headers(body)) for body in bodies]  # signing is not timed
+    results: list[Result] = []
+
+    async def one(data: bytes, headers: dict[str, str], at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        started = time.perf_counter()
+        async with target.session.post(target.url, data=data, headers=headers) as response:
+            text = await response.text()
+        results.append(Result(time.perf_counter() - started, response.status, text))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(data, headers, began + k * interval) for k, (data, headers) in enumerate(signed)))
+    return results, time.perf_counter() - began
+
+
 # -- statistics --------------------------------------------------------------------------
 
 
@@ -227,10 +309,13 @@ class Samples:
     errors: int = 0  # non-200 answers (kept out of the latencies)
     wall: float = 0.0  # this app's rounds, until its background work was done
     cpu: float = 0.0  # process CPU time over the same spans (server + background + client + fake Slack)
+    fake_cpu: float | None = None  # the fake Slack's process, when it has one (over the same spans)
 
-    def add(self, results: list[Result], wall: float, cpu: float) -> None:
+    def add(self, results: list[Result], wall: float, cpu: float, fake_cpu: float | None = None) -> None:
         self.wall += wall
         self.cpu += cpu
+        if fake_cpu is not None:
+            self.fake_cpu = (self.fake_cpu or 0.0) + fake_cpu
         for result in results:
             if result.status == 200:
                 self.latencies.append(result.latency)
@@ -250,6 +335,8 @@ class Samples:
             "mean_ms": ms(sum(values) / len(values)) if values else None,
             "req_per_s": round(len(values) / self.wall, 1) if self.wall else None,
             "cpu_ms_per_req": ms(self.cpu / len(values)) if values else None,
+            "fake_slack_cpu_ms_per_req": (ms(self.fake_cpu / len(values))
+                                          if values and self.fake_cpu is not None else None),
         }
 
 
@@ -259,8 +346,8 @@ class Samples:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.services = args.n1 + args.n50
-        self.fake: FakeSlack | None = None
+        self.services = args.n1 + args.n50 + args.n_open
+        self.fake: FakeSlack | FakeSlackProcess | None = None
         self.store: Store | None = None
         self.slipway: Slipway | None = None
         self.runners: list[web.AppRunner] = []
@@ -272,7 +359,10 @@ class Bench:
         self.elapsed = 0.0
 
     async def start(self, workdir: Path) -> None:
-        self.fake = await FakeSlack(token=BOT_TOKEN).start()
+        if self.args.fake_slack == "process":
+            self.fake = await FakeSlackProcess().start(BOT_TOKEN)
+        else:
+            self.fake = await FakeSlack(token=BOT_TOKEN).start()
         settings = Settings(bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, api_url=self.fake.api_url)
         self.store = Store.open(workdir / "slipway.db")
         engine = None if self.args.engine == "none" else [shutil.which("true") or "/bin/true"]
@@ -284,7 +374,7 @@ class Bench:
                           ("slipway", create_web_app(self.slipway))):
             runner, url = await serve(app)
             self.runners.append(runner)
-            sender = SlackSender(url, SIGNING_SECRET, self.fake)  # only builds and signs bodies here
+            sender = SlackSender(url, SIGNING_SECRET, self.fake)  # type: ignore[arg-type]  # builds, signs bodies
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             self.targets[name] = Target(name, url, sender, session)
 
@@ -316,6 +406,20 @@ class Bench:
         await asyncio.sleep(0.005)
         gc.collect()
         gc.freeze()
+        if isinstance(self.fake, FakeSlackProcess):
+            await self.fake.tidy()
+
+    async def fake_cpu(self) -> float | None:
+        """The fake Slack's process CPU time so far (None: it runs in this process)."""
+        if isinstance(self.fake, FakeSlackProcess):
+            return (await self.fake.stats())["cpu"]
+        return None
+
+    async def message(self, channel: str, ts: str) -> Message:
+        assert self.fake is not None
+        if isinstance(self.fake, FakeSlackProcess):
+            return await self.fake.message(channel, ts)
+        return self.fake.messages[(channel, ts)]
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -370,13 +474,15 @@ class Bench:
         messages = []
         for (deploy_id,) in rows:
             deploy = self.store.deploys.get(deploy_id)
-            messages.append((deploy_id, self.fake.messages[(deploy.channel, deploy.message_ts)]))
+            messages.append((deploy_id, await self.message(deploy.channel, deploy.message_ts)))
         return messages
 
     # -- cells --------------------------------------------------------------------------------
 
-    async def cell(self, surface: str, concurrency: int, bodies: dict[str, list[str]]) -> dict[str, Samples]:
-        """Both apps, alternating round by round."""
+    async def cell(self, surface: str, concurrency: int, bodies: dict[str, list[str]],
+                   interval: float | None = None) -> dict[str, Samples]:
+        """Both apps, alternating round by round; closed loop at ``concurrency``,
+        or with ``interval`` open loop (one request every ``interval`` seconds)."""
         await self.warm_up(concurrency)
         size = self.args.round1 if concurrency == 1 else max(self.args.round50, concurrency)
         samples = {name: Samples() for name in APPS}
@@ -384,12 +490,20 @@ class Bench:
         for number, start in enumerate(range(0, total, size)):
             order = APPS if number % 2 == 0 else APPS[::-1]
             for name in order:
+                fake_cpu = await self.fake_cpu()
                 cpu = time.process_time()
-                results, seconds = await run_batch(self.targets[name], bodies[name][start:start + size], concurrency)
+                batch = bodies[name][start:start + size]
+                if interval is None:
+                    results, seconds = await run_batch(self.targets[name], batch, concurrency)
+                else:
+                    results, seconds = await run_open(self.targets[name], batch, interval)
                 began = time.perf_counter()
                 await self.drain()  # a no-op for the bare app
                 seconds += time.perf_counter() - began
-                samples[name].add(results, seconds, time.process_time() - cpu)
+                cpu = time.process_time() - cpu
+                if fake_cpu is not None:
+                    fake_cpu = await self.fake_cpu() - fake_cpu
+                samples[name].add(results, seconds, cpu, fake_cpu)
                 await self.tidy()
                 if surface == "command" and name == "slipway":
                     refused = [r.text for r in results if r.status == 200 and "needs no approval" not in r.text]
@@ -398,14 +512,20 @@ class Bench:
                                           f"accepted deploy, e.g. {refused[0][:200]}")
         return samples
 
-    def record(self, surface: str, concurrency: int, samples: dict[str, Samples]) -> None:
-        row: dict[str, Any] = {"surface": surface, "concurrency": concurrency}
+    def record(self, surface: str, concurrency: int, samples: dict[str, Samples],
+               interval: float | None = None) -> None:
+        row: dict[str, Any] = {"surface": surface, "concurrency": concurrency if interval is None else None,
+                               "loop": "closed" if interval is None else "open",
+                               "interval_ms": None if interval is None else round(interval * 1000, 3),
+                               "load": f"c={concurrency}" if interval is None else f"every {interval * 1000:g}ms",
+                               "fake_slack": self.args.fake_slack}
         for name in APPS:
             row[name] = samples[name].summary()
         bare, slip = row["bare"], row["slipway"]
         row["ratio_p50"] = round(slip["p50_ms"] / bare["p50_ms"], 3)
         row["ratio_p99"] = round(slip["p99_ms"] / bare["p99_ms"], 3)
         row["target_met"] = row["ratio_p99"] <= TARGET_RATIO
+        row["in_target"] = interval is None  # the target is stated for the closed-loop cells
         self.cells.append(row)
 
     async def run(self) -> None:
@@ -434,6 +554,14 @@ class Bench:
             samples = await self.cell("command", concurrency, bodies)
             self.record("command", concurrency, samples)
             print(f"command c={concurrency} done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+        if self.args.n_open:
+            names = [f"svc{i}" for i in range(offset, offset + self.args.n_open)]
+            bodies = {name: [self.targets[name].sender.command_body(f"{s} {STAGING_VERSION}", REQUESTER)
+                             for s in names] for name in APPS}
+            interval = self.args.open_ms / 1000
+            samples = await self.cell("command", 1, bodies, interval)
+            self.record("command", 1, samples, interval)
+            print(f"command open loop done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
 
         # Approve: one click per production deploy awaiting approval.
         t1 = time.perf_counter()
@@ -455,10 +583,21 @@ class Bench:
                 self.notes.append(f"approve c={concurrency}: only {approved} of {len(chunk)} clicks approved "
                                   "their deploy")
             print(f"approve c={concurrency} done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+        if self.args.n_open:
+            chunk = messages[offset:offset + self.args.n_open]
+            bodies = {name: [self.targets[name].sender.click_body(m, APPROVER, ACTION_APPROVE) for _, m in chunk]
+                      for name in APPS}
+            interval = self.args.open_ms / 1000
+            samples = await self.cell("approve", 1, bodies, interval)
+            self.record("approve", 1, samples, interval)
+            print(f"approve open loop done ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
         self.elapsed = time.perf_counter() - t0
         assert self.fake is not None
         self.statuses = dict(Counter(row[0] for row in self.store.db.execute("SELECT status FROM deploys")))
-        self.api_calls = dict(Counter(call.method for call in self.fake.calls))
+        if isinstance(self.fake, FakeSlackProcess):
+            self.api_calls = (await self.fake.stats())["calls"]
+        else:
+            self.api_calls = dict(Counter(call.method for call in self.fake.calls))
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -474,34 +613,49 @@ def print_report(bench: Bench, env: dict[str, Any]) -> bool:
           f"{env['platform']}")
     print(f"Slipway from {env['slipway_source']}, deploy engine: {bench.args.engine}")
     print("Ack latency = POST sent -> HTTP response read, via POST /slack/events, signed like Slack.")
-    print("Both apps in one process and event loop with the fake Slack and the load generator; rounds alternate")
+    remote = bench.args.fake_slack == "process"
+    if remote:
+        print("Both apps and the load generator in one process and event loop; the fake Slack in a process of its")
+        print("own (bench/fake_slack_server.py), reached over loopback as Slack would be. Rounds alternate")
+    else:
+        print("Both apps in one process and event loop with the fake Slack and the load generator; rounds alternate")
     print("bare/slipway. Slipway's background work (SQLite, Web API calls to the fake Slack) runs concurrently")
     print("within a round and is drained between rounds. bolt polls for the ack every 10 ms (both apps).")
+    print("load: c=N closed loop, N requests in flight (each client sends its next request when its previous")
+    print("one is answered); 'every N ms' open loop, one request every N ms whatever the answers.")
     print("req/s: requests / (round time + time to drain Slipway's background work); cpu/req: process CPU ms")
-    print("per request over the same spans (client, server, background work and fake Slack all included).")
+    if remote:
+        print("per request over the same spans (client, server, background work; the fake Slack's own process in")
+        print("'fake' ms, not included).")
+    else:
+        print("per request over the same spans (client, server, background work and fake Slack all included).")
     print("x: slipway / bare.")
     print()
-    header = (f"{'surface':<8} {'conc':>4} {'app':<8} {'n':>5} {'err':>3} {'p50 ms':>8} {'p90 ms':>8} "
-              f"{'p99 ms':>8} {'max ms':>8} {'req/s':>7} {'cpu/req':>7}   {'p50 x':>6} {'p99 x':>6}  p99 target")
+    header = (f"{'surface':<8} {'load':>11} {'app':<8} {'n':>5} {'err':>3} {'p50 ms':>8} {'p90 ms':>8} "
+              f"{'p99 ms':>8} {'max ms':>8} {'req/s':>7} {'cpu/req':>7}" + (f" {'fake':>6}" if remote else "")
+              + f"   {'p50 x':>6} {'p99 x':>6}  p99 target")
     print(header)
     print("-" * len(header))
     for cell in bench.cells:
         for name in APPS:
             s = cell[name]
-            line = (f"{cell['surface']:<8} {cell['concurrency']:>4} {name:<8} {s['n']:>5} {s['errors']:>3} "
+            line = (f"{cell['surface']:<8} {cell['load']:>11} {name:<8} {s['n']:>5} {s['errors']:>3} "
                     f"{s['p50_ms']:>8.2f} {s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['max_ms']:>8.2f} "
                     f"{s['req_per_s']:>7.1f} {s['cpu_ms_per_req']:>7.2f}")
+            if remote:
+                line += f" {s['fake_slack_cpu_ms_per_req'] or 0:>6.2f}"
             if name == "slipway":
                 verdict = "met" if cell["target_met"] else "NOT met"
                 line += (f"   {cell['ratio_p50']:>6.2f} {cell['ratio_p99']:>6.2f}  "
-                         f"{verdict} (<= {TARGET_RATIO}x)")
+                         f"{verdict} (<= {TARGET_RATIO}x)" + ("" if cell["in_target"] else ", info"))
             print(line)
     print()
-    met = all(cell["target_met"] for cell in bench.cells)
-    failing = [f"{c['surface']} c={c['concurrency']} ({c['ratio_p99']:.2f}x)" for c in bench.cells
-               if not c["target_met"]]
-    print(f"Target (Slipway p99 <= {TARGET_RATIO}x bare p99 at concurrency 1 and 50): "
+    official = [cell for cell in bench.cells if cell["in_target"]]
+    met = all(cell["target_met"] for cell in official)
+    failing = [f"{c['surface']} {c['load']} ({c['ratio_p99']:.2f}x)" for c in official if not c["target_met"]]
+    print(f"Target (Slipway p99 <= {TARGET_RATIO}x bare p99 at concurrency 1 and 50, closed loop): "
           + ("MET in every cell." if met else "NOT MET: " + ", ".join(failing) + "."))
+    print(f"Fake Slack: {'its own process' if remote else 'in this process and event loop'} (--fake-slack).")
     print(f"Deploys at the end, by status (incl. {bench.services} seeded): {bench.statuses}")
     print(f"Web API calls answered by the fake Slack (both apps, setup included): {bench.api_calls}")
     for note in bench.notes:
@@ -542,10 +696,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n50", type=int, default=1000, help="requests per app per surface at concurrency 50")
     parser.add_argument("--round1", type=int, default=25, help="requests per round at concurrency 1")
     parser.add_argument("--round50", type=int, default=100, help="requests per round at concurrency 50")
+    parser.add_argument("--n-open", type=int, default=200,
+                        help="requests per app per surface in the open-loop cell (0: no such cell)")
+    parser.add_argument("--open-ms", type=float, default=50.0,
+                        help="open loop: one request every this many ms (rounds of --round1 requests)")
+    parser.add_argument("--fake-slack", choices=("inprocess", "process"), default="inprocess",
+                        help="run the fake Slack Web API in this process and event loop (default, as before), "
+                             "or in a process of its own (bench/fake_slack_server.py), reached over loopback")
     args = parser.parse_args(argv)
     for name in ("n1", "n50", "round1", "round50"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.n_open < 0 or args.open_ms <= 0:
+        parser.error("--n-open must be at least 0 and --open-ms more than 0")
     return args
 
 

@@ -112,7 +112,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +373,7 @@ class Bench:
         self.next_abort = 0
         self.load_ids: list[int] = []
         self.ramp_seconds = 0.0
+        self.loaded_rate = 0.0  # measurements/s over the whole loaded phase
         self.elapsed = 0.0
         self.profile_text = ""
 
@@ -617,9 +618,24 @@ class Bench:
             await asyncio.sleep(0.05)
         else:
             self.notes.append("not every load canary reached its watched step in 60 s")
+        if self.args.history:
+            self.seed_history(self.args.history)
         # every canary measured at least twice: the load is in its steady state
         await asyncio.sleep(2 * self.args.interval + 0.5)
         self.ramp_seconds = time.perf_counter() - began
+
+    def seed_history(self, count: int) -> None:
+        """``count`` passing measurements of the watched step, one per interval up to now, for every
+        load canary: as if its step had been watched that long (``--history``)."""
+        assert self.store is not None
+        now = datetime.now(timezone.utc)
+        with self.store.transaction():
+            for deploy_id in self.load_ids:
+                for i in range(count, 0, -1):
+                    self.store.rollouts.record_measurement(
+                        deploy_id, 1, CHECK, GOOD_RATE, STABLE_RATE, "pass",
+                        f"{CHECK} 0.01 (stable 0.01, ceiling 0.05 and 2× stable)",
+                        at=now - timedelta(seconds=i * self.args.interval))
 
     async def sql_census(self, seconds: float) -> None:
         """Every SQL statement on Slipway's connection for ``seconds``, by shape, per measurement."""
@@ -666,12 +682,14 @@ class Bench:
         await self.progress(t0, f"{self.args.aborts} idle aborts measured")
         await self.start_load()
         await self.progress(t0, f"{len(self.load_ids)} canaries analysing (ramp {self.ramp_seconds:.1f}s)")
+        loaded_from, loaded_count = time.perf_counter(), self.measurement_count()
         await self.measure_window("loaded")
         await self.progress(t0, "loaded acks measured")
         if self.args.census > 0:
             await self.sql_census(self.args.census)
         await self.aborts_phase("loaded", self.args.loaded_aborts)
         await self.progress(t0, f"{self.args.loaded_aborts} loaded aborts measured")
+        self.loaded_rate = (self.measurement_count() - loaded_count) / (time.perf_counter() - loaded_from)
         assert self.store is not None
         still = sum(1 for i in self.load_ids if self.store.deploys.get(i).status != "deploying")
         if still:
@@ -724,6 +742,8 @@ class Bench:
         if idle is not None and loaded is not None and loaded.measurements:
             extra = (loaded.loop_cpu / loaded.seconds - idle.loop_cpu / idle.seconds) * loaded.seconds
             out["load"]["loop_cpu_ms_per_measurement"] = round(extra / loaded.measurements * 1000, 3)
+        out["load"]["measurements_per_s_whole_loaded_phase"] = round(self.loaded_rate, 2)
+        out["load"]["history_per_canary"] = self.args.history
         out["load"]["target_measurements_per_s"] = round(len(self.load_ids) / self.args.interval, 2)
         out["load"]["canaries"] = len(self.load_ids)
         out["load"]["ramp_seconds"] = round(self.ramp_seconds, 1)
@@ -794,9 +814,13 @@ def print_report(bench: Bench, env: dict[str, Any], results: dict[str, Any]) -> 
             print(f"          measurement lateness (gap - interval) p50/p99/max {fmt(late['p50_ms'])}/"
                   f"{fmt(late['p99_ms'])}/{fmt(late['max_ms'])} ms; query time p50/p99 {fmt(q['p50_ms'])}/"
                   f"{fmt(q['p99_ms'])} ms")
-    print(f"  measurement rate achieved {load.get('loaded', {}).get('measurements_per_s')}/s of "
+    print(f"  measurement rate achieved {load['measurements_per_s_whole_loaded_phase']}/s over the whole loaded "
+          f"phase ({load.get('loaded', {}).get('measurements_per_s')}/s in the ack window) of "
           f"{load['target_measurements_per_s']}/s the interval asks for; event-loop CPU per measurement "
-          f"~{fmt(load.get('loop_cpu_ms_per_measurement'))} ms")
+          f"~{fmt(load.get('loop_cpu_ms_per_measurement'))} ms (loaded minus idle loop CPU / measurements)")
+    if load["history_per_canary"]:
+        print(f"  (each canary's watched step started with {load['history_per_canary']} earlier measurements: "
+              "--history)")
     census = results["sql_census"]
     if census:
         print(f"  SQL on Slipway's connection over {census['seconds']:g}s of load alone: {census['statements']} "
@@ -859,12 +883,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the ack probes, alternately: help and/or deploy (default help,deploy)")
     parser.add_argument("--census", type=float, default=3.0,
                         help="seconds of SQL tracing under load, after the loaded acks (0: none)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="passing measurements recorded for each load canary's step before the loaded "
+                             "window, as if watched that long already (default 0)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the loaded ack window")
     args = parser.parse_args(argv)
     args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
     if not args.kinds or set(args.kinds) - {"help", "deploy"}:
         parser.error("--kinds: help, deploy or both")
-    if args.canaries < 1 or args.interval <= 0 or args.aborts < 1 or args.loaded_aborts < 0 or args.acks < 1:
+    if args.canaries < 1 or args.interval <= 0 or args.aborts < 1 or args.loaded_aborts < 0 or args.acks < 1 \
+            or args.history < 0:
         parser.error("--canaries, --aborts, --acks at least 1; --interval above 0; --loaded-aborts not negative")
     return args
 

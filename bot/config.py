@@ -493,6 +493,12 @@ class Service(_Model):
     changes: Changes | None = None  # where the commits and pull requests being shipped are read
     artifacts: Artifacts | None = None  # what must exist before a version may be requested
 
+    @property
+    def looked_up(self) -> bool:
+        """Whether its requests are looked up after the ack (changes, artifacts)
+        before they may be approved or started."""
+        return self.changes is not None or self.artifacts is not None
+
 
 class AlertLabels(_Model):
     """Which labels (or annotations) of an alert carry what; the first one

@@ -56,10 +56,16 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
 
     async def announce_and_run(deploy: Deploy, respond: AsyncRespond) -> None:
         with deploy_context(deploy.id):  # every log line of the announcement (and the run it starts) names it
+            # what it ships and whether its artifacts exist, looked up meanwhile (it waits for them)
+            lookup = slipway.lookups.start(deploy.id) if slipway.lookups is not None else None
             try:
                 await slipway.runner.announce_and_start(deploy)
             except SlipwayError as failure:
                 await respond(text=failure.message, response_type="ephemeral", replace_original=False)
+                return
+            if lookup is not None and (refusal := await lookup) is not None:
+                # the message says so too (the request is cancelled): this is the requester's own answer
+                await respond(text=f":no_entry: {refusal}", response_type="ephemeral", replace_original=False)
 
     async def send_stats(parsed: StatsCommand, respond: AsyncRespond) -> None:
         """The figures read a year of history: computed in a thread, on a

@@ -214,6 +214,11 @@ class Deploys:
                                 "migration": migration_checklist is not None}, source)
         return self.get(deploy_id)
 
+    def checking(self) -> list[int]:
+        """The deploys whose lookups have not finished (a restart resumes them)."""
+        return [row[0] for row in self._db.execute(
+            "SELECT id FROM deploys WHERE lookup_state = 'checking' ORDER BY id").fetchall()]
+
     def _record_override(self, deploy_id: int, requested_by: str, reason: str, freezes: list[dict[str, str]],
                          source: str | None) -> None:
         self._db.execute("UPDATE deploys SET override_reason = ?, override_freeze = ? WHERE id = ?",

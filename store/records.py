@@ -93,6 +93,12 @@ class Deploy:
         return self.lookup_state == "checking"
 
     @property
+    def held(self) -> bool:
+        """It may be neither approved nor started: its lookups are not done. A
+        rollback is never held (it is looked up, but does not wait)."""
+        return self.checking and self.rollback_of is None
+
+    @property
     def checks(self) -> list[dict[str, Any]]:
         return json.loads(self.verification) if self.verification else []
 

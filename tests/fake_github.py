@@ -11,27 +11,53 @@ told otherwise). It serves:
   the ``event``, ``branch`` and ``created=>=…`` filters;
 * ``GET /repos/{owner}/{repo}/actions/runs/{run_id}``.
 
+and, for the repositories' contents (see :class:`Repository`: commits,
+tags and pull requests, built by the test):
+
+* ``GET /repos/{owner}/{repo}`` (route ``repo``);
+* ``GET /repos/{owner}/{repo}/compare/{base}...{head}`` (``compare``) —
+  paged as GitHub does: with ``per_page`` or ``page``, pages of ``per_page``
+  (default 30, at most ``compare_max_per_page``) commits oldest first, a
+  ``Link`` header (``/repositories/{id}/…`` URLs, served too) and the files
+  (at most 300) on page 1 only; without either, the newest 250 commits;
+* ``GET /repos/{owner}/{repo}/commits/{sha}/pulls`` (``commit_pulls``);
+* ``GET /repos/{owner}/{repo}/pulls/{number}`` (``pull``);
+* ``GET /repos/{owner}/{repo}/git/ref/{ref}`` (``ref``), e.g. ``tags/v1.0.0``.
+
 It checks the bearer token, knows which workflows exist and which inputs
 each accepts, titles runs from a ``run-name`` template, plays each run
 through a scripted list of statuses (one per poll), records every call, and
-can answer with injected failures (5xx, rate limits). Tests and the local
-sandbox both use it.
+can answer with injected failures (5xx, rate limits) and slow answers, per
+route (``fail``, ``slow``). Tests and the local sandbox both use it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
+from yarl import URL
 
 from bot.sandbox.fake_server import FakeServer
 
 DOCS = "https://docs.github.com/rest/actions"
+COMPARE_DOCS = "https://docs.github.com/rest/commits/commits#compare-two-commits"
+COMMIT_PULLS_DOCS = "https://docs.github.com/rest/commits/commits#list-pull-requests-associated-with-a-commit"
+PULL_DOCS = "https://docs.github.com/rest/pulls/pulls#get-a-pull-request"
+REF_DOCS = "https://docs.github.com/rest/git/refs#get-a-reference"
+REPO_DOCS = "https://docs.github.com/rest/repos/repos#get-a-repository"
+WEB = "https://github.com"
+COMPARE_UNPAGED = 250  # commits a compare lists without per_page/page: the newest ones
+COMPARE_FILES = 300  # files a compare lists at most
 DEFAULT_STATUSES = ("queued", "in_progress", "completed")
 RUN_NAME_INPUT = re.compile(r"\$\{\{\s*inputs\.([\w-]+)\s*\}\}")
 
@@ -102,15 +128,194 @@ class Run:
         }
 
 
+# -- repository contents: commits, tags, pull requests ----------------------------------
+
+
+@dataclass
+class GitCommit:
+    """A commit of a :class:`Repository`."""
+
+    sha: str
+    message: str
+    author: str  # the git author's name
+    login: str | None  # the GitHub user it maps to; None: a name GitHub does not know
+    parents: tuple[str, ...]
+    files: tuple[str, ...]
+    date: datetime
+    order: int  # when it was made, among the repository's commits
+
+    @property
+    def title(self) -> str:
+        return self.message.split("\n", 1)[0]
+
+    def as_json(self, api_url: str, repository: str) -> dict[str, Any]:
+        person = {"name": self.author, "email": f"{(self.login or 'someone')}@example.com", "date": _iso(self.date)}
+        return {
+            "sha": self.sha,
+            "node_id": f"C_{self.sha[:20]}",
+            "commit": {"author": person, "committer": person, "message": self.message,
+                       "tree": {"sha": _sha("tree", self.sha)}, "comment_count": 0,
+                       "url": f"{api_url}/repos/{repository}/git/commits/{self.sha}"},
+            "url": f"{api_url}/repos/{repository}/commits/{self.sha}",
+            "html_url": f"{WEB}/{repository}/commit/{self.sha}",
+            "author": _user(self.login),
+            "committer": _user(self.login),
+            "parents": [{"sha": parent, "url": f"{api_url}/repos/{repository}/commits/{parent}",
+                         "html_url": f"{WEB}/{repository}/commit/{parent}"} for parent in self.parents],
+        }
+
+
+@dataclass
+class Pull:
+    """A pull request of a :class:`Repository`."""
+
+    number: int
+    title: str
+    login: str  # who opened it
+    commits: tuple[str, ...]  # its branch's commits
+    merge_commit_sha: str | None  # the merge or squash commit on the default branch; None while open
+    body: str = ""
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def merged(self) -> bool:
+        return self.merge_commit_sha is not None
+
+    def as_json(self, api_url: str, repository: str) -> dict[str, Any]:
+        return {
+            "url": f"{api_url}/repos/{repository}/pulls/{self.number}",
+            "id": 100000 + self.number,
+            "number": self.number,
+            "state": "closed" if self.merged else "open",
+            "title": self.title,
+            "user": _user(self.login),
+            "body": self.body,
+            "created_at": _iso(self.created_at),
+            "merged_at": _iso(self.created_at + timedelta(hours=1)) if self.merged else None,
+            "merge_commit_sha": self.merge_commit_sha,
+            "html_url": f"{WEB}/{repository}/pull/{self.number}",
+            "base": {"ref": "main"},
+        }
+
+
+@dataclass
+class Repository:
+    """A repository's history, as a test builds it: commits on ``main``
+    (``commit``, ``squash_pull``, ``merge_pull``) or on a side branch
+    (``commit(..., parents=[...])``), tags and pull requests."""
+
+    full_name: str  # "owner/name"
+    id: int
+    default_branch: str = "main"
+    commits: dict[str, GitCommit] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # name -> sha
+    pulls: dict[int, Pull] = field(default_factory=dict)
+    head: str | None = None  # the default branch's tip
+    _made: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    # -- building it ----------------------------------------------------------------
+
+    def commit(self, message: str, *, author: str = "Alice Adams", login: str | None = "alice",
+               files: Iterable[str] = (), parents: Sequence[str] | None = None) -> str:
+        """A new commit; its sha. Without ``parents`` it goes on the default
+        branch (after its tip); with them, it is a side branch's, and the
+        default branch does not move."""
+        order = next(self._made)
+        on_main = parents is None
+        parents = tuple(parents if parents is not None else ([self.head] if self.head else []))
+        sha = _sha(self.full_name, str(order), message)
+        self.commits[sha] = GitCommit(sha, message, author, login, parents, tuple(files),
+                                      datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=order), order)
+        if on_main:
+            self.head = sha
+        return sha
+
+    def tag(self, name: str, sha: str | None = None) -> str:
+        """Tag ``sha`` (the default branch's tip without one) as ``name``; the sha."""
+        target = sha or self.head
+        assert target is not None, "nothing to tag yet"
+        self.tags[name] = target
+        return target
+
+    def squash_pull(self, number: int, title: str, *, author: str = "Alice Adams", login: str = "alice",
+                    files: Iterable[str] = ()) -> str:
+        """Pull request ``number`` squash-merged: one commit ``title (#number)`` on the default branch."""
+        sha = self.commit(f"{title} (#{number})", author=author, login=login, files=files)
+        self.pulls[number] = Pull(number, title, login, (sha,), sha)
+        return sha
+
+    def merge_pull(self, number: int, tip: str, title: str, *, login: str = "alice",
+                   source: str = "acme/feature", merged_by: tuple[str, str] = ("Mona Merger", "mona")) -> str:
+        """Pull request ``number`` (opened by ``login``, its branch ending at
+        ``tip``) merged with a merge commit, as GitHub writes it."""
+        base = self.head
+        assert base is not None, "nothing to merge into yet"
+        branch = tuple(sorted(self.ancestors(tip) - self.ancestors(base), key=lambda sha: self.commits[sha].order))
+        sha = self.commit(f"Merge pull request #{number} from {source}\n\n{title}", author=merged_by[0],
+                          login=merged_by[1], parents=[base, tip])
+        self.head = sha
+        self.pulls[number] = Pull(number, title, login, branch, sha)
+        return sha
+
+    def add_pull(self, number: int, title: str, commits: Sequence[str], *, login: str = "alice",
+                 merge_commit_sha: str | None = None) -> Pull:
+        """A pull request over existing commits (rebase-merged, or open when
+        ``merge_commit_sha`` is None and its commits are not on the default branch)."""
+        pull = Pull(number, title, login, tuple(commits), merge_commit_sha)
+        self.pulls[number] = pull
+        return pull
+
+    # -- reading it -------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str | None:
+        """The sha a tag, the default branch or a (7+ character) sha names."""
+        if ref in self.tags:
+            return self.tags[ref]
+        if ref == self.default_branch:
+            return self.head
+        if len(ref) >= 7:
+            found = [sha for sha in self.commits if sha.startswith(ref.lower())]
+            if len(found) == 1:
+                return found[0]
+        return None
+
+    def ancestors(self, sha: str) -> set[str]:
+        """``sha`` and every commit it reaches."""
+        seen: set[str] = set()
+        todo = [sha]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(self.commits[current].parents)
+        return seen
+
+    def in_order(self, shas: Iterable[str]) -> list[GitCommit]:
+        """The commits, oldest first."""
+        return sorted((self.commits[sha] for sha in shas), key=lambda commit: commit.order)
+
+    def pulls_of(self, sha: str) -> list[Pull]:
+        """What ``GET /commits/{sha}/pulls`` lists: the merged pull request
+        that brought a default-branch commit in; for any other commit, merged
+        and open pull requests with it."""
+        on_main = self.head is not None and sha in self.ancestors(self.head)
+        having = [pull for pull in self.pulls.values() if sha in pull.commits or sha == pull.merge_commit_sha]
+        return sorted((pull for pull in having if pull.merged or not on_main), key=lambda pull: -pull.number)
+
+
+# -- the server ------------------------------------------------------------------------
+
+
 @dataclass
 class Failure:
     """An answer to give instead of the real one, to the next call of ``route``."""
 
-    route: str  # "dispatch", "runs" (the listing) or "run"
-    status: int
+    route: str  # "dispatch", "runs" (the listing), "run", "cancel"; "repo", "compare", "commit_pulls", "pull", "ref"
+    status: int  # 0: the real answer (after ``delay``)
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "Server Error"
     after_effect: bool = False  # do the work first, then answer with this (a lost reply)
+    delay: float = 0.0  # seconds to wait before answering (a slow GitHub)
 
 
 @dataclass
@@ -125,7 +330,8 @@ class Call:
 
 
 class FakeGitHub(FakeServer):
-    """GitHub's Actions API, as far as Slipway uses it."""
+    """GitHub's REST API, as far as Slipway uses it: Actions, and reading a
+    repository's commits, tags and pull requests."""
 
     def __init__(self, token: str = "ghp_test", *, prefix: str = "", run_details: str = "supported") -> None:
         super().__init__()
@@ -136,9 +342,12 @@ class FakeGitHub(FakeServer):
         self.new_runs_hidden_for = 0  # listings that miss a freshly dispatched run
         self.workflows: dict[tuple[str, str], Workflow] = {}
         self.runs: dict[int, Run] = {}
+        self.repositories: dict[str, Repository] = {}
+        self.compare_max_per_page = 100  # the REST docs' maximum per_page
         self.failures: list[Failure] = []
         self.calls: list[Call] = []
         self._ids = itertools.count(9001)
+        self._stopping = asyncio.Event()  # ends slow answers, so that stop() never waits on them
 
     # -- set-up -------------------------------------------------------------------
 
@@ -156,20 +365,47 @@ class FakeGitHub(FakeServer):
         self.runs[run.id] = run
         return run
 
+    def add_repository(self, full_name: str, **settings: Any) -> Repository:
+        """An empty repository ``owner/name`` to build history in."""
+        repository = Repository(full_name, next(self._ids), **settings)
+        self.repositories[full_name] = repository
+        return repository
+
     def fail(self, route: str, status: int, *, times: int = 1, **details: Any) -> None:
         """Answer the next ``times`` calls of ``route`` with ``status``."""
         self.failures.extend(Failure(route, status, **details) for _ in range(times))
+
+    def slow(self, route: str, seconds: float, *, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``route`` truly, but ``seconds`` late."""
+        self.failures.extend(Failure(route, 0, delay=seconds) for _ in range(times))
 
     # -- serving ------------------------------------------------------------------
 
     def web_app(self) -> web.Application:
         app = web.Application()
-        repo = self.prefix + "/repos/{owner}/{repo}/actions"
-        app.router.add_post(repo + "/workflows/{workflow_id}/dispatches", self._dispatch)
-        app.router.add_get(repo + "/workflows/{workflow_id}/runs", self._list_runs)
-        app.router.add_get(repo + "/runs/{run_id}", self._get_run)
-        app.router.add_post(repo + "/runs/{run_id}/cancel", self._cancel_run)
+        self._add_actions_routes(app)
+        self._add_contents_routes(app)
         return app
+
+    def _add_actions_routes(self, app: web.Application) -> None:
+        actions = self.prefix + "/repos/{owner}/{repo}/actions"
+        app.router.add_post(actions + "/workflows/{workflow_id}/dispatches", self._dispatch)
+        app.router.add_get(actions + "/workflows/{workflow_id}/runs", self._list_runs)
+        app.router.add_get(actions + "/runs/{run_id}", self._get_run)
+        app.router.add_post(actions + "/runs/{run_id}/cancel", self._cancel_run)
+
+    def _add_contents_routes(self, app: web.Application) -> None:
+        repo = self.prefix + "/repos/{owner}/{repo}"
+        app.router.add_get(repo, self._get_repository)
+        app.router.add_get(repo + "/compare/{basehead:.+}", self._compare)
+        app.router.add_get(self.prefix + "/repositories/{repository_id:\\d+}/compare/{basehead:.+}", self._compare)
+        app.router.add_get(repo + "/commits/{sha}/pulls", self._commit_pulls)
+        app.router.add_get(repo + "/pulls/{number:\\d+}", self._get_pull)
+        app.router.add_get(repo + "/git/ref/{ref:.+}", self._get_ref)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await super().stop()
 
     # -- what happened --------------------------------------------------------------
 
@@ -240,6 +476,126 @@ class FakeGitHub(FakeServer):
         run.polls += 1
         return await self._answer(call, self._after_effect(call) or web.json_response(body))
 
+    # -- the contents API: repositories, compare, pull requests, refs -------------------
+
+    async def _get_repository(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "repo")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        if repository is None:
+            return await self._answer(call, _error(404, "Not Found", docs=REPO_DOCS))
+        owner, name = repository.full_name.split("/")
+        body = {"id": repository.id, "name": name, "full_name": repository.full_name, "owner": _user(owner),
+                "private": False, "html_url": f"{WEB}/{repository.full_name}",
+                "url": f"{self.url}/repos/{repository.full_name}", "default_branch": repository.default_branch}
+        return await self._answer(call, web.json_response(body))
+
+    async def _compare(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "compare")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        base_ref, three_dots, head_ref = request.match_info["basehead"].partition("...")
+        base = repository.resolve(base_ref) if repository is not None and three_dots else None
+        head = repository.resolve(head_ref) if repository is not None and three_dots else None
+        if repository is None or base is None or head is None:
+            return await self._answer(call, _error(404, "Not Found", docs=COMPARE_DOCS))
+        if not repository.ancestors(base) & repository.ancestors(head):
+            return await self._answer(call, _error(404, f"No common ancestor between {base_ref} and {head_ref}.",
+                                                   docs=COMPARE_DOCS))
+        return await self._answer(call, self._comparison(request, repository, base, head))
+
+    def _comparison(self, request: web.Request, repository: Repository, base: str, head: str) -> web.Response:
+        """The compare's answer, paged as GitHub pages it."""
+        basehead = request.match_info["basehead"]
+        base_side, head_side = repository.ancestors(base), repository.ancestors(head)
+        ahead, behind = repository.in_order(head_side - base_side), base_side - head_side
+        merge_base = repository.in_order(base_side & head_side)[-1]
+        status = "identical" if base == head else "ahead" if not behind else "behind" if not ahead else "diverged"
+        files = list(dict.fromkeys(path for commit in ahead for path in commit.files))[:COMPARE_FILES]
+        body: dict[str, Any] = {
+            "url": f"{self.url}/repos/{repository.full_name}/compare/{basehead}",
+            "html_url": f"{WEB}/{repository.full_name}/compare/{basehead}",
+            "permalink_url": f"{WEB}/{repository.full_name}/compare/{base}...{head}",
+            "diff_url": f"{WEB}/{repository.full_name}/compare/{basehead}.diff",
+            "patch_url": f"{WEB}/{repository.full_name}/compare/{basehead}.patch",
+            "base_commit": repository.commits[base].as_json(self.url, repository.full_name),
+            "merge_base_commit": repository.commits[merge_base.sha].as_json(self.url, repository.full_name),
+            "status": status, "ahead_by": len(ahead), "behind_by": len(behind), "total_commits": len(ahead),
+        }
+        query, headers = request.query, {}
+        if "per_page" not in query and "page" not in query:
+            listed = ahead[-COMPARE_UNPAGED:]
+        else:
+            per_page = min(max(_page_number(query.get("per_page"), 30), 1), self.compare_max_per_page)
+            page = max(_page_number(query.get("page"), 1), 1)
+            last = max(1, -(-len(ahead) // per_page))
+            listed = ahead[(page - 1) * per_page:page * per_page]
+            files = files if page == 1 else []
+            pages = {"prev": page - 1} if page > 1 else {}
+            pages |= {"next": page + 1, "last": last} if page < last else {}
+            pages |= {"first": 1} if page > 1 else {}
+            if pages:
+                at = request.url.origin().with_path(f"{self.prefix}/repositories/{repository.id}/compare/{basehead}")
+                headers["Link"] = _link(at.with_query(per_page=str(per_page)), pages)
+        body["commits"] = [commit.as_json(self.url, repository.full_name) for commit in listed]
+        if files:
+            body["files"] = [{"sha": _sha("blob", path, head), "filename": path, "status": "modified",
+                              "additions": 1, "deletions": 0, "changes": 1,
+                              "blob_url": f"{WEB}/{repository.full_name}/blob/{head}/{path}"} for path in files]
+        return web.json_response(body, headers=headers)
+
+    async def _commit_pulls(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "commit_pulls")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        if repository is None:
+            return await self._answer(call, _error(404, "Not Found", docs=COMMIT_PULLS_DOCS))
+        sha = repository.resolve(request.match_info["sha"])
+        if sha is None:
+            return await self._answer(call, _error(422, f"No commit found for SHA: {request.match_info['sha']}",
+                                                   docs=COMMIT_PULLS_DOCS))
+        listed = [pull.as_json(self.url, repository.full_name) for pull in repository.pulls_of(sha)]
+        return await self._answer(call, web.json_response(listed))
+
+    async def _get_pull(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "pull")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        pull = repository.pulls.get(int(request.match_info["number"])) if repository is not None else None
+        if repository is None or pull is None:
+            return await self._answer(call, _error(404, "Not Found", docs=PULL_DOCS))
+        return await self._answer(call, web.json_response(pull.as_json(self.url, repository.full_name)))
+
+    async def _get_ref(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "ref")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        kind, _, name = request.match_info["ref"].partition("/")
+        sha = None
+        if repository is not None and kind == "tags":
+            sha = repository.tags.get(name)
+        elif repository is not None and kind == "heads" and name == repository.default_branch:
+            sha = repository.head
+        if repository is None or sha is None:
+            return await self._answer(call, _error(404, "Not Found", docs=REF_DOCS))
+        ref = f"refs/{kind}/{name}"
+        body = {"ref": ref, "node_id": f"REF_{_sha(ref)[:16]}", "url": f"{self.url}/repos/{repository.full_name}/git/{ref}",
+                "object": {"sha": sha, "type": "commit",
+                           "url": f"{self.url}/repos/{repository.full_name}/git/commits/{sha}"}}
+        return await self._answer(call, web.json_response(body))
+
+    def _repository_of(self, request: web.Request) -> Repository | None:
+        """The repository a request names, as ``owner/repo`` or as ``repositories/{id}``."""
+        if "repository_id" in request.match_info:
+            wanted = int(request.match_info["repository_id"])
+            return next((repository for repository in self.repositories.values() if repository.id == wanted), None)
+        return self.repositories.get(_repository(request))
+
     # -- plumbing -------------------------------------------------------------------
 
     async def _admit(self, request: web.Request, route: str, body: Any = None) -> tuple[Call, web.Response | None]:
@@ -251,8 +607,18 @@ class FakeGitHub(FakeServer):
         failure = self._due_failure(route)
         if failure is not None and not failure.after_effect:
             self.failures.remove(failure)
-            return call, _error(failure.status, failure.message, failure.headers)
+            if failure.delay:
+                await self._pause(failure.delay)
+            if failure.status:
+                return call, _error(failure.status, failure.message, failure.headers)
         return call, None
+
+    async def _pause(self, seconds: float) -> None:
+        """A slow answer's wait, cut short when the server stops."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def _after_effect(self, call: Call) -> web.Response | None:
         """The failure to answer with once the work is done (a reply lost on the way back)."""
@@ -317,9 +683,33 @@ async def _json_body(request: web.Request) -> Any:
         return None
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"message": message, "documentation_url": DOCS, "status": str(status)},
+def _error(status: int, message: str, headers: dict[str, str] | None = None, docs: str = DOCS) -> web.Response:
+    return web.json_response({"message": message, "documentation_url": docs, "status": str(status)},
                              status=status, headers=headers)
+
+
+def _user(login: str | None) -> dict[str, Any] | None:
+    if login is None:
+        return None
+    return {"login": login, "id": int(_sha("user", login)[:6], 16), "type": "User",
+            "html_url": f"{WEB}/{login}"}
+
+
+def _sha(*parts: str) -> str:
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
+def _page_number(text: str | None, default: int) -> int:
+    """A ``page``/``per_page`` value as GitHub reads it: not a number is the default."""
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _link(url: URL, pages: dict[str, int]) -> str:
+    """A ``Link`` header as GitHub writes it: ``<…&page=2>; rel="next", <…>; rel="last"``."""
+    return ", ".join(f'<{url.update_query(page=str(page))}>; rel="{rel}"' for rel, page in pages.items())
 
 
 def _iso(moment: datetime) -> str:

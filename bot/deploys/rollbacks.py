@@ -283,7 +283,8 @@ class Rollbacks:
                     service=current.service, environment=current.environment, version=plan.target.version,
                     version_prefixed=plan.target.version_prefixed, requested_by=user,
                     previous_version=current.version, checklist=[], needs_approval=False,
-                    rollback_of=current.id, trigger_id=trigger_id, source=source)
+                    rollback_of=current.id, trigger_id=trigger_id, source=source,
+                    checking=self.config.services[current.service].looked_up)  # looked up, never held
                 self._keep_rolled_back(rollback, current, user, source)
                 if automatic:
                     self.store.intents.settle(AUTO_ROLLBACK, current.id, f"rollback #{rollback.id}")

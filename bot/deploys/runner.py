@@ -97,7 +97,8 @@ class DeployRunner:
     def start_if_approved(self, event: DeployPosted | DeployChanged) -> None:
         """Start a deploy once it is approved and shown: a request that needs
         no approval when its message is posted, any other at its final approval."""
-        if self.store.deploys.status_of(event.deploy_id) == DeployStatus.APPROVED:
+        if self.store.deploys.status_of(event.deploy_id) == DeployStatus.APPROVED and \
+                not self.store.deploys.get(event.deploy_id).held:  # its changes and artifacts are being looked up
             self.start(event.deploy_id)
 
     def _spawn(self, deploy_id: int, *, resume: bool) -> None:

@@ -123,6 +123,7 @@ class DeployWorkflow:
                 source=source,
                 expires_at=stamp(now + timedelta(seconds=self.expire_after(plan.environment))),
                 migration=migration,
+                checking=self.config.services[plan.service].looked_up,
                 override_reason=override if plan.overridden else None,
                 override_freeze=[window.record() for window in plan.overridden],
             )
@@ -252,6 +253,10 @@ class DeployWorkflow:
         approvals = self._environment(deploy).approvals
         if deploy.status != DeployStatus.AWAITING_APPROVAL or (approvals is None and not deploy.override_reason):
             raise _closed(deploy, deploy.status)
+        if deploy.held:
+            self._refuse(deploy, user, "approve_while_checking", source)
+            raise PolicyViolation(f"#{deploy.id} is still being checked (what it ships, whether its artifacts exist); "
+                                  "approve it once the message shows the result, in a few seconds.")
         counts_as = await self._counts_as(deploy, user, source)
         if user == deploy.requested_by and not (approvals and approvals.allow_self_approval):
             self._refuse(deploy, user, "approve_own", source)

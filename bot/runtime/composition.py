@@ -31,6 +31,7 @@ from bot.alerts.relay import AlertRelay
 from bot.config import Config
 from bot.deploys.nudges import Nudges
 from bot.deploys.rollbacks import RollbackPlans, Rollbacks
+from bot.changes.lookup import ChangeLookups
 from bot.deploys.analysis import Prometheus
 from bot.deploys.progressive import StageWatch
 from bot.deploys.runner import DeployRunner, wall_clock
@@ -107,12 +108,15 @@ class Slipway:
     signing_secret: str = ""  # what signs Slack's requests (settings.signing_secret); bolt was built with the same
     steering: RolloutSteering | None = None  # Promote, Pause, Resume, Abort of staged rollouts
     analysis: AnalysisClient | None = None  # the Prometheus the rollouts' metric gates ask
+    lookups: ChangeLookups | None = None  # what a request ships and whether its artifacts exist
 
     def start_workers(self) -> None:
         """Start the work that needs no request: only in the process that
         owns the database (``bot/runtime/lease.py``; a standby runs none)."""
         self.outbox.start()  # resumes whatever a previous Slipway left queued
         self.runner.recover()
+        if self.lookups is not None:
+            self.lookups.recover()  # requests a previous Slipway was still looking up
         self.nudges.start()  # expiry and reminders
         self.rollbacks.auto_rollback_pages()  # automatic rollbacks a previous Slipway decided on and did not start
 
@@ -146,6 +150,8 @@ def subscribe(slipway: Slipway) -> None:
     # a deploy's message is in the channel
     bus.subscribe(DeployPosted, slipway.runner.start_if_approved)  # a request that needs no approval starts now
     bus.subscribe(DeployPosted, slipway.home_tabs.changed)
+    if slipway.lookups is not None:
+        bus.subscribe(DeployPosted, slipway.lookups.posted)  # a rollback's changes, a request's not yet started
     # a deploy's record changed (state, ticks, approvals)
     bus.subscribe(DeployChanged, slipway.messages.deploy_changed)  # its message is redrawn
     bus.subscribe(DeployChanged, slipway.nudges.deploy_changed)  # its requester is told of news by DM
@@ -284,6 +290,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     rollbacks = Rollbacks(plans, directory, messages, events, tasks, abort_rollout=steering.abort_for_alert)
     nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
     reports = EngineReports(store)
+    lookups = ChangeLookups(config, store, events, tasks, environ)
     runner = DeployRunner(config, store, messages, events, tasks, reports, blocked_reason=workflow.blocked_reason,
                           reopen_if_stale=nudges.reopen_if_stale, observe_executor=metrics.observe_executor,
                           environ=environ, watch=watch, **({"verify_sleep": verify_time.sleep,
@@ -298,7 +305,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
                       environ, signing_secret=settings.signing_secret or "", steering=steering,
-                      analysis=analysis)
+                      analysis=analysis, lookups=lookups)
     subscribe(slipway)
     handlers.register(bolt, slipway)
     return slipway
