@@ -44,8 +44,10 @@ from bot.changes.model import (
     migration_files,
 )
 from bot.config import Config, Service
+from bot.deploys.ports import DeployViews
 from bot.deploys.versions import parse_version
 from bot.events import DeployChanged, EventBus
+from bot.slack.mrkdwn import escape
 from bot.runtime.tasks import BackgroundTasks
 from store import Deploy, DeployStatus, StateConflict, Store
 
@@ -63,13 +65,14 @@ class ChangeLookups:
     """Runs each request's lookups once, in the background, and records them."""
 
     def __init__(self, config: Config, store: Store, events: EventBus, tasks: BackgroundTasks,
-                 environ: Mapping[str, str], *, source_for: Callable[[str], ChangeSource | None] | None = None,
+                 environ: Mapping[str, str], views: DeployViews, *, source_for: Callable[[str], ChangeSource | None] | None = None,
                  timeout: float = LOOKUP_TIMEOUT) -> None:
         self.config = config
         self.store = store
         self.events = events  # publishes DeployChanged when a lookup is recorded
         self.tasks = tasks
         self.environ = environ
+        self.views = views
         self.timeout = timeout
         self._source_for = source_for or self._build_source
         self._running: dict[int, asyncio.Task[str | None]] = {}
@@ -107,7 +110,8 @@ class ChangeLookups:
         deploy = self.store.deploys.get(deploy_id)
         service = self.config.services[deploy.service]
         rollback = deploy.rollback_of is not None
-        problems = await self._check_artifacts(deploy, service)
+        # a status reason and a thread note are mrkdwn: what registries and sources said is escaped
+        problems = [escape(problem) for problem in await self._check_artifacts(deploy, service)]
         change_set, unavailable = await self._changes(deploy, service)
         record: dict[str, Any] | None = None
         if change_set is not None:
@@ -127,12 +131,15 @@ class ChangeLookups:
                                                                 DeployStatus.APPROVED):
                 refusal = f"{deploy.service} {deploy.display_version} cannot be deployed: " + "; ".join(problems)
                 try:
-                    self.store.deploys.transition(
+                    deploy = self.store.deploys.transition(
                         deploy_id, allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED),
                         to=DeployStatus.CANCELLED, actor=None, action="artifact_check_failed",
                         reason="; ".join(problems))
+                    self.views.thread(deploy, f":no_entry: Cancelled before anything ran: {deploy.status_reason}.")
                 except StateConflict:
                     refusal = None
+            if problems and rollback:  # a rollback goes on: speed matters, and what runs now is worse
+                self.views.thread(deploy, ":warning: Rolling back anyway, but look: " + "; ".join(problems) + ".")
             self.events.publish(DeployChanged(deploy_id))
         return refusal
 

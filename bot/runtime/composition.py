@@ -290,7 +290,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     rollbacks = Rollbacks(plans, directory, messages, events, tasks, abort_rollout=steering.abort_for_alert)
     nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
     reports = EngineReports(store)
-    lookups = ChangeLookups(config, store, events, tasks, environ)
+    lookups = ChangeLookups(config, store, events, tasks, environ, messages)
     runner = DeployRunner(config, store, messages, events, tasks, reports, blocked_reason=workflow.blocked_reason,
                           reopen_if_stale=nudges.reopen_if_stale, observe_executor=metrics.observe_executor,
                           environ=environ, watch=watch, **({"verify_sleep": verify_time.sleep,
