@@ -85,10 +85,24 @@ Fairness
 One process, one event loop for Slipway, the fake Slack (loopback) and the
 load generator; idle and loaded are measured in the same run, in that
 order, and read as ratios. Before each measured phase garbage is collected
-and frozen (``gc.freeze()``), as the other benchmarks do. The outbox is
-paced at ``--outbox-interval`` (1 s per channel, Slipway's default: every
-measurement redraws its deploy's message, and those edits coalesce), so the
-loaded phase has the Slack traffic production would have, not more.
+and frozen (``gc.freeze()``), as the other benchmarks do.
+
+The outbox is not paced by default (``--outbox-interval 0.001``, as in
+``ack_latency.py``): the ``/deploy`` probes post ~5 Slack calls each, ten
+times a second, which at Slipway's own 1 s per channel would pile up a
+backlog (and make every new request wait ``ANNOUNCE_WAIT``, 10 s, for its
+message). Unpaced, every measurement's redraw of its deploy's message is
+actually sent (about 50 ``chat.update`` a second, each drawn from the
+store): more Slack work than production does, where those edits coalesce
+at one call a second per channel. So the loaded figures are an upper
+bound. ``--outbox-interval 1 --kinds help`` is the production-like variant
+(only ``/deploy help`` probes, so the channel carries the canaries' own
+traffic; keep ``--aborts`` small then: each abort canary's request waits
+up to 10 s for its message behind the canaries' edits).
+
+``--history N`` records N passing measurements per load canary's step
+before the loaded window, as if the step had been watched N intervals
+already: the cost of a measurement grows with that (see bench/README.md).
 
 This is a benchmark, not a test: nothing is asserted on timing.
 """
@@ -102,6 +116,7 @@ import gc
 import io
 import json
 import logging
+import math
 import platform
 import pstats
 import re
@@ -112,13 +127,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from benchlib import REPO_ROOT, checkout, percentile, summary_ms, versions  # noqa: E402  (first: this checkout)
+from benchlib import checkout, percentile, summary_ms, versions  # noqa: E402  (first: this checkout)
 
 from bot.config import parse_config  # noqa: E402
 from bot.deploys.analysis import Prometheus  # noqa: E402
@@ -536,7 +552,7 @@ class Bench:
         for deploy_id in self.load_ids:
             moments = [datetime.fromisoformat(m.at) for m in self.store.rollouts.measurements(deploy_id)]
             moments = [m for m in moments if since <= m <= until]
-            gaps += [(b - a).total_seconds() - self.args.interval for a, b in zip(moments, moments[1:])]
+            gaps += [(b - a).total_seconds() - self.args.interval for a, b in pairwise(moments)]
         return gaps
 
     # -- aborts ------------------------------------------------------------------------------------
@@ -702,7 +718,7 @@ class Bench:
         out: dict[str, Any] = {"aborts": {}, "acks": {}, "load": {}}
         for phase in ("idle", "loaded"):
             aborts = [a for a in self.aborts if a.phase == phase]
-            base = [b for b in self.baselines[phase] if b == b]
+            base = [b for b in self.baselines[phase] if not math.isnan(b)]
             out["aborts"][phase] = {
                 "arrival_to_engine": summary_ms([a.latency for a in aborts]),
                 "arrival_to_verdict": summary_ms([a.verdict - a.arrival for a in aborts]),

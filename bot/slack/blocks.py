@@ -38,9 +38,11 @@ from slack_sdk.models.blocks import (
 
 from bot.deploys.steering import STEERABLE
 from bot.slack.mrkdwn import (
+    CHECKING_TEXT,
     MAX_SECTION_TEXT,
     RolloutFacts,
     abort_plan_text,
+    changes_text,
     clip,
     mention,
     override_text,
@@ -137,6 +139,10 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     ]
     if deploy.override_reason:
         top.append(section(override_text(deploy, stale_approvals)))
+    if deploy.checking:  # its lookups run: no Approve yet (see _buttons)
+        top.append(context(CHECKING_TEXT))
+    elif shipped := changes_text(deploy):
+        top.append(section(shipped))
     if rollout is not None:
         top.append(section(rollout_text(rollout)))
     bottom: list[Block] = []
@@ -213,9 +219,13 @@ def _checklist_block(deploy: Deploy, item: Any, interactive: bool) -> SectionBlo
 
 
 def _buttons(deploy: Deploy) -> ActionsBlock:
+    """Approve (not while the deploy is held for its lookups: it may not be
+    approved yet), Reject and Cancel."""
     value = str(deploy.id)
+    approve = [] if deploy.held else [
+        ButtonElement(action_id=ACTION_APPROVE, style="primary", value=value, text=plain("Approve"))]
     return ActionsBlock(block_id=f"deploy:{deploy.id}", elements=[
-        ButtonElement(action_id=ACTION_APPROVE, style="primary", value=value, text=plain("Approve")),
+        *approve,
         ButtonElement(action_id=ACTION_REJECT, style="danger", value=value, text=plain("Reject"), confirm=ConfirmObject(
             title=plain("Reject this deploy?"),
             text=MarkdownTextObject(text=clip(f"{deploy.service} {deploy.display_version} will not go to "

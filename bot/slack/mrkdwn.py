@@ -22,17 +22,24 @@ through :func:`link`. Which texts those are:
   trusted like the rest of the config, and may hold deliberate mrkdwn links;
 - a rollout's stage ``decision``, ``pause_reason`` and ``abort_reason`` are
   stored as mrkdwn (the domain escapes what Prometheus or a person said as it
-  writes them); a measurement's ``detail`` is stored raw and escaped here.
+  writes them); a measurement's ``detail`` is stored raw and escaped here;
+- what a deploy ships (``deploys.changes``): the commits' and pull requests'
+  titles, authors, shas, tags and paths, and why the changes are
+  unavailable, are stored raw (as the source said them) and escaped here;
+  its ``artifact_problems`` are stored as mrkdwn (``bot.changes.lookup``
+  escapes them, since they also become a status reason).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from bot.changes.model import BACKWARD, FIRST, SAME, ChangeSet, Commit, PullRequest
 from bot.config import USER_ID, AnalysisCheck
 from bot.deploys.analysis import format_value, sparkline
 from bot.deploys.versions import bump_kind
@@ -276,7 +283,9 @@ def abort_text(deploy: Deploy) -> str:
 def record_text(deploy: Deploy, rollout: RolloutFacts | None = None) -> str:
     """``/deploy show``: the whole record of one deploy (and of its staged
     rollout, stage by stage and measurement by measurement, as far as a
-    section holds)."""
+    section holds), then what it ships: every pull request and commit, as
+    far as :data:`MAX_RECORD_CHANGES` holds (the reply is a message's text,
+    which holds 40,000 characters)."""
     lines = [f"*Deploy #{deploy.id}* — {deploy.service} {deploy.display_version} to {deploy.environment}: "
              f"{deploy.status.replace('_', ' ')}" + (f" ({deploy.status_reason})" if deploy.status_reason else "")]
     lines.append(f"• Version: {version_change(deploy)}")
@@ -306,7 +315,10 @@ def record_text(deploy: Deploy, rollout: RolloutFacts | None = None) -> str:
         lines.append(f"• <{deploy.permalink}|Message in the deploy channel>")
     if rollout is not None:
         lines += rollout_record(rollout, MAX_SECTION_TEXT - len("\n".join(lines)) - 1)
-    return clip("\n".join(lines), MAX_SECTION_TEXT)
+    record = clip("\n".join(lines), MAX_SECTION_TEXT)
+    if changes := changes_record(deploy):
+        record += "\n" + "\n".join(changes)
+    return record
 
 
 def history_text(service: str, environment: str | None, deploys: list[Deploy]) -> str:
@@ -582,3 +594,253 @@ def rollout_record(facts: RolloutFacts, budget: int) -> list[str]:
         heads.append(paused_text(rollout))
     room = budget - sum(len(line) + 1 for line in heads)
     return heads + fit_lines(stage_groups(facts, when), room, "measurement")
+
+
+# -- what a deploy ships (bot.changes) ------------------------------------------------------
+
+CHECKING_TEXT = ":hourglass_flowing_sand: Checking what it ships and whether its artifacts exist…"
+MAX_PULLS_SHOWN = 5  # pull requests (or commits) the deploy message names; /deploy show and the ship report list all
+MAX_FILES_SHOWN = 5  # migration files the deploy message names
+MAX_FILES_LISTED = 20  # migration files /deploy show and the ship report name
+MAX_TITLE = 150  # characters of a pull request's or commit's title shown
+MAX_NAME = 200  # characters of a tag, an author, a path or a reason shown
+MAX_LINK = 600  # characters of a pull request's or compare link (escaped URL and label): longer ones are no link
+MAX_RECORD_CHANGES = 12000  # characters of /deploy show's list of changes (a Slack message holds 40,000)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A deploy's ``changes`` record read back: the change set, or why there is
+    none (raw, as the source said it), and what its artifact check found
+    (mrkdwn: escaped when recorded)."""
+
+    changes: ChangeSet | None = None
+    unavailable: str | None = None
+    artifact_problems: tuple[str, ...] = ()
+
+
+def shipped(deploy: Deploy) -> Shipped | None:
+    """What ``deploy``'s lookups recorded; None when nothing was (no lookup,
+    still checking, or nothing to say)."""
+    record = deploy.change_set
+    if not record:
+        return None
+    problems = tuple(str(problem) for problem in record.get("artifact_problems") or ())
+    changes = None
+    if "direction" in record:
+        fields = ChangeSet.__dataclass_fields__
+        changes = ChangeSet.from_record({key: value for key, value in record.items() if key in fields})
+    unavailable = record.get("unavailable")
+    return Shipped(changes, str(unavailable) if unavailable is not None else None, problems)
+
+
+def _plural(count: int, noun: str, plural: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+
+
+def clip_mrkdwn(text: str, limit: int) -> str:
+    """Escaped text cut to ``limit`` characters like :func:`clip`, without
+    leaving half an entity (``&am…``) at the cut."""
+    if len(text) <= limit:
+        return text
+    return re.sub(r"&[a-z]*$", "", text[: limit - 1]) + "…"
+
+
+def _one_line(text: str | None, limit: int = MAX_TITLE) -> str:
+    """A source's text on one line, escaped, in at most ``limit`` characters."""
+    return clip_mrkdwn(escape(" ".join((text or "").split())), limit)
+
+
+def _short_link(url: str | None, label: str) -> str | None:
+    """:func:`link`, or None when the link would be too long to show."""
+    text = link(url, label)
+    return text if text is not None and len(text) <= MAX_LINK else None
+
+
+def changes_summary(deploy: Deploy, changes: ChangeSet) -> str:
+    """``14 commits, 5 pull requests by 4 people``; what a downgrade or
+    rollback takes out; a first deploy or the same code said so (escaped)."""
+    if changes.direction == FIRST:
+        return f"First deploy of {deploy.service} to {deploy.environment}: nothing to compare with"
+    if changes.direction == SAME:
+        return "Same code as what runs"
+    count = changes.commit_count
+    if count == 0 and not changes.pulls:
+        return f"No commits between {_one_line(changes.base, MAX_NAME)} and {_one_line(changes.head, MAX_NAME)}"
+    text = _plural(count, "commit")
+    if changes.pulls:
+        text += ", " + _plural(len(changes.pulls), "pull request")
+    if people := changes.people:
+        text += " by " + _plural(len(people), "person", "people")
+    return ("Takes out " + text) if changes.direction == BACKWARD else text
+
+
+def _compare(changes: ChangeSet) -> str | None:
+    """``<url|compare v2.6.0…v2.7.0>``, when the source gave a usable URL."""
+    if not changes.compare_url or changes.base is None:
+        return None
+    older, newer = (changes.base, changes.head) if changes.direction != BACKWARD else (changes.head, changes.base)
+    return _short_link(changes.compare_url, f"compare {clip(older, 60)}…{clip(newer, 60)}")
+
+
+def pull_line(pull: PullRequest) -> str:
+    """``<url|#123> Fix the thing — alice``: its number linked when the URL is a plain web one."""
+    number = _short_link(pull.url, f"#{pull.number}") or f"#{pull.number}"
+    return f"{number} {_one_line(pull.title)}" + (f" — {_one_line(pull.author, MAX_NAME)}" if pull.author else "")
+
+
+def commit_line(commit: Commit) -> str:
+    """```abc1234` Fix the thing — alice (#123)``."""
+    text = f"`{escape(commit.short)}` {_one_line(commit.title)}"
+    if commit.author:
+        text += f" — {_one_line(commit.author, MAX_NAME)}"
+    if commit.pull is not None and f"#{commit.pull}" not in commit.title:
+        text += f" (#{commit.pull})"
+    return text
+
+
+def _take(items: Sequence[str], room: int, more: Callable[[int], str]) -> list[str]:
+    """As many of ``items`` (lines) as fit in ``room`` characters (newlines
+    counted), then ``more(n)`` when ``n`` were left out (room kept for it)."""
+    if sum(len(item) + 1 for item in items) <= room:
+        return list(items)
+    room -= len(more(len(items))) + 1
+    taken: list[str] = []
+    for item in items:
+        if len(item) + 1 > room:
+            break
+        taken.append(item)
+        room -= len(item) + 1
+    return [*taken, more(len(items) - len(taken))]
+
+
+def _problems_repeated(deploy: Deploy, problems: Sequence[str]) -> bool:
+    """The status reason already says what the artifact check found (it cancelled the request)."""
+    reason = deploy.status_reason or ""
+    return deploy.status == DeployStatus.CANCELLED and all(problem in reason for problem in problems)
+
+
+def name_list(names: Sequence[str], most: int, budget: int) -> str:
+    """``a, b, c, and 12 more``: at most ``most`` of ``names`` (mrkdwn) and
+    no more than ``budget`` characters of them (the first is always named)."""
+    taken: list[str] = []
+    for name in names[:most]:
+        if taken and sum(len(shown) + 2 for shown in taken) + len(name) > budget:
+            break
+        taken.append(name)
+    return ", ".join(taken) + (f", and {len(names) - len(taken)} more" if len(taken) < len(names) else "")
+
+
+def _migration_text(deploy: Deploy, changes: ChangeSet, most: int) -> str | None:
+    """The migration files the range touches: what made it carry a migration
+    (at most ``most`` of them named, in 1,200 characters)."""
+    files = changes.migration_files
+    if not files:
+        return None
+    listed = name_list([_one_line(path, MAX_NAME) for path in files], most, 1200)
+    if deploy.migration:
+        return f":card_file_box: *Carries a migration:* {listed} (touched by this range)"
+    if changes.direction == BACKWARD:
+        return f":card_file_box: *Takes out migration files:* {listed}"
+    return f":card_file_box: *Touches migration files:* {listed}"
+
+
+def changes_text(deploy: Deploy) -> str | None:
+    """The deploy message's "What it ships": the summary, the first pull
+    requests (or commits) by title, the commits outside pull requests, the
+    compare link, the migration files that made it carry a migration, why
+    the changes are unavailable, what the artifact check found; within a
+    section's 3000 characters however many commits there are. None when no
+    lookup recorded anything (a deploy still checking shows
+    :data:`CHECKING_TEXT` instead)."""
+    found = shipped(deploy)
+    if found is None:
+        return None
+    head: list[str] = ["*What it ships*"]
+    tail: list[str] = []
+    items: list[str] = []
+    more: Callable[[int], str] = lambda n: ""
+    if (changes := found.changes) is not None:
+        summary = changes_summary(deploy, changes)
+        if compare := _compare(changes):
+            summary += f" · {compare}"
+        head.append(summary)
+        if changes.direction not in (FIRST, SAME):
+            outside = [commit for commit in changes.commits if commit.pull is None]
+            if changes.pulls:
+                items = [f"• {pull_line(pull)}" for pull in changes.pulls]
+                more = lambda n: f"…and {n} more pull request{'s' if n != 1 else ''}"
+                if outside:
+                    tail.append(f"…plus {_plural(len(outside), 'commit')} outside pull requests")
+            else:
+                items = [f"• {commit_line(commit)}" for commit in changes.commits]
+                more = lambda n: f"…and {n} more commit{'s' if n != 1 else ''}"
+            if len(changes.commits) < changes.commit_count:
+                tail.append(f"_The source listed {len(changes.commits)} of the {changes.commit_count} commits._")
+        if migration := _migration_text(deploy, changes, MAX_FILES_SHOWN):
+            tail.append(migration)
+    if found.unavailable is not None:
+        head.append(f":grey_question: Changes unavailable: {_one_line(found.unavailable, MAX_NAME * 2)}")
+    if found.artifact_problems and not _problems_repeated(deploy, found.artifact_problems):
+        tail.append(clip_mrkdwn(":warning: *Artifacts:* " + "; ".join(found.artifact_problems), 800))
+    if len(head) == 1 and not tail:
+        return None
+    # the fixed lines, and room kept for "…and N more" (an item that does not fit is counted there)
+    room = MAX_SECTION_TEXT - len("\n".join([*head, *tail])) - 1 - (len(more(len(items))) + 1)
+    lines: list[str] = []
+    for item in items[:MAX_PULLS_SHOWN]:
+        if len(item) + 1 > room:
+            break
+        lines.append(item)
+        room -= len(item) + 1
+    if len(lines) < len(items):
+        lines.append(more(len(items) - len(lines)))
+    return clip("\n".join([*head, *lines, *tail]), MAX_SECTION_TEXT)
+
+
+def changes_record(deploy: Deploy, budget: int = MAX_RECORD_CHANGES) -> list[str]:
+    """``/deploy show``'s changes: the summary, every pull request and every
+    commit (short sha, title, author), the migration files, why the changes
+    are unavailable, what the artifact check found; in ``budget`` characters
+    (what does not fit is counted: ``… 212 more commit(s) not shown``)."""
+    if deploy.checking:
+        return ["• *What it ships:* checking…"]
+    found = shipped(deploy)
+    if found is None:
+        return []
+    heads: list[str] = []
+    pulls: list[str] = []
+    commits: list[str] = []
+    if (changes := found.changes) is not None:
+        summary = changes_summary(deploy, changes)
+        if compare := _compare(changes):
+            summary += f" ({compare})"
+        heads.append(f"• *What it ships:* {summary}")
+        if changes.direction not in (FIRST, SAME):
+            pulls = [f"    ◦ {pull_line(pull)}" for pull in changes.pulls]
+            commits = [f"    ◦ {commit_line(commit)}" for commit in changes.commits]
+            if len(changes.commits) < changes.commit_count:
+                heads.append(f"• The source listed {len(changes.commits)} of the {changes.commit_count} commits")
+        if migration := _migration_text(deploy, changes, MAX_FILES_LISTED):
+            heads.append("• " + migration)
+    if found.unavailable is not None:
+        heads.append(f"• Changes unavailable: {_one_line(found.unavailable, MAX_NAME * 2)}")
+    if found.artifact_problems:
+        heads.append(clip_mrkdwn("• Artifacts: " + "; ".join(found.artifact_problems), 1500))
+    pull_head = ["• *Pull requests:*"] if pulls else []
+    commit_head = ["• *Commits:*"] if commits else []
+    return _two_lists(heads, (pull_head, pulls, "pull request"), (commit_head, commits, "commit"), budget)
+
+
+def _two_lists(heads: list[str], first: tuple[list[str], list[str], str], second: tuple[list[str], list[str], str],
+               budget: int) -> list[str]:
+    """``heads``, then two headed lists in ``budget`` characters: the first
+    gets at least half of what is left when both do not fit, and each says
+    how many of its own items it left out."""
+    room = budget - sum(len(line) + 1 for line in [*heads, *first[0], *second[0]])
+    need = [sum(len(item) + 1 for item in items) for _, items, _ in (first, second)]
+    first_room = room if sum(need) <= room else max(room // 2, room - need[1])
+    one = _take(first[1], first_room, lambda n: f"    … {n} more {first[2]}(s) not shown")
+    rest = room - sum(len(line) + 1 for line in one)
+    two = _take(second[1], rest, lambda n: f"    … {n} more {second[2]}(s) not shown")
+    return [*heads, *first[0], *one, *second[0], *two]

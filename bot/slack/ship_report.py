@@ -19,13 +19,29 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
+from bot.changes.model import FIRST, SAME, Commit, PullRequest
 from bot.config import Config
 from bot.deploys.progressive import stage_line
 from bot.durations import format_duration
-from bot.slack.mrkdwn import STRATEGY_WORDS, RolloutFacts, escape, fit_lines, stage_groups, web_url
+from bot.slack.mrkdwn import (
+    MAX_FILES_LISTED,
+    MAX_NAME,
+    MAX_TITLE,
+    STRATEGY_WORDS,
+    RolloutFacts,
+    changes_summary,
+    clip_mrkdwn,
+    escape,
+    fit_lines,
+    name_list,
+    shipped,
+    stage_groups,
+    web_url,
+)
 from store import Deploy, Store
 
 MAX_REPORT_ROLLOUT = 12000  # characters of the report's rollout record (a Slack message holds 40,000)
+MAX_REPORT_CHANGES = 12000  # characters of the report's pull requests and commits
 
 
 def read_rollout(store: Store, config: Config, deploy_id: int, now: datetime | None = None) -> RolloutFacts | None:
@@ -41,8 +57,9 @@ def read_rollout(store: Store, config: Config, deploy_id: int, now: datetime | N
 
 
 def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
-    """Version, times, approvals, checks and the rollback procedure for
-    exactly this deploy, in Markdown."""
+    """Version, times, approvals, what it shipped (every pull request and
+    commit, as far as :data:`MAX_REPORT_CHANGES` holds), checks and the
+    rollback procedure for exactly this deploy, in Markdown."""
     target = store.deploys.rollback_target(deploy)
     service = config.services.get(deploy.service)
     lines = [
@@ -58,6 +75,7 @@ def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
         f"- **Engine:** {deploy.executor_kind or '—'}: {escape(deploy.engine_summary or '—')}"
         + (f" (run: <{escape(deploy.run_url)}>)" if web_url(deploy.run_url) else ""),
         "",
+        *_changes_lines(deploy),
         "## Checks",
         "",
     ]
@@ -114,3 +132,68 @@ def _rollout_lines(facts: RolloutFacts) -> list[str]:
              f"- **Stages:** {escape(facts.line)}"]
     groups = stage_groups(facts, lambda iso: iso or "—", bullet="- **Stage**", item="  -")
     return heads + fit_lines(groups, MAX_REPORT_ROLLOUT, "measurement")
+
+
+def _changes_lines(deploy: Deploy) -> list[str]:
+    """``## Changes``: the summary and compare link, the migration files,
+    why the changes were unavailable, what the artifact check found, then
+    every pull request and commit (escaped; links only as autolinks to
+    plain web URLs), the last left out and counted past the cap. Nothing
+    for a deploy whose changes were not looked up."""
+    found = shipped(deploy)
+    if found is None:
+        return []
+    lines = ["## Changes", ""]
+    pulls: list[str] = []
+    commits: list[str] = []
+    if (changes := found.changes) is not None:
+        compare = f" (compare: <{escape(changes.compare_url)}>)" if web_url(changes.compare_url) else ""
+        lines.append(f"- **What it shipped:** {changes_summary(deploy, changes)}{compare}")
+        if changes.migration_files:
+            files = name_list([f"`{_flat(path, MAX_NAME)}`" for path in changes.migration_files],
+                              MAX_FILES_LISTED, 3000)
+            what = "Carried a migration" if deploy.migration else "Migration files in the range"
+            lines.append(f"- **{what}:** {files}")
+        if changes.direction not in (FIRST, SAME):
+            if len(changes.commits) < changes.commit_count:
+                lines.append(f"- The source listed {len(changes.commits)} of the {changes.commit_count} commits.")
+            pulls = [_pull_item(pull) for pull in changes.pulls]
+            commits = [_commit_item(commit) for commit in changes.commits]
+    if found.unavailable is not None:
+        lines.append(f"- Changes unavailable: {_flat(found.unavailable, MAX_NAME * 2)}")
+    if found.artifact_problems:
+        lines.append(clip_mrkdwn("- Artifacts: " + "; ".join(found.artifact_problems), 3000))
+    groups = [(head, items, noun) for head, items, noun in (("### Pull requests", pulls, "pull request"),
+                                                             ("### Commits", commits, "commit")) if items]
+    need = [len(head) + 1 + _size(items) for head, items, _ in groups]
+    room = MAX_REPORT_CHANGES
+    for index, (head, items, noun) in enumerate(groups):  # the pull requests get at least half when both do not fit
+        later = sum(need[index + 1:])
+        budget = room if need[index] + later <= room else max(room // (len(groups) - index), room - later)
+        part = fit_lines([(head, items)], budget, noun)
+        lines += ["", *part]
+        room -= _size(part)
+    return [*lines, ""]
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
+
+
+def _flat(text: str | None, limit: int = MAX_TITLE) -> str:
+    """A source's text on one line, escaped, bounded."""
+    return clip_mrkdwn(escape(" ".join((text or "").split())), limit)
+
+
+def _pull_item(pull: PullRequest) -> str:
+    text = f"- #{pull.number} {_flat(pull.title)}"
+    if pull.author:
+        text += f" — {_flat(pull.author, MAX_NAME)}"
+    return text + (f" (<{escape(pull.url)}>)" if pull.url and web_url(pull.url) else "")
+
+
+def _commit_item(commit: Commit) -> str:
+    text = f"- `{escape(commit.short)}` {_flat(commit.title)}"
+    if commit.author:
+        text += f" — {_flat(commit.author, MAX_NAME)}"
+    return text + (f" (#{commit.pull})" if commit.pull is not None and f"#{commit.pull}" not in commit.title else "")

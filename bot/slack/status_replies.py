@@ -35,7 +35,9 @@ class StatusReplies:
         return status_reply(self.config, self.store, self.clock(), service)
 
     def show(self, deploy: Deploy) -> dict[str, Any]:
-        """``/deploy show``: the deploy's record, with its rollout's stages and measurements."""
+        """``/deploy show``: the deploy's record, with its rollout's stages and
+        measurements, and what it ships (every pull request and commit, as
+        far as a reply holds)."""
         return {"text": record_text(deploy, read_rollout(self.store, self.config, deploy.id))}
 
     def home(self) -> dict[str, Any]:
