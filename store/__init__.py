@@ -40,6 +40,7 @@ from store.audit import AuditLog
 from store.database import Clock, Database, stamp, utc_now
 from store.deploys import Deploys, approval_slots
 from store.errors import *  # noqa: F403 — every named error is part of the store's interface
+from store.github import GitHubWrites
 from store.intents import Intents
 from store.lease import Lease, LeaseHolder
 from store.locks import ALL_ENVIRONMENTS, Locks
@@ -65,7 +66,7 @@ __all__ = [
     "ALL_ENVIRONMENTS", "AlreadyApproved", "Alerts", "Approval", "AuditEvent", "AuditLog", "BlockedVersion",
     "ChecklistIncomplete", "ChecklistItem", "Clock", "Database", "Delivery", "Deploy", "DeployInFlight",
     "DeployNotFound", "DeployStatus", "DeployTimes", "Deploys", "DuplicateRequest", "EngineReport",
-    "IllegalTransition", "Lease", "LeaseHolder", "Lock", "Locks", "OutboxItem", "OutboxQueue", "ReadModels", "Rollout", "Rollouts", "Stage", "StateConflict", "Store",
+    "IllegalTransition", "Lease", "LeaseHolder", "Lock", "Locks", "OutboxItem", "OutboxQueue", "GitHubWrites", "ReadModels", "Rollout", "Rollouts", "Stage", "StateConflict", "Store",
     "StoreError", "StoredAlert", "UnknownMessage", "approval_slots", "deploy_message_key", "stamp", "utc_now",
 ]
 
@@ -85,6 +86,7 @@ class Store:
         self.intents = Intents(database)
         self.lease = Lease(database)
         self.rollouts = Rollouts(database)
+        self.github = GitHubWrites(database)
 
     @classmethod
     def open(cls, path: str | Path, clock: Clock = utc_now, *, migrate: bool = True) -> Store:

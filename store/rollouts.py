@@ -157,6 +157,24 @@ class Rollouts:
         rows = self._database.db.execute(sql + " ORDER BY id", params).fetchall()
         return [Measurement(*row) for row in rows]
 
+    def stage_tally(self, deploy_id: int, position: int) -> dict[str, tuple[str, int, int]]:
+        """Per check of stage ``position``: when it was last measured, how many
+        of its measurements failed and how many were inconclusive (one
+        indexed query, however long the stage has been watched)."""
+        rows = self._database.db.execute(
+            "SELECT check_name, max(at), sum(verdict = 'fail'), sum(verdict = 'inconclusive') FROM measurements "
+            "WHERE deploy_id = ? AND position = ? GROUP BY check_name", [deploy_id, position]).fetchall()
+        return {check: (last, failed, inconclusive) for check, last, failed, inconclusive in rows}
+
+    def recent_measurements(self, deploy_id: int, per_check: int) -> list[Measurement]:
+        """The last ``per_check`` measurements of each check of each stage,
+        oldest first (what a message shows: the last value and a sparkline)."""
+        rows = self._database.db.execute(
+            "SELECT id, deploy_id, position, check_name, at, value, baseline, verdict, detail FROM ("
+            "  SELECT *, row_number() OVER (PARTITION BY position, check_name ORDER BY id DESC) AS newest "
+            "  FROM measurements WHERE deploy_id = ?) WHERE newest <= ? ORDER BY id", [deploy_id, per_check]).fetchall()
+        return [Measurement(*row) for row in rows]
+
     def in_progress(self) -> list[Rollout]:
         """The rollouts not yet ended (for /metrics and the runner's recovery)."""
         ids = [row[0] for row in self._database.db.execute(
@@ -232,28 +250,20 @@ class Rollouts:
     def remember_baselines(self, deploy_id: int, baselines: Mapping[str, float]) -> None:
         """The baselines the bake compares with (merged into those already kept)."""
         with self._database.transaction():
-            rollout = self.get(deploy_id)
-            assert rollout is not None
-            merged = {**rollout.baselines, **baselines}
+            row = self._database.db.execute("SELECT baselines FROM rollouts WHERE deploy_id = ?",
+                                            [deploy_id]).fetchone()
+            merged = {**json.loads(row[0] or "{}"), **baselines}
             self._database.db.execute("UPDATE rollouts SET baselines = ? WHERE deploy_id = ?",
                                       [json.dumps(merged), deploy_id])
 
     def record_measurement(self, deploy_id: int, position: int, check: str, value: float | None,
-                           baseline: float | None, verdict: str, detail: str, *, at: datetime) -> Measurement:
+                           baseline: float | None, verdict: str, detail: str, *, at: datetime) -> None:
         """Keep one measurement, taken ``at`` (the runner's clock, which paces the next)."""
         with self._database.transaction():
-            cursor = self._database.db.execute(
+            self._database.db.execute(
                 "INSERT INTO measurements (deploy_id, position, check_name, at, value, baseline, verdict, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [deploy_id, position, check, stamp(at), value, baseline, verdict, detail])
-            row_id = cursor.lastrowid
-        return self.measurements_by_id(row_id)
-
-    def measurements_by_id(self, row_id: int | None) -> Measurement:
-        row = self._database.db.execute(
-            "SELECT id, deploy_id, position, check_name, at, value, baseline, verdict, detail FROM measurements "
-            "WHERE id = ?", [row_id]).fetchone()
-        return Measurement(*row)
 
     def _stage(self, deploy_id: int, position: int) -> Stage:
         rows = list(self._database.db.query(

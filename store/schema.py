@@ -286,6 +286,9 @@ def _m13_changes_and_github(db: sqlite_utils.Database) -> None:
         foreign_keys=[("deploy_id", "deploys", "id")],
     )
     db["github_writes"].create_index(["state", "id"])
+    # a watched stage asks, per measurement, when each check was last measured and how often it
+    # failed: answered from this index however long the stage has run (bench/rollouts.py --history)
+    db.execute("CREATE INDEX measurements_by_check ON measurements(deploy_id, position, check_name, at)")
     # the GitHub deployment that mirrors a Slipway deploy
     db["github_deployments"].create(
         {"deploy_id": int, "repository": str, "github_id": int, "created_at": str},

@@ -31,11 +31,10 @@ git cannot run or fails (``git fetch in /srv/mirrors/api.git failed: …``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from urllib.parse import quote
 
@@ -52,8 +51,6 @@ from bot.changes.model import (
 )
 from bot.config import GitChanges
 from bot.durations import format_duration
-
-log = logging.getLogger(__name__)
 
 MAX_COMMITS = 1000  # a change set keeps at most this many commits; total_commits still counts them all
 FIELD = "\x1f"
@@ -108,8 +105,9 @@ class GitSource:
                     raise TagMissing(tag)
             span = f"refs/tags/{older}..refs/tags/{newer}"
             logged, changed = await asyncio.gather(
-                self._output("log", "-z", LOG_FORMAT, f"--max-count={MAX_COMMITS}", "--end-of-options", span),
-                self._output("diff", "--name-only", "-z", "--no-ext-diff", "--end-of-options",
+                self._output("log", "-z", LOG_FORMAT, "--encoding=UTF-8", "--no-show-signature",
+                             f"--max-count={MAX_COMMITS}", "--end-of-options", span),
+                self._output("diff", "--name-only", "-z", "--no-ext-diff", "--no-relative", "--end-of-options",
                              f"refs/tags/{older}...refs/tags/{newer}"))
             records = _records(logged)
             total = len(records)
@@ -180,7 +178,9 @@ class GitSource:
 
     def _failed(self, command: str, error_output: bytes) -> SourceUnavailable:
         lines = error_output.decode("utf-8", errors="replace").strip().splitlines()
-        why = lines[-1].removeprefix("fatal: ").removeprefix("error: ") if lines else "no reason given"
+        # git's own verdict (a "fatal:" line) rather than the hints it may add after it
+        said = next((line for line in lines if line.startswith(("fatal: ", "error: "))), lines[-1] if lines else "")
+        why = said.removeprefix("fatal: ").removeprefix("error: ") or "no reason given"
         return SourceUnavailable(f"git {command} in {self.spec.path} failed: {why[:200]}")
 
     @asynccontextmanager
@@ -216,7 +216,3 @@ def _kill(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     with suppress(ProcessLookupError):
         process.kill()
-
-
-def _unused(_: Sequence[str]) -> None:  # pragma: no cover
-    pass

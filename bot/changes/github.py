@@ -2,9 +2,11 @@
 
 What is asked, each call under one overall ``timeout``
     ``GET /repos/{owner}/{repo}/compare/{older}...{newer}`` in pages of
-    100 commits, following the ``Link`` header's ``next`` (on the API's own
-    host only) up to ``MAX_COMMITS``; ``total_commits`` says how many there
-    are in all, and ``files`` come from the first page (GitHub lists at most
+    100 commits (GitHub pages them oldest first): page 1, then the pages
+    that hold the newest ``MAX_COMMITS`` commits, ``CONCURRENCY`` at a time,
+    at the URLs the ``Link`` header's ``last`` gives (on the API's own host
+    only: the token goes nowhere else); ``total_commits`` says how many
+    there are in all, and ``files`` come from page 1 (GitHub lists at most
     300 files). Then, for the pull requests, at most ``MAX_LOOKUPS`` of each
     of these, ``CONCURRENCY`` at a time:
 
@@ -116,9 +118,13 @@ class GitHubSource:
             comparison, listed = await self._comparison(api, older, newer)
             parents = {item["sha"]: [parent["sha"] for parent in item.get("parents") or ()] for item in listed}
             commits = through_merges([_commit(item) for item in reversed(listed)], parents)
-            commits, asked = await self._ask_commits(api, commits)
-            messages = {item["sha"]: _message(item) for item in listed}
-            pulls = await self._pulls(api, commits, messages, asked, _web_url(comparison))
+            named = list(dict.fromkeys(commit.pull for commit in commits if commit.pull is not None))
+            (commits, learnt), described = await asyncio.gather(self._ask_commits(api, commits),
+                                                                self._describe(api, named[:MAX_LOOKUPS]))
+        messages = {item["sha"]: _message(item) for item in listed}
+        known, web_url = {**learnt, **described}, _web_url(comparison)
+        numbers = dict.fromkeys(commit.pull for commit in commits if commit.pull is not None)
+        pulls = tuple(known.get(number) or told_pull(number, commits, messages, web_url) for number in numbers)
         total = comparison.get("total_commits")
         return ChangeSet(base=older, head=newer, direction=FORWARD, commits=commits, pulls=pulls,
                          files=tuple(entry["filename"] for entry in comparison.get("files") or ()
@@ -129,26 +135,32 @@ class GitHubSource:
     # -- the comparison -------------------------------------------------------------
 
     async def _comparison(self, api: _Api, older: str, newer: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The compare's first page, and the commits of every page read (oldest first)."""
+        """The compare's first page, and the newest MAX_COMMITS commits of the
+        comparison, oldest first (GitHub's order): page 1, then the pages the
+        ``Link`` header's ``last`` says the newest are on."""
         reply = await api.get(f"{self._repo}/compare/{_quoted(older)}...{_quoted(newer)}",
                               params={"per_page": str(PAGE_SIZE)})
         if reply.status == 404:
             raise await self._missing(api, older, newer, reply)
         first = api.expect(reply, f"GitHub would not compare {older} with {newer}")
         listed = list(first.get("commits") or [])
-        next_url = reply.next_url
-        while next_url is not None and len(listed) < MAX_COMMITS:
-            if not api.serves(next_url):
-                log.warning("GitHub's next page of %s...%s is on another host (%s); keeping %d commits",
-                            older, newer, next_url, len(listed))
-                break
-            reply = await api.get(next_url)
-            page = api.expect(reply, f"GitHub would not compare {older} with {newer}").get("commits") or []
-            if not page:
-                break
-            listed.extend(page)
-            next_url = reply.next_url
-        return first, listed[:MAX_COMMITS]
+        pages = _newest_pages(reply.last_url, len(listed), first.get("total_commits"))
+        if pages and not api.serves(pages[0]):
+            log.warning("GitHub's pages of %s...%s are on another host (%s); keeping the first",
+                        older, newer, pages[0])
+            pages = []
+        if pages and _page_of(pages[0]) > 2:
+            listed = []  # page 1 only held older commits than those kept
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def page(url: str) -> list[dict[str, Any]]:
+            async with limit:
+                body = api.expect(await api.get(url), f"GitHub would not compare {older} with {newer}")
+                return list(body.get("commits") or [])
+
+        for commits in await asyncio.gather(*(page(url) for url in pages)):
+            listed.extend(commits)
+        return first, listed[-MAX_COMMITS:]
 
     async def _missing(self, api: _Api, older: str, newer: str, reply: _Reply) -> Exception:
         """Why the compare was a 404: which tag is missing (or the repository)."""
@@ -179,8 +191,9 @@ class GitHubSource:
 
     async def _ask_commits(self, api: _Api, commits: Sequence[Commit]
                            ) -> tuple[tuple[Commit, ...], dict[int, PullRequest]]:
-        """Ask GitHub for the pull request of (at most MAX_LOOKUPS) commits that
-        name none; the commits with what was learnt, and the pulls found."""
+        """Ask GitHub for the pull request of (at most MAX_LOOKUPS, newest first)
+        commits that name none; the commits with what was learnt, and the
+        pull requests found."""
         unnamed = [commit for commit in commits if commit.pull is None][:MAX_LOOKUPS]
         replies = await _each(api, [f"{self._repo}/commits/{commit.sha}/pulls" for commit in unnamed])
         found: dict[str, PullRequest] = {}
@@ -194,18 +207,12 @@ class GitHubSource:
                        for commit in commits)
         return learnt, {pull.number: pull for pull in found.values()}
 
-    async def _pulls(self, api: _Api, commits: Sequence[Commit], messages: Mapping[str, str],
-                     known: Mapping[int, PullRequest], web_url: str | None) -> tuple[PullRequest, ...]:
-        """Every pull request of the range, in the order of its newest commit:
-        as GitHub describes it where asked, else as its commits tell it."""
-        numbers = list(dict.fromkeys(commit.pull for commit in commits if commit.pull is not None))
-        to_ask = [number for number in numbers if number not in known][:MAX_LOOKUPS]
-        replies = await _each(api, [f"{self._repo}/pulls/{number}" for number in to_ask])
-        described = dict(known)
-        for number, reply in zip(to_ask, replies):
-            if reply is not None and reply.ok and isinstance(reply.body, dict) and reply.body.get("number") == number:
-                described[number] = _pull(reply.body)
-        return tuple(described.get(number) or told_pull(number, commits, messages, web_url) for number in numbers)
+    async def _describe(self, api: _Api, numbers: Sequence[int]) -> dict[int, PullRequest]:
+        """Pull requests ``numbers`` as GitHub describes them (those it answers for)."""
+        replies = await _each(api, [f"{self._repo}/pulls/{number}" for number in numbers])
+        return {number: _pull(reply.body) for number, reply in zip(numbers, replies)
+                if reply is not None and reply.ok and isinstance(reply.body, dict)
+                and reply.body.get("number") == number}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -232,7 +239,7 @@ class _Reply:
     status: int
     body: Any
     headers: Mapping[str, str]
-    next_url: str | None = None  # the Link header's rel="next"
+    last_url: str | None = None  # the Link header's rel="last"
 
     @property
     def ok(self) -> bool:
@@ -286,9 +293,9 @@ class _Api:
         url = URL(path_or_url, encoded=True) if absolute else URL(str(self._base) + path_or_url, encoded=True)
         try:
             async with self._session.get(url, params=params, headers=self._headers) as response:
-                next_link = response.links.get("next")
+                last_link = response.links.get("last")
                 reply = _Reply(response.status, _json(await response.read()), response.headers,
-                               str(next_link["url"]) if next_link is not None else None)
+                               str(last_link["url"]) if last_link is not None else None)
         except aiohttp.ClientError as error:
             raise SourceUnavailable(f"cannot reach GitHub ({error or type(error).__name__})") from None
         self._refuse_unavailable(reply)
@@ -346,6 +353,27 @@ def _message(item: Mapping[str, Any]) -> str:
 def _pull(body: Mapping[str, Any]) -> PullRequest:
     return PullRequest(number=body["number"], title=str(body.get("title") or ""),
                        author=(body.get("user") or {}).get("login"), url=body.get("html_url"))
+
+
+def _newest_pages(last_url: str | None, page_size: int, total: Any) -> list[str]:
+    """The URLs of pages 2 to last that hold the newest MAX_COMMITS commits
+    (GitHub pages a comparison oldest first, ``page_size`` a page), made from
+    the ``last`` page's URL as GitHub gave it."""
+    if last_url is None or page_size <= 0:
+        return []
+    last = URL(last_url)
+    last_page = _page_of(last_url)
+    if not isinstance(total, int):
+        total = last_page * page_size
+    first_needed = max(2, (total - MAX_COMMITS) // page_size + 1)
+    return [str(last.update_query(page=str(number))) for number in range(first_needed, last_page + 1)]
+
+
+def _page_of(url: str) -> int:
+    try:
+        return int(URL(url).query.get("page", "1"))
+    except ValueError:
+        return 1
 
 
 def _web_url(comparison: Mapping[str, Any]) -> str | None:

@@ -141,9 +141,11 @@ def through_merges(commits: Sequence[Commit], parents: Mapping[str, Sequence[str
     Merges are taken oldest first, so that a pull merged into another
     pull's branch keeps its own commits."""
     pulls = {commit.sha: commit.pull for commit in commits}
-    merges = [(commit, _ancestors(parents[commit.sha][:1], parents)) for commit in commits
+    merges = [commit for commit in commits
               if commit.pull is not None and MERGED_PULL.match(commit.title) and len(parents.get(commit.sha, ())) > 1]
-    for merge, mainline in sorted(merges, key=lambda item: len(item[1])):  # fewer ancestors: older
+    # a merge's ancestors come before it: fewer ancestors, older
+    for merge in sorted(merges, key=lambda commit: len(_ancestors([commit.sha], parents))):
+        mainline = _ancestors(parents[merge.sha][:1], parents)
         for sha in _ancestors(parents[merge.sha][1:], parents, stop=mainline):
             if sha in pulls and pulls[sha] is None:
                 pulls[sha] = merge.pull

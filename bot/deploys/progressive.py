@@ -219,9 +219,8 @@ class StageWatch:
         """When each check is next measured; None: never yet measured in this
         stage and not yet due (it is measured at the latest when the pause ends)."""
         started = datetime.fromisoformat(stage.watch_started_at) if stage.watch_started_at else self.now()
-        last: dict[str, datetime] = {}
-        for measured in self.store.rollouts.measurements(rollout.deploy_id, stage.position):
-            last[measured.check] = datetime.fromisoformat(measured.at)
+        tally = self.store.rollouts.stage_tally(rollout.deploy_id, stage.position)
+        last = {check: datetime.fromisoformat(at) for check, (at, _, _) in tally.items()}
         due: dict[str, datetime | None] = {}
         for name in stage.analysis:
             interval = timedelta(seconds=self.check(name).interval)
@@ -264,13 +263,13 @@ class StageWatch:
         return await self._decide(deploy, rollout, stage, results)
 
     async def _decide(self, deploy: Deploy, rollout: Rollout, stage: Stage, results: list[Any]) -> Verdict | None:
-        measured = self.store.rollouts.measurements(deploy.id, stage.position)
+        tally = self.store.rollouts.stage_tally(deploy.id, stage.position)
         for result in results:
             check = self.check(result.check)
             counts = result.verdict == "fail" or (result.verdict == "inconclusive" and check.inconclusive == "fail")
             if counts:
-                failures = sum(1 for m in measured if m.check == result.check and (
-                    m.verdict == "fail" or (m.verdict == "inconclusive" and check.inconclusive == "fail")))
+                _, failed, inconclusive = tally.get(result.check, ("", 0, 0))
+                failures = failed + (inconclusive if check.inconclusive == "fail" else 0)
                 evidence = escape(result.detail)
                 self.views.thread(deploy, f":x: {stage.label}: {evidence} "
                                           f"({failures} of {check.failure_limit} failed measurement(s) allowed "

@@ -31,6 +31,7 @@ from bot.alerts.relay import AlertRelay
 from bot.config import Config
 from bot.deploys.nudges import Nudges
 from bot.deploys.rollbacks import RollbackPlans, Rollbacks
+from bot.changes.deployments import GitHubDeployments
 from bot.changes.lookup import ChangeLookups
 from bot.deploys.analysis import Prometheus
 from bot.deploys.progressive import StageWatch
@@ -109,6 +110,7 @@ class Slipway:
     steering: RolloutSteering | None = None  # Promote, Pause, Resume, Abort of staged rollouts
     analysis: AnalysisClient | None = None  # the Prometheus the rollouts' metric gates ask
     lookups: ChangeLookups | None = None  # what a request ships and whether its artifacts exist
+    github_deployments: GitHubDeployments | None = None  # GitHub Deployments and Releases mirroring deploys
 
     def start_workers(self) -> None:
         """Start the work that needs no request: only in the process that
@@ -117,6 +119,8 @@ class Slipway:
         self.runner.recover()
         if self.lookups is not None:
             self.lookups.recover()  # requests a previous Slipway was still looking up
+        if self.github_deployments is not None:
+            self.github_deployments.start()  # sends what a previous Slipway left queued too
         self.nudges.start()  # expiry and reminders
         self.rollbacks.auto_rollback_pages()  # automatic rollbacks a previous Slipway decided on and did not start
 
@@ -127,6 +131,8 @@ class Slipway:
         await self.nudges.close()
         await self.tasks.close()
         await self.outbox.close()
+        if self.github_deployments is not None:
+            await self.github_deployments.close()
 
     async def close(self) -> None:
         await self.metrics.loop_monitor.close()
@@ -137,6 +143,8 @@ class Slipway:
         await self.outbox.close()  # before the session it shares is closed
         if self.client.session is not None:
             await self.client.session.close()
+        if self.github_deployments is not None:
+            await self.github_deployments.close()
         if self.analysis is not None:
             await self.analysis.close()
 
@@ -157,6 +165,8 @@ def subscribe(slipway: Slipway) -> None:
     bus.subscribe(DeployChanged, slipway.nudges.deploy_changed)  # its requester is told of news by DM
     bus.subscribe(DeployChanged, slipway.home_tabs.changed)
     bus.subscribe(DeployChanged, slipway.runner.start_if_approved)  # the final approval starts it
+    if slipway.github_deployments is not None:
+        bus.subscribe(DeployChanged, slipway.github_deployments.deploy_changed)  # its GitHub deployment follows
     if relay is not None:
         bus.subscribe(DeployChanged, relay.deploy_changed)  # rolled back: its alerts stop offering a rollback
     # requests that wait
@@ -291,6 +301,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     nudges = Nudges(config, store, workflow, messages, directory, events, tasks, clock)
     reports = EngineReports(store)
     lookups = ChangeLookups(config, store, events, tasks, environ, messages)
+    github_deployments = GitHubDeployments(config, store, messages, environ)
     runner = DeployRunner(config, store, messages, events, tasks, reports, blocked_reason=workflow.blocked_reason,
                           reopen_if_stale=nudges.reopen_if_stale, observe_executor=metrics.observe_executor,
                           environ=environ, watch=watch, **({"verify_sleep": verify_time.sleep,
@@ -305,7 +316,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
     slipway = Slipway(config, store, client, bolt, events, workflow, messages, tasks, reports, rollbacks, runner,
                       outbox, relay, nudges, home_tabs, status_replies, metrics, Health(store, client), settings.socket_mode,
                       environ, signing_secret=settings.signing_secret or "", steering=steering,
-                      analysis=analysis, lookups=lookups)
+                      analysis=analysis, lookups=lookups, github_deployments=github_deployments)
     subscribe(slipway)
     handlers.register(bolt, slipway)
     return slipway

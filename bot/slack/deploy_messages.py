@@ -26,7 +26,7 @@ from bot.events import DeployChanged, DeployPosted, EventBus, MessagePosted, Mes
 from bot.runtime.logs import current_deploy
 from bot.slack.blocks import deploy_blocks
 from bot.slack.failures import failure_of
-from bot.slack.mrkdwn import deploy_fallback_text
+from bot.slack.mrkdwn import MAX_SPARKLINE, deploy_fallback_text
 from bot.slack.outbox import Outbox
 from bot.slack.ship_report import read_rollout
 from store import Deploy, DeployNotFound, DeployStatus, Store, deploy_message_key
@@ -64,7 +64,8 @@ class DeployMessageView:
         target, note = self._rollback_offer(deploy)
         stale = () if deploy.status != DeployStatus.AWAITING_APPROVAL else tuple(
             a.user_id for a in deploy.approvals if a.user_id not in self._workflow.fresh_approvals(deploy))
-        rollout = read_rollout(self._workflow.store, self._workflow.config, deploy.id)
+        # the last value and a sparkline of at most MAX_SPARKLINE per check: only those are read
+        rollout = read_rollout(self._workflow.store, self._workflow.config, deploy.id, recent=MAX_SPARKLINE)
         blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
                                rollback_to=target, rollback_note=note, stale_approvals=stale, rollout=rollout)
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}

@@ -44,16 +44,20 @@ MAX_REPORT_ROLLOUT = 12000  # characters of the report's rollout record (a Slack
 MAX_REPORT_CHANGES = 12000  # characters of the report's pull requests and commits
 
 
-def read_rollout(store: Store, config: Config, deploy_id: int, now: datetime | None = None) -> RolloutFacts | None:
-    """The rollout of ``deploy_id`` with its stage line and every measurement,
-    None for a deploy without one. ``now``: the wall clock by default, which
-    the runner's stage deadlines are stamped with."""
+def read_rollout(store: Store, config: Config, deploy_id: int, now: datetime | None = None, *,
+                 recent: int | None = None) -> RolloutFacts | None:
+    """The rollout of ``deploy_id`` with its stage line and every measurement
+    (``recent``: only the last so many of each check of each stage, all a
+    message shows), None for a deploy without one. ``now``: the wall clock by
+    default, which the runner's stage deadlines are stamped with."""
     rollout = store.rollouts.get(deploy_id)
     if rollout is None:
         return None
     now = now or datetime.now(timezone.utc)
     checks = config.analysis.checks if config.analysis is not None else {}
-    return RolloutFacts(rollout, stage_line(rollout, now), tuple(store.rollouts.measurements(deploy_id)), checks)
+    measured = store.rollouts.measurements(deploy_id) if recent is None else \
+        store.rollouts.recent_measurements(deploy_id, recent)
+    return RolloutFacts(rollout, stage_line(rollout, now), tuple(measured), checks)
 
 
 def ship_report(store: Store, config: Config, deploy: Deploy) -> str:
