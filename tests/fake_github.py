@@ -42,7 +42,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 from yarl import URL
@@ -584,7 +583,8 @@ class FakeGitHub(FakeServer):
         if repository is None or sha is None:
             return await self._answer(call, _error(404, "Not Found", docs=REF_DOCS))
         ref = f"refs/{kind}/{name}"
-        body = {"ref": ref, "node_id": f"REF_{_sha(ref)[:16]}", "url": f"{self.url}/repos/{repository.full_name}/git/{ref}",
+        body = {"ref": ref, "node_id": f"REF_{_sha(ref)[:16]}",
+                "url": f"{self.url}/repos/{repository.full_name}/git/{ref}",
                 "object": {"sha": sha, "type": "commit",
                            "url": f"{self.url}/repos/{repository.full_name}/git/commits/{sha}"}}
         return await self._answer(call, web.json_response(body))

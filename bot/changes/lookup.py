@@ -74,7 +74,8 @@ class ChangeLookups:
         self.environ = environ
         self.views = views
         self.timeout = timeout
-        self._source_for = source_for or self._build_source
+        self._source_for = source_for or self._source
+        self._sources: dict[str, ChangeSource | None] = {}  # one per service: a git mirror's fetches are shared
         self._running: dict[int, asyncio.Task[str | None]] = {}
         self._cache: dict[tuple[str, str, str], ChangeSet] = {}
 
@@ -213,6 +214,11 @@ class ChangeLookups:
                        migration_files=migration_files(found.files, changes.migration_paths)), None
 
     # -- sources --------------------------------------------------------------------------
+
+    def _source(self, service_name: str) -> ChangeSource | None:
+        if service_name not in self._sources:
+            self._sources[service_name] = self._build_source(service_name)
+        return self._sources[service_name]
 
     def _build_source(self, service_name: str) -> ChangeSource | None:
         changes = self.config.services[service_name].changes
