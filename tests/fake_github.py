@@ -24,6 +24,29 @@ tags and pull requests, built by the test):
 * ``GET /repos/{owner}/{repo}/pulls/{number}`` (``pull``);
 * ``GET /repos/{owner}/{repo}/git/ref/{ref}`` (``ref``), e.g. ``tags/v1.0.0``.
 
+and what Slipway writes there (see :class:`Deployment`, :class:`Release`):
+
+* ``POST /repos/{owner}/{repo}/deployments`` (``create_deployment``) — 201;
+  422 for a ``ref`` GitHub cannot resolve ("No ref found for: X"); 409 when
+  ``auto_merge`` (true unless sent false) would have to merge the default
+  branch into a ref behind it (a tag or sha cannot take a merge);
+* ``GET /repos/{owner}/{repo}/deployments`` (``deployments``) — newest
+  first, with the ``sha``, ``ref``, ``task`` and ``environment`` filters;
+* ``POST /repos/{owner}/{repo}/deployments/{id}/statuses``
+  (``create_deployment_status``) — 201; 422 for a ``state`` not in GitHub's
+  list; a ``success`` makes earlier non-transient, non-production
+  deployments of the environment ``inactive`` (``auto_inactive``);
+* ``GET /repos/{owner}/{repo}/deployments/{id}/statuses``
+  (``deployment_statuses``) — newest first;
+* ``GET /repos/{owner}/{repo}/releases/tags/{tag}`` (``release_by_tag``) —
+  404 when there is none;
+* ``POST /repos/{owner}/{repo}/releases`` (``create_release``) — 201; 422
+  ``already_exists`` when the tag has a release (a missing tag is made at
+  ``target_commitish``, the default branch by default).
+
+A repository made ``writable=False`` answers every write 403, as GitHub
+answers a token without the permission.
+
 It checks the bearer token, knows which workflows exist and which inputs
 each accepts, titles runs from a ``run-name`` template, plays each run
 through a scripted list of statuses (one per poll), records every call, and
@@ -54,6 +77,13 @@ COMMIT_PULLS_DOCS = "https://docs.github.com/rest/commits/commits#list-pull-requ
 PULL_DOCS = "https://docs.github.com/rest/pulls/pulls#get-a-pull-request"
 REF_DOCS = "https://docs.github.com/rest/git/refs#get-a-reference"
 REPO_DOCS = "https://docs.github.com/rest/repos/repos#get-a-repository"
+DEPLOYMENT_DOCS = "https://docs.github.com/rest/deployments/deployments#create-a-deployment"
+LIST_DEPLOYMENTS_DOCS = "https://docs.github.com/rest/deployments/deployments#list-deployments"
+STATUS_DOCS = "https://docs.github.com/rest/deployments/statuses#create-a-deployment-status"
+LIST_STATUSES_DOCS = "https://docs.github.com/rest/deployments/statuses#list-deployment-statuses"
+RELEASE_BY_TAG_DOCS = "https://docs.github.com/rest/releases/releases#get-a-release-by-tag-name"
+RELEASE_DOCS = "https://docs.github.com/rest/releases/releases#create-a-release"
+DEPLOYMENT_STATES = ("error", "failure", "inactive", "in_progress", "queued", "pending", "success")
 WEB = "https://github.com"
 COMPARE_UNPAGED = 250  # commits a compare lists without per_page/page: the newest ones
 COMPARE_FILES = 300  # files a compare lists at most
@@ -210,6 +240,9 @@ class Repository:
     tags: dict[str, str] = field(default_factory=dict)  # name -> sha
     pulls: dict[int, Pull] = field(default_factory=dict)
     head: str | None = None  # the default branch's tip
+    writable: bool = True  # False: writes are refused 403, as for a token without the permission
+    deployments: dict[int, "Deployment"] = field(default_factory=dict)
+    releases: dict[str, "Release"] = field(default_factory=dict)  # tag name -> its release
     _made: itertools.count = field(default_factory=itertools.count, repr=False)
 
     # -- building it ----------------------------------------------------------------
@@ -302,6 +335,131 @@ class Repository:
         return sorted((pull for pull in having if pull.merged or not on_main), key=lambda pull: -pull.number)
 
 
+# -- what is written there: deployments, their statuses, releases ----------------------
+
+
+@dataclass
+class DeploymentStatus:
+    """One status of a :class:`Deployment`."""
+
+    id: int
+    state: str
+    description: str
+    environment: str
+    environment_url: str
+    log_url: str
+    created_at: datetime
+    automatic: bool = False  # made by GitHub itself (auto_inactive), not asked for
+
+    def as_json(self, api_url: str, repository: str, deployment: "Deployment", login: str) -> dict[str, Any]:
+        return {
+            "url": f"{api_url}/repos/{repository}/deployments/{deployment.id}/statuses/{self.id}",
+            "id": self.id,
+            "node_id": f"DES_{_sha('status', str(self.id))[:16]}",
+            "state": self.state,
+            "creator": _user(login),
+            "description": self.description,
+            "environment": self.environment,
+            "target_url": self.log_url,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.created_at),
+            "deployment_url": f"{api_url}/repos/{repository}/deployments/{deployment.id}",
+            "repository_url": f"{api_url}/repos/{repository}",
+            "environment_url": self.environment_url,
+            "log_url": self.log_url,
+            "performed_via_github_app": None,
+        }
+
+
+@dataclass
+class Deployment:
+    """A deployment of a :class:`Repository`, as created through the API."""
+
+    id: int
+    sha: str
+    ref: str
+    task: str
+    payload: Any
+    environment: str
+    description: str | None
+    transient_environment: bool
+    production_environment: bool
+    auto_merge: bool  # as asked (a deployment is only made when no merge was needed)
+    required_contexts: list[str] | None  # as asked (None: not sent, every context)
+    created_at: datetime
+    login: str = "slipway-bot"  # whose token made it
+    statuses: list[DeploymentStatus] = field(default_factory=list)  # oldest first
+
+    @property
+    def states(self) -> list[str]:
+        """The states it was given, oldest first (GitHub's own inactive ones included)."""
+        return [status.state for status in self.statuses]
+
+    @property
+    def state(self) -> str | None:
+        return self.statuses[-1].state if self.statuses else None
+
+    def as_json(self, api_url: str, repository: str) -> dict[str, Any]:
+        updated = self.statuses[-1].created_at if self.statuses else self.created_at
+        return {
+            "url": f"{api_url}/repos/{repository}/deployments/{self.id}",
+            "id": self.id,
+            "node_id": f"DE_{_sha('deployment', str(self.id))[:16]}",
+            "sha": self.sha,
+            "ref": self.ref,
+            "task": self.task,
+            "payload": self.payload,
+            "original_environment": self.environment,
+            "environment": self.environment,
+            "description": self.description,
+            "creator": _user(self.login),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(updated),
+            "statuses_url": f"{api_url}/repos/{repository}/deployments/{self.id}/statuses",
+            "repository_url": f"{api_url}/repos/{repository}",
+            "transient_environment": self.transient_environment,
+            "production_environment": self.production_environment,
+            "performed_via_github_app": None,
+        }
+
+
+@dataclass
+class Release:
+    """A release of a :class:`Repository`."""
+
+    id: int
+    tag_name: str
+    target_commitish: str
+    name: str | None
+    body: str | None
+    draft: bool
+    prerelease: bool
+    created_at: datetime
+    login: str = "slipway-bot"
+
+    def as_json(self, api_url: str, repository: str) -> dict[str, Any]:
+        return {
+            "url": f"{api_url}/repos/{repository}/releases/{self.id}",
+            "html_url": f"{WEB}/{repository}/releases/tag/{self.tag_name}",
+            "assets_url": f"{api_url}/repos/{repository}/releases/{self.id}/assets",
+            "upload_url": f"https://uploads.github.com/repos/{repository}/releases/{self.id}/assets{{?name,label}}",
+            "tarball_url": f"{api_url}/repos/{repository}/tarball/{self.tag_name}",
+            "zipball_url": f"{api_url}/repos/{repository}/zipball/{self.tag_name}",
+            "id": self.id,
+            "node_id": f"RE_{_sha('release', str(self.id))[:16]}",
+            "tag_name": self.tag_name,
+            "target_commitish": self.target_commitish,
+            "name": self.name,
+            "body": self.body,
+            "draft": self.draft,
+            "prerelease": self.prerelease,
+            "created_at": _iso(self.created_at),
+            "published_at": None if self.draft else _iso(self.created_at),
+            "author": _user(self.login),
+            "assets": [],
+        }
+
+
 # -- the server ------------------------------------------------------------------------
 
 
@@ -309,7 +467,10 @@ class Repository:
 class Failure:
     """An answer to give instead of the real one, to the next call of ``route``."""
 
-    route: str  # "dispatch", "runs" (the listing), "run", "cancel"; "repo", "compare", "commit_pulls", "pull", "ref"
+    # "dispatch", "runs" (the listing), "run", "cancel"; "repo", "compare", "commit_pulls", "pull", "ref";
+    # "create_deployment", "deployments", "create_deployment_status", "deployment_statuses", "release_by_tag",
+    # "create_release"
+    route: str
     status: int  # 0: the real answer (after ``delay``)
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "Server Error"
@@ -384,6 +545,7 @@ class FakeGitHub(FakeServer):
         app = web.Application()
         self._add_actions_routes(app)
         self._add_contents_routes(app)
+        self._add_deployments_routes(app)
         return app
 
     def _add_actions_routes(self, app: web.Application) -> None:
@@ -402,6 +564,15 @@ class FakeGitHub(FakeServer):
         app.router.add_get(repo + "/pulls/{number:\\d+}", self._get_pull)
         app.router.add_get(repo + "/git/ref/{ref:.+}", self._get_ref)
 
+    def _add_deployments_routes(self, app: web.Application) -> None:
+        repo = self.prefix + "/repos/{owner}/{repo}"
+        app.router.add_post(repo + "/deployments", self._create_deployment)
+        app.router.add_get(repo + "/deployments", self._list_deployments)
+        app.router.add_post(repo + "/deployments/{deployment_id}/statuses", self._create_deployment_status)
+        app.router.add_get(repo + "/deployments/{deployment_id}/statuses", self._list_deployment_statuses)
+        app.router.add_get(repo + "/releases/tags/{tag:.+}", self._release_by_tag)
+        app.router.add_post(repo + "/releases", self._create_release)
+
     async def stop(self) -> None:
         self._stopping.set()
         await super().stop()
@@ -415,6 +586,10 @@ class FakeGitHub(FakeServer):
     def dispatches(self) -> list[Call]:
         """The dispatches GitHub accepted."""
         return [call for call in self.calls_to("dispatch") if call.status in (200, 204)]
+
+    def deployments_of(self, full_name: str) -> list[Deployment]:
+        """The deployments made in ``full_name``, oldest first."""
+        return sorted(self.repositories[full_name].deployments.values(), key=lambda deployment: deployment.id)
 
     # -- the API --------------------------------------------------------------------
 
@@ -589,6 +764,160 @@ class FakeGitHub(FakeServer):
                            "url": f"{self.url}/repos/{repository.full_name}/git/commits/{sha}"}}
         return await self._answer(call, web.json_response(body))
 
+    # -- deployments, their statuses, releases -----------------------------------------
+
+    async def _create_deployment(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        call, refused = await self._admit(request, "create_deployment", body)
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        if repository is None:
+            return await self._answer(call, _error(404, "Not Found", docs=DEPLOYMENT_DOCS))
+        if not repository.writable:
+            return await self._answer(call, _error(403, "Resource not accessible by personal access token",
+                                                   docs=DEPLOYMENT_DOCS))
+        if not isinstance(body, dict) or not isinstance(body.get("ref"), str):
+            return await self._answer(call, _error(422, 'Invalid request.\n\n"ref" wasn\'t supplied.',
+                                                   docs=DEPLOYMENT_DOCS))
+        ref = body["ref"]
+        sha = repository.resolve(ref.removeprefix("refs/tags/").removeprefix("refs/heads/"))
+        if sha is None:
+            return await self._answer(call, _error(422, f"No ref found for: {ref}", docs=DEPLOYMENT_DOCS))
+        problem = _deployment_problem(body)
+        if problem is not None:
+            return await self._answer(call, _validation_failed("Deployment", problem, DEPLOYMENT_DOCS))
+        auto_merge = body.get("auto_merge", True)
+        if auto_merge and repository.head is not None and repository.head not in repository.ancestors(sha):
+            # behind the default branch: GitHub would merge it into the ref, which a tag or a sha cannot take
+            return await self._answer(call, _error(
+                409, f"Conflict merging {repository.default_branch} into {ref}.", docs=DEPLOYMENT_DOCS))
+        environment = body.get("environment", "production")
+        payload = body.get("payload", {})
+        if isinstance(payload, str):
+            try:
+                payload = json.loads(payload) if payload else {}
+            except ValueError:
+                pass
+        deployment = Deployment(
+            next(self._ids), sha, ref, body.get("task", "deploy"), payload, environment, body.get("description"),
+            bool(body.get("transient_environment", False)),
+            bool(body.get("production_environment", environment == "production")), bool(auto_merge),
+            body.get("required_contexts"), datetime.now(timezone.utc))
+        repository.deployments[deployment.id] = deployment
+        answer = web.json_response(deployment.as_json(self.url, repository.full_name), status=201)
+        return await self._answer(call, self._after_effect(call) or answer)
+
+    async def _list_deployments(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "deployments")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        if repository is None:
+            return await self._answer(call, _error(404, "Not Found", docs=LIST_DEPLOYMENTS_DOCS))
+        query = request.query
+        listed = [deployment for deployment in sorted(repository.deployments.values(), key=lambda d: -d.id)
+                  if all(query[name] == str(getattr(deployment, name))
+                         for name in ("sha", "ref", "task", "environment") if name in query)]
+        per_page = min(max(_page_number(query.get("per_page"), 30), 1), 100)
+        page = max(_page_number(query.get("page"), 1), 1)
+        shown = listed[(page - 1) * per_page:page * per_page]
+        return await self._answer(call, web.json_response(
+            [deployment.as_json(self.url, repository.full_name) for deployment in shown]))
+
+    async def _create_deployment_status(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        call, refused = await self._admit(request, "create_deployment_status", body)
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository, deployment = self._deployment_of(request)
+        if repository is None or deployment is None:
+            return await self._answer(call, _error(404, "Not Found", docs=STATUS_DOCS))
+        if not repository.writable:
+            return await self._answer(call, _error(403, "Resource not accessible by personal access token",
+                                                   docs=STATUS_DOCS))
+        if not isinstance(body, dict) or "state" not in body:
+            return await self._answer(call, _error(422, 'Invalid request.\n\n"state" wasn\'t supplied.',
+                                                   docs=STATUS_DOCS))
+        if body["state"] not in DEPLOYMENT_STATES:
+            return await self._answer(call, _validation_failed("DeploymentStatus", "state", STATUS_DOCS))
+        if len(str(body.get("description") or "")) > 140:
+            return await self._answer(call, _validation_failed("DeploymentStatus", "description", STATUS_DOCS))
+        if "environment" in body:
+            deployment.environment = str(body["environment"])
+        now = datetime.now(timezone.utc)
+        status = DeploymentStatus(next(self._ids), body["state"], str(body.get("description") or ""),
+                                  deployment.environment, str(body.get("environment_url") or ""),
+                                  str(body.get("log_url") or body.get("target_url") or ""), now)
+        deployment.statuses.append(status)
+        if status.state == "success" and body.get("auto_inactive", True):
+            for earlier in repository.deployments.values():
+                if earlier.id < deployment.id and earlier.environment == deployment.environment \
+                        and not earlier.transient_environment and not earlier.production_environment \
+                        and earlier.state == "success":
+                    earlier.statuses.append(DeploymentStatus(next(self._ids), "inactive", "", earlier.environment,
+                                                             "", "", now, automatic=True))
+        answer = web.json_response(status.as_json(self.url, repository.full_name, deployment, deployment.login),
+                                   status=201)
+        return await self._answer(call, self._after_effect(call) or answer)
+
+    async def _list_deployment_statuses(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "deployment_statuses")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository, deployment = self._deployment_of(request)
+        if repository is None or deployment is None:
+            return await self._answer(call, _error(404, "Not Found", docs=LIST_STATUSES_DOCS))
+        listed = [status.as_json(self.url, repository.full_name, deployment, deployment.login)
+                  for status in reversed(deployment.statuses)]
+        return await self._answer(call, web.json_response(listed))
+
+    async def _release_by_tag(self, request: web.Request) -> web.Response:
+        call, refused = await self._admit(request, "release_by_tag")
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        release = repository.releases.get(request.match_info["tag"]) if repository is not None else None
+        if repository is None or release is None:
+            return await self._answer(call, _error(404, "Not Found", docs=RELEASE_BY_TAG_DOCS))
+        return await self._answer(call, web.json_response(release.as_json(self.url, repository.full_name)))
+
+    async def _create_release(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        call, refused = await self._admit(request, "create_release", body)
+        if refused is not None:
+            return await self._answer(call, refused)
+        repository = self._repository_of(request)
+        if repository is None:
+            return await self._answer(call, _error(404, "Not Found", docs=RELEASE_DOCS))
+        if not repository.writable:
+            return await self._answer(call, _error(403, "Resource not accessible by personal access token",
+                                                   docs=RELEASE_DOCS))
+        if not isinstance(body, dict) or not isinstance(body.get("tag_name"), str) or not body["tag_name"]:
+            return await self._answer(call, _validation_failed("Release", "tag_name", RELEASE_DOCS, "missing_field"))
+        tag = body["tag_name"]
+        if tag in repository.releases:
+            return await self._answer(call, _validation_failed("Release", "tag_name", RELEASE_DOCS, "already_exists"))
+        target = str(body.get("target_commitish") or repository.default_branch)
+        if tag not in repository.tags:  # GitHub tags target_commitish for it
+            sha = repository.resolve(target)
+            if sha is None:
+                return await self._answer(call, _validation_failed("Release", "target_commitish", RELEASE_DOCS))
+            repository.tags[tag] = sha
+        release = Release(next(self._ids), tag, target, body.get("name"), body.get("body"),
+                          bool(body.get("draft", False)), bool(body.get("prerelease", False)),
+                          datetime.now(timezone.utc))
+        repository.releases[tag] = release
+        answer = web.json_response(release.as_json(self.url, repository.full_name), status=201)
+        return await self._answer(call, self._after_effect(call) or answer)
+
+    def _deployment_of(self, request: web.Request) -> tuple[Repository | None, Deployment | None]:
+        repository = self._repository_of(request)
+        wanted = request.match_info["deployment_id"]
+        if repository is None or not wanted.isdigit():
+            return repository, None
+        return repository, repository.deployments.get(int(wanted))
+
     def _repository_of(self, request: web.Request) -> Repository | None:
         """The repository a request names, as ``owner/repo`` or as ``repositories/{id}``."""
         if "repository_id" in request.match_info:
@@ -658,6 +987,28 @@ def _dispatch_problem(workflow: Workflow, body: Any, run_details: str) -> str | 
     if missing:
         return f"Required input '{missing[0]}' not provided"
     return None
+
+
+def _deployment_problem(body: dict[str, Any]) -> str | None:
+    """The field GitHub's validation of a new deployment would name, or None."""
+    if "required_contexts" in body and not (isinstance(body["required_contexts"], list) and all(
+            isinstance(context, str) for context in body["required_contexts"])):
+        return "required_contexts"
+    if "payload" in body and not isinstance(body["payload"], (dict, str)):
+        return "payload"
+    for flag in ("auto_merge", "transient_environment", "production_environment"):
+        if flag in body and not isinstance(body[flag], bool):
+            return flag
+    if "environment" in body and not (isinstance(body["environment"], str) and body["environment"]):
+        return "environment"
+    return None
+
+
+def _validation_failed(resource: str, field_name: str, docs: str, code: str = "invalid") -> web.Response:
+    """GitHub's 422 for a field it refused."""
+    return web.json_response({"message": "Validation Failed",
+                              "errors": [{"resource": resource, "code": code, "field": field_name}],
+                              "documentation_url": docs, "status": "422"}, status=422)
 
 
 def _matches(run: Run, query: Any) -> bool:

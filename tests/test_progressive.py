@@ -116,6 +116,9 @@ async def test_an_abort_before_full_traffic_returns_traffic_and_locks(harness: H
     assert any(lock.environment == "production" for lock in harness.store.locks.all("api"))
     assert harness.store.rollouts.get(deploy_id).outcome == "aborted"
     assert harness.slipway.rollbacks.plans.offer(deploy)[0] is None  # nothing was replaced: no Rollback
+    # the DORA figures read it as a failed change restored at the abort
+    [times] = [t for t in harness.store.reads.finished_since("2000-01-01") if t.id == deploy_id]
+    assert times.aborted_from == harness.store.rollouts.get(deploy_id).stage(2).started_at
     assert stage_states(harness, deploy_id)[1] == ("25%", "aborted")
     thread = [c.args.get("text", "") for c in harness.fake.calls_to("chat.postMessage") if c.args.get("thread_ts")]
     last_word = next(text for text in thread if text.startswith(":octagonal_sign: api 2.7.0 aborted at 25%"))

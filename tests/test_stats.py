@@ -180,6 +180,17 @@ def test_a_failed_rollback_keeps_the_outage_open_and_is_no_change() -> None:
     assert production.per_day is None and production.lead_times == []
 
 
+def test_a_rollout_aborted_before_full_traffic_is_a_failed_change_restored_at_the_abort() -> None:
+    from dataclasses import replace
+
+    aborted = replace(times(1, "failed", T, T + 2 * H), aborted_from=(T + H).isoformat())  # stage began at T+1h
+    records = [aborted, times(2, "succeeded", T + 5 * H, T + 6 * H)]
+    (production,) = dora(records, ["production"], NOW, 30)
+    assert (production.failures, production.finished) == (1, 2)  # a failed change
+    # restored at the abort (the stable version never left), not at the next success
+    assert production.restore_times == [3600.0] and production.unrestored == 0
+
+
 def test_outages_are_per_service() -> None:
     records = [times(1, "failed", T, T + H, service="api"), times(2, "succeeded", T, T + 2 * H, service="web")]
     (production,) = dora(records, ["production"], NOW, 30)
