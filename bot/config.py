@@ -139,6 +139,7 @@ class Environment(_Model):
     checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = []
     roles: Roles = Roles()
     auto_rollback: bool = False  # roll back at once on a page-level alert tied to a deploy here
+    queue: bool = False  # a request while another of the service is in flight here waits in line, not refused
     bake: Bake | None = None  # the watch after full traffic, before the deploy counts as succeeded
     # added to the checklist of a deploy that carries a migration (only where approvals are asked)
     migration_checklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_CHECKLIST_TEXT)]], Field(max_length=MAX_CHECKLIST_ITEMS)] = list(DEFAULT_MIGRATION_CHECKLIST)
@@ -492,6 +493,15 @@ class Service(_Model):
     strategy: dict[str, Strategy] = {}  # keyed by environment name; absent: direct
     changes: Changes | None = None  # where the commits and pull requests being shipped are read
     artifacts: Artifacts | None = None  # what must exist before a version may be requested
+    owners: list[str] = []  # who the service belongs to: user ids and usergroup handles
+    channel: Annotated[str, Field(min_length=1)] | None = None  # its deploy messages (and their threads) go here
+    mirror_to_main_channel: bool = False  # and one line linking to each goes to the main channel
+    approvals: dict[str, Approvals] = {}  # per environment: replaces the environment's approvals for this service
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_format(cls, owners: list[str]) -> list[str]:
+        return _check_people(owners)
 
     @property
     def looked_up(self) -> bool:
@@ -616,6 +626,24 @@ class Config(_Model):
                 return env
         raise KeyError(name)
 
+    def environment_for(self, service: str, name: str) -> Environment:
+        """Environment ``name`` as it applies to ``service``: with the
+        service's own ``approvals`` there, when it has them, replacing the
+        environment's (its approvers are then the ``approve`` role there,
+        whatever ``roles.approve`` says; on a rung without approvals they add
+        them). The checklist and every other role stay the environment's."""
+        environment = self.environment(name)
+        own = self.services[service].approvals.get(name) if service in self.services else None
+        if own is None:
+            return environment
+        return environment.model_copy(update={"approvals": own,
+                                              "roles": environment.roles.model_copy(update={"approve": None})})
+
+    def channel_of(self, service: str) -> str:
+        """Where ``service``'s deploy messages go: its own channel, else the main one."""
+        own = self.services[service].channel if service in self.services else None
+        return own or self.channel
+
     def freezes_at(self, environment: str, moment: datetime) -> list[FreezeWindow]:
         """Every freeze that covers ``environment`` at ``moment`` (the one
         question every freeze check asks), in config order."""
@@ -718,6 +746,13 @@ def _reference_problems(config: Config) -> list[tuple[list[Any], str]]:
                 problems.append(
                     (["services", service_name, "environments"], f"unknown environment {name!r}")
                 )
+        for name in service.approvals:
+            deploys_to = service.environments if service.environments is not None else names
+            if name not in names:
+                problems.append((["services", service_name, "approvals", name], f"unknown environment {name!r}"))
+            elif name not in deploys_to:
+                problems.append((["services", service_name, "approvals", name],
+                                 f"{service_name} does not deploy to {name} (services.{service_name}.environments)"))
         for name, strategy in service.strategy.items():
             where = ["services", service_name, "strategy", name]
             if name not in names:

@@ -68,9 +68,12 @@ class GitHubWrites:
         return due
 
     def next_attempt(self) -> str | None:
-        """When the earliest pending write may be tried (None: none pending)."""
+        """When the earliest write waiting for a retry may be tried (None: none
+        waits). A pending write never tried is due at once, or waits behind an
+        earlier one of its deploy that is itself waiting for a retry."""
         row = self._database.db.execute(
-            "SELECT min(coalesce(next_attempt_at, '')) FROM github_writes WHERE state = 'pending'").fetchone()
+            "SELECT min(next_attempt_at) FROM github_writes WHERE state = 'pending' "
+            "AND next_attempt_at IS NOT NULL").fetchone()
         return row[0] if row and row[0] is not None else None
 
     def pending_count(self) -> int:
@@ -100,6 +103,12 @@ class GitHubWrites:
             return self._database.db.execute(
                 "UPDATE github_writes SET state = 'failed', last_error = ? WHERE deploy_id = ? AND state = 'pending'",
                 [error, deploy_id]).rowcount
+
+    def refused(self, deploy_id: int) -> bool:
+        """Whether a write of ``deploy_id`` was already given up (and its thread told)."""
+        return self._database.db.execute(
+            "SELECT 1 FROM github_writes WHERE deploy_id = ? AND state = 'failed' LIMIT 1", [deploy_id]).fetchone() \
+            is not None
 
     def writes(self, deploy_id: int) -> list[dict[str, Any]]:
         """Every write of ``deploy_id`` as stored (for tests and /deploy show)."""

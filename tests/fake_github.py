@@ -241,8 +241,8 @@ class Repository:
     pulls: dict[int, Pull] = field(default_factory=dict)
     head: str | None = None  # the default branch's tip
     writable: bool = True  # False: writes are refused 403, as for a token without the permission
-    deployments: dict[int, "Deployment"] = field(default_factory=dict)
-    releases: dict[str, "Release"] = field(default_factory=dict)  # tag name -> its release
+    deployments: dict[int, Deployment] = field(default_factory=dict)
+    releases: dict[str, Release] = field(default_factory=dict)  # tag name -> its release
     _made: itertools.count = field(default_factory=itertools.count, repr=False)
 
     # -- building it ----------------------------------------------------------------
@@ -351,7 +351,7 @@ class DeploymentStatus:
     created_at: datetime
     automatic: bool = False  # made by GitHub itself (auto_inactive), not asked for
 
-    def as_json(self, api_url: str, repository: str, deployment: "Deployment", login: str) -> dict[str, Any]:
+    def as_json(self, api_url: str, repository: str, deployment: Deployment, login: str) -> dict[str, Any]:
         return {
             "url": f"{api_url}/repos/{repository}/deployments/{deployment.id}/statuses/{self.id}",
             "id": self.id,

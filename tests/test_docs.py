@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-DICT_KEYS = {"services": "<name>", "verify": "<environment>", "strategy": "<environment>", "checks": "<check>"}
+DICT_KEYS = {"services": "<name>", "verify": "<environment>", "strategy": "<environment>", "checks": "<check>",
+             "approvals": "<environment>"}
 # A rollback engine takes exactly the keys of a deploy engine; the reference
 # says so once instead of repeating them.
 SAME_AS = ("services.<name>.rollback.", "services.<name>.deploy.")

@@ -123,7 +123,7 @@ class ChangeLookups:
             record = {**(record or {}), "artifact_problems": problems}
         migration_checklist = None
         if change_set is not None and change_set.migration_files and not deploy.migration and not rollback:
-            environment = self.config.environment(deploy.environment)
+            environment = self.config.environment_for(deploy.service, deploy.environment)
             migration_checklist = list(environment.migration_checklist) if environment.approvals else []
         refusal = None
         with self.store.transaction():

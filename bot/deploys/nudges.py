@@ -91,7 +91,7 @@ class Nudges:
                 await self.remind(deploy)
 
     def _reminder_due(self, deploy: Deploy, now: datetime) -> bool:
-        approvals = self.config.environment(deploy.environment).approvals
+        approvals = self.config.environment_for(deploy.service, deploy.environment).approvals
         interval = approvals.remind_every if approvals is not None else DEFAULT_REMIND_EVERY
         if interval is None or deploy.message_ts is None or not self.workflow.required_approvals(deploy):
             return False
@@ -102,7 +102,7 @@ class Nudges:
         """One line in the request's thread naming who can still approve it:
         the ``approve`` role, and the ``override`` role on a request that
         overrides a freeze, less whoever has already approved."""
-        environment = self.config.environment(deploy.environment)
+        environment = self.config.environment_for(deploy.service, deploy.environment)
         roles = (["approve"] if environment.approvals else []) + (["override"] if deploy.override_reason else [])
         entries = [entry for role in roles for entry in (role_holders(environment, role).entries or ())]
         fresh = self.workflow.fresh_approvals(deploy)
@@ -161,7 +161,7 @@ class Nudges:
                   f"{required - len(fresh)} more needed")
         # waiting again, it gets a lifetime of its own: the one it was requested
         # with may have run out while it waited to start
-        lifetime = self.workflow.expire_after(self.config.environment(deploy.environment))
+        lifetime = self.workflow.expire_after(self.config.environment_for(deploy.service, deploy.environment))
         expires_at = stamp(self.clock() + timedelta(seconds=lifetime))
         try:
             with self.store.transaction():

@@ -43,7 +43,7 @@ def resolve_environment(config: Config, service: str, name: str | None) -> Envir
     """The environment ``name`` (default: the service's first rung)."""
     rungs = config.environments_of(service)
     if name is None:
-        return config.environment(rungs[0])
+        return config.environment_for(service, rungs[0])
     if name not in config.environment_names:
         ladder = " → ".join(config.environment_names)
         raise UnknownEnvironment(f"`{escape(name)}` is not an environment. The ladder is {ladder}.")
@@ -51,7 +51,7 @@ def resolve_environment(config: Config, service: str, name: str | None) -> Envir
         raise UnknownEnvironment(
             f"`{service}` is not deployed to `{name}`; its environments are {', '.join(rungs)}."
         )
-    return config.environment(name)
+    return config.environment_for(service, name)
 
 
 def check_request(config: Config, store: Store, service: str, version_text: str,

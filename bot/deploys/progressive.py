@@ -289,7 +289,7 @@ class StageWatch:
         """Pause the rollout for the analysis, and mention who may resume it."""
         if not self.store.rollouts.pause(deploy.id, ANALYSIS_ACTOR, reason, self.now()):
             return
-        environment = self.config.environment(deploy.environment)
+        environment = self.config.environment_for(deploy.service, deploy.environment)
         holders = role_holders(environment, "approve", deployer=deploy.requested_by) \
             if environment.approvals is not None else None
         who = mention(deploy.requested_by)

@@ -248,7 +248,7 @@ class Rollbacks:
                            deploy_id=current.id, source=source)
 
     def _holders(self, current: Deploy) -> RoleHolders:
-        return role_holders(self.config.environment(current.environment), "rollback", deployer=current.requested_by)
+        return role_holders(self.config.environment_for(current.service, current.environment), "rollback", deployer=current.requested_by)
 
     async def record(self, deploy_id: int, expected_target: str, user: str, source: str | None = None,
                     trigger_id: str | None = None, automatic: bool = False) -> Deploy:

@@ -88,7 +88,7 @@ class RolloutSteering:
     # -- who may --------------------------------------------------------------------------
 
     def _steerers(self, deploy: Deploy) -> RoleHolders:
-        environment = self.config.environment(deploy.environment)
+        environment = self.config.environment_for(deploy.service, deploy.environment)
         if environment.approvals is not None or environment.roles.approve is not None:
             return role_holders(environment, "approve")
         return role_holders(environment, "rollback", deployer=deploy.requested_by)
@@ -149,7 +149,7 @@ class RolloutSteering:
         the stable version; after it, the abort is a rollback. An engine
         call under way is waited for first."""
         deploy, rollout = self._rollout(deploy_id)
-        holders = role_holders(self.config.environment(deploy.environment), "rollback", deployer=deploy.requested_by)
+        holders = role_holders(self.config.environment_for(deploy.service, deploy.environment), "rollback", deployer=deploy.requested_by)
         await require_role(self.people, self.store, holders, user, doing=f"abort #{deploy.id}", attempted="abort",
                            deploy_id=deploy.id, source=source)
         why = reason or f"aborted by {mention(user)}"

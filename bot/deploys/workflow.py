@@ -213,7 +213,7 @@ class DeployWorkflow:
         return approvals.required if approvals else 0
 
     def _environment(self, deploy: Deploy) -> Environment:
-        return self.config.environment(deploy.environment)
+        return self.config.environment_for(deploy.service, deploy.environment)
 
     def get(self, deploy_id: int) -> Deploy:
         try:
