@@ -100,7 +100,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from benchlib import REPO_ROOT, checkout, percentile, versions
+from benchlib import REPO_ROOT, checkout, percentile, versions  # first of ours: puts this checkout on sys.path
 
 sys.path.insert(1, str(REPO_ROOT / "tests"))  # the fake GitHub lives with the tests
 

@@ -79,6 +79,16 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """One check's measurements in one stage, summed up."""
+
+    last_at: str
+    failed: int
+    inconclusive: int
+    last_verdict: str
+
+
+@dataclass(frozen=True)
 class Rollout:
     deploy_id: int
     strategy: str  # "canary", "blue_green" or "direct" (a direct deploy with a bake)
@@ -109,6 +119,8 @@ class Rollout:
         """Whether the old version is gone: a canary's 100% step or a
         blue-green release has been applied, or the rollout is baking (a
         direct deploy's engine replaced it). An abort from here is a rollback."""
+        if self.strategy == "direct":
+            return True  # a direct deploy's engine replaces the old version in its one call
         for stage in self.stages:
             if stage.state == PENDING:
                 continue
@@ -157,14 +169,19 @@ class Rollouts:
         rows = self._database.db.execute(sql + " ORDER BY id", params).fetchall()
         return [Measurement(*row) for row in rows]
 
-    def stage_tally(self, deploy_id: int, position: int) -> dict[str, tuple[str, int, int]]:
-        """Per check of stage ``position``: when it was last measured, how many
-        of its measurements failed and how many were inconclusive (one
-        indexed query, however long the stage has been watched)."""
+    def stage_tally(self, deploy_id: int, position: int) -> dict[str, Tally]:
+        """Per check of stage ``position``: when it was last measured and with
+        what verdict, how many of its measurements failed and how many were
+        inconclusive (indexed queries, however long the stage has been watched)."""
         rows = self._database.db.execute(
-            "SELECT check_name, max(at), sum(verdict = 'fail'), sum(verdict = 'inconclusive') FROM measurements "
-            "WHERE deploy_id = ? AND position = ? GROUP BY check_name", [deploy_id, position]).fetchall()
-        return {check: (last, failed, inconclusive) for check, last, failed, inconclusive in rows}
+            "SELECT check_name, max(at), sum(verdict = 'fail'), sum(verdict = 'inconclusive'), max(id) "
+            "FROM measurements WHERE deploy_id = ? AND position = ? GROUP BY check_name",
+            [deploy_id, position]).fetchall()
+        verdicts = dict(self._database.db.execute(
+            f"SELECT id, verdict FROM measurements WHERE id IN ({', '.join('?' for _ in rows)})",
+            [row[4] for row in rows]).fetchall()) if rows else {}
+        return {check: Tally(last, failed, inconclusive, verdicts[newest])
+                for check, last, failed, inconclusive, newest in rows}
 
     def recent_measurements(self, deploy_id: int, per_check: int) -> list[Measurement]:
         """The last ``per_check`` measurements of each check of each stage,
@@ -274,12 +291,12 @@ class Rollouts:
 
     def promote(self, deploy_id: int, position: int, user: str) -> bool:
         """Skip the rest of stage ``position``'s pause (once: False when it
-        was already promoted or has ended)."""
+        was already promoted, is not being watched, or has ended)."""
         with self._database.transaction():
             cursor = self._database.db.execute(
                 "UPDATE rollout_stages SET promoted_by = ?, promoted_at = ? WHERE deploy_id = ? AND position = ? "
-                "AND promoted_by IS NULL AND state IN (?, ?, ?)",
-                [user, self._database.now(), deploy_id, position, PENDING, APPLYING, WATCHING])
+                "AND promoted_by IS NULL AND state = ?",
+                [user, self._database.now(), deploy_id, position, WATCHING])
             return cursor.rowcount == 1
 
     def pause(self, deploy_id: int, user: str, reason: str, now: datetime) -> bool:

@@ -284,3 +284,109 @@ async def test_an_abort_during_an_engine_call_waits_for_it_then_aborts(harness: 
     assert deploy.status == DeployStatus.FAILED and deploy.status_reason.startswith("aborted at 5%"), \
         deploy.status_reason
     assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "0"]
+
+
+# -- what the review found: decisions that must survive, paths that must end the rollout ---------
+
+SCRIPTED_ENGINE = """
+import json, os, sys, time
+record, release, fail_at = sys.argv[1], sys.argv[2], sys.argv[3]
+weight = os.environ.get("SLIPWAY_WEIGHT", "")
+with open(record, "a") as out:
+    out.write(json.dumps({"env": {k: v for k, v in os.environ.items() if k.startswith("SLIPWAY_")}}) + "\\n")
+if weight == "0" or fail_at == "hold":  # an abort's call (or every call) waits until the test lets it go
+    while not os.path.exists(release):
+        time.sleep(0.02)
+sys.exit(1 if weight == fail_at else 0)
+"""
+
+
+def scripted(tmp_path: Path, record: Path, fail_at: str) -> dict:
+    script = tmp_path / "engine.py"
+    script.write_text(SCRIPTED_ENGINE)
+    import sys
+
+    return {"command": [sys.executable, str(script), str(record), str(tmp_path / "release"), fail_at]}
+
+
+async def test_an_abort_the_runner_decided_survives_a_restart_and_no_later_step_runs(
+        fake_slack, tmp_path: Path, record: Path, clock) -> None:
+    config = config_yaml({"api": {"deploy": scripted(tmp_path, record, "25"), "strategy": {"production": {
+        "canary": {"steps": [{"weight": 5}, {"weight": 25}, {"weight": 50}, {"weight": 100}]}}}}},
+        production={"requires": "staging"})
+    harness = await Harness(fake_slack, tmp_path / "slipway.db", config, clock).start()
+    try:
+        deploy_id = await ship_to_production(harness)
+        # the 25% call failed: the abort is decided and stored; its weight-0 call is held
+        await wait_for(lambda: [c["env"].get("SLIPWAY_WEIGHT") for c in engine_calls(record)] == ["5", "25", "0"],
+                       what="the abort's engine call")
+        assert harness.store.rollouts.get(deploy_id).abort_requested_by == "slipway"
+        await harness.restart()  # Slipway stops during the abort's engine call
+        (tmp_path / "release").touch()
+        await wait_for(lambda: harness.deploy(deploy_id).status == DeployStatus.FAILED, what="the abort")
+        await harness.settle()
+        weights = [c["env"].get("SLIPWAY_WEIGHT") for c in engine_calls(record)]
+        assert "50" not in weights and "100" not in weights and weights[-1] == "0", weights
+        assert harness.deploy(deploy_id).status_reason.startswith("aborted at 25%: the engine failed at 25%")
+    finally:
+        (tmp_path / "release").touch()
+        await harness.stop()
+
+
+async def test_a_direct_deploy_with_a_bake_aborted_before_its_bake_is_rolled_back(
+        fake_slack, tmp_path: Path, record: Path, clock) -> None:
+    config = config_yaml({"api": {"deploy": scripted(tmp_path, record, "hold")}},
+                         production={"requires": "staging", "bake": {"duration": "30s"}})
+    harness = await Harness(fake_slack, tmp_path / "slipway.db", config, clock).start()
+    try:
+        harness.mark_succeeded("api", "production", "2.6.0")
+        deploy_id = await ship_to_production(harness)
+        await wait_for(lambda: len(engine_calls(record)) == 1, what="the engine call")
+        said = await harness.slipway.steering.abort(deploy_id, "U0DAVE")
+        assert "rolls back" in said  # the direct engine replaced the old version: nothing to switch back to
+        (tmp_path / "release").touch()
+        await wait_for(lambda: harness.latest_deploy().rollback_of == deploy_id, what="the rollback")
+        rollback = harness.latest_deploy()
+        await wait_for(lambda: harness.deploy(rollback.id).status == DeployStatus.SUCCEEDED, what="its success")
+        assert rollback.version == "2.6.0" and harness.deploy(deploy_id).status == DeployStatus.FAILED
+        assert [c["env"]["SLIPWAY_VERSION"] for c in engine_calls(record)] == ["2.7.0", "2.6.0"]  # never 2.7.0 again
+    finally:
+        (tmp_path / "release").touch()
+        await harness.stop()
+
+
+@pytest.mark.rollout(bake=30)
+async def test_a_failed_engine_ends_the_rollout_with_the_deploy(harness: Harness, record: Path, tmp_path: Path) -> None:
+    await harness.stop()
+    harness.config_source = config_yaml({"api": {"deploy": engine("--exit", 1)}},
+                                        production={"requires": "staging", "bake": {"duration": "30s"}})
+    from bot.config import parse_config
+
+    harness.config = parse_config(harness.config_source)
+    await harness.start()
+    deploy_id = await ship_to_production(harness)
+    await harness.settle()
+    assert harness.deploy(deploy_id).status == DeployStatus.FAILED
+    rollout = harness.store.rollouts.get(deploy_id)
+    assert rollout.ended_at is not None and rollout.outcome == "failed"
+    assert harness.store.rollouts.in_progress() == []
+
+
+@pytest.mark.rollout(pauses=(0, 30, 0))
+async def test_two_promotes_at_once_promote_once_and_a_paused_rollout_is_not_promoted(
+        harness: Harness, record: Path) -> None:
+    from bot.errors import PolicyViolation
+
+    deploy_id = await ship_to_production(harness)
+    await wait_for(lambda: ("25%", "watching") in stage_states(harness, deploy_id), what="the 25% pause")
+    await harness.slipway.steering.pause(deploy_id, "U0DAVE")
+    with pytest.raises(PolicyViolation, match="resume it first"):
+        await harness.slipway.steering.promote(deploy_id, "U0DAVE", position=2)
+    await harness.slipway.steering.resume(deploy_id, "U0DAVE")
+    outcomes = await asyncio.gather(*(harness.slipway.steering.promote(deploy_id, user, position=2)
+                                      for user in ("U0DAVE", "U0DAVE")), return_exceptions=True)
+    assert sorted(type(o).__name__ for o in outcomes) == ["PolicyViolation", "str"]
+    await harness.settle()
+    assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)] == ["5", "25", "50", "100"]
+    refused = [e for e in harness.store.audit.events(deploy_id) if e.action == "refused"]
+    assert [e.detail["attempted"] for e in refused] == ["promote", "promote"]  # every refused click is audited

@@ -147,9 +147,10 @@ async def test_prometheus_gone_pauses_the_canary_and_a_click_resumes_it(
         assert rollout.paused_by == "slipway" and "inconclusive" in rollout.pause_reason
         inconclusive = [m for m in harness.store.rollouts.measurements(deploy_id) if m.verdict == "inconclusive"]
         assert inconclusive and "Prometheus unreachable" in inconclusive[-1].detail
-        thread = [c.args.get("text", "") for c in harness.fake.calls_to("chat.postMessage")
-                  if c.args.get("thread_ts")]
-        assert any("Paused" in text and "<@U0DAVE>" in text for text in thread)  # whoever may resume it is told
+        # whoever may resume it is told, in the thread (delivered by the outbox a moment after the pause)
+        await wait_for(lambda: any("Paused" in c.args.get("text", "") and "<@U0DAVE>" in c.args.get("text", "")
+                                   for c in harness.fake.calls_to("chat.postMessage") if c.args.get("thread_ts")),
+                       what="the pause's thread line")
     finally:
         real_prometheus.start()
     # Prometheus answers again (someone looked), and its 5 s rate window has left the gap of
@@ -192,6 +193,6 @@ async def test_a_failed_bake_rolls_back_where_auto_rollback_is_on(
         "error_rate"]
     await harness.settle()
     thread = [c.args.get("text", "") for c in harness.fake.calls_to("chat.postMessage") if c.args.get("thread_ts")]
-    assert any("Automatic rollback" in text and "the bake failed" in text for text in thread)
+    assert any("Automatic rollback" in text and "failed at the bake" in text for text in thread)
     assert [c["env"]["SLIPWAY_WEIGHT"] for c in engine_calls(record)[:4]] == ["5", "25", "50", "100"]
     assert engine_calls(record)[4]["env"]["SLIPWAY_ROLLBACK_OF"] == str(deploy_id)

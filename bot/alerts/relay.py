@@ -344,6 +344,9 @@ class _Delivery:
             return rollout is not None and rollout.ended_at is None
         if deploy.rollback_of is not None or deploy.status not in (DeployStatus.SUCCEEDED, DeployStatus.FAILED):
             return False
+        if deploy.status == DeployStatus.FAILED and (rollout := self.store.rollouts.get(deploy.id)) is not None \
+                and rollout.outcome == "aborted":
+            return False  # aborted before full traffic: the stable version serves, nothing to roll back
         if deploy.finished_at and stored.starts_at:
             gap = (datetime.fromisoformat(stored.starts_at) - datetime.fromisoformat(deploy.finished_at))
             return gap.total_seconds() <= self.settings.correlation_window

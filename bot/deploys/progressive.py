@@ -35,8 +35,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.config import AnalysisCheck, Config
-from bot.deploys.analysis import Prometheus, PrometheusUnavailable, fill_query, format_value, judge, measure
-from bot.deploys.policy import role_holders
+from bot.deploys.analysis import (
+    Measurement,
+    Prometheus,
+    PrometheusUnavailable,
+    fill_query,
+    format_value,
+    judge,
+    measure,
+)
+from bot.deploys.policy import RoleHolders, role_holders
 from bot.deploys.ports import DeployViews, People
 from bot.events import DeployChanged, EventBus
 from bot.slack.mrkdwn import escape, mention
@@ -46,6 +54,7 @@ from store.rollouts import FAILED, PASSED, WATCHING
 log = logging.getLogger(__name__)
 
 ANALYSIS_ACTOR = "slipway"  # who the record says paused or aborted a rollout the analysis judged
+DEFAULT_INTERVAL = 30.0  # seconds between measurements of a check no longer in the config
 
 
 def plan_rollout(config: Config, deploy: Deploy) -> tuple[str, str, list[dict[str, Any]]] | None:
@@ -75,6 +84,16 @@ def plan_rollout(config: Config, deploy: Deploy) -> tuple[str, str, list[dict[st
     if not stages:
         return None
     return kind, on_failure, stages
+
+
+def steerers(config: Config, deploy: Deploy) -> RoleHolders:
+    """Who may promote, pause and resume ``deploy``'s rollout: the ``approve``
+    role of its environment (as it applies to the service); on a rung without
+    approvals, whoever requested it and the ``rollback`` role."""
+    environment = config.environment_for(deploy.service, deploy.environment)
+    if environment.approvals is not None or environment.roles.approve is not None:
+        return role_holders(environment, "approve")
+    return role_holders(environment, "rollback", deployer=deploy.requested_by)
 
 
 def stage_line(rollout: Rollout, now: datetime) -> str:
@@ -148,9 +167,11 @@ class StageWatch:
     def forget(self, deploy_id: int) -> None:
         self._pokes.pop(deploy_id, None)
 
+    def checks(self) -> dict[str, AnalysisCheck]:
+        return self.config.analysis.checks if self.config.analysis is not None else {}
+
     def check(self, name: str) -> AnalysisCheck:
-        assert self.config.analysis is not None  # check-config refuses checks without an analysis block
-        return self.config.analysis.checks[name]
+        return self.checks()[name]
 
     # -- baselines -------------------------------------------------------------------------
 
@@ -198,32 +219,52 @@ class StageWatch:
                 await self._wait(deploy.id, None)
                 continue
             now = self.now()
+            tally = self.store.rollouts.stage_tally(deploy.id, position)
+            if (stage.kind == "bake" or rollout.on_failure == "abort") and (
+                    spent := self._limit_reached(stage, tally)) is not None:
+                return Verdict("failed", spent)  # decided before a restart, not yet acted on
             due = self._due(rollout, stage)
             ends = datetime.fromisoformat(stage.ends_at) if stage.ends_at else now
             if now >= ends:
-                unmeasured = [name for name, at in due.items() if at is None]
-                if not unmeasured:
+                # every check's last word in the stage must be a pass: one never measured is measured
+                # now, one whose last measurement failed or said nothing is measured again when due
+                unsettled = {name: due[name] for name in stage.analysis
+                             if name not in tally or tally[name].last_verdict != "pass"}
+                if not unsettled:
                     return Verdict("passed", self._passed_text(deploy, stage))
-                ready = unmeasured
+                ready = [name for name, at in unsettled.items() if name not in tally or at is None or at <= now]
+                wake = [at for at in unsettled.values() if at is not None]
             else:
                 ready = [name for name, at in due.items() if at is not None and at <= now]
+                wake = [at for at in due.values() if at is not None] + [ends]
             if ready:
                 verdict = await self._measure(deploy, rollout, stage, ready)
                 if verdict is not None:
                     return verdict
                 continue
-            wake = [at for at in due.values() if at is not None] + [ends]
-            await self._wait(deploy.id, (min(wake) - now).total_seconds())
+            await self._wait(deploy.id, max(0.0, (min(wake) - now).total_seconds()) if wake else None)
+
+    def _limit_reached(self, stage: Stage, tally: dict[str, Any]) -> str | None:
+        """Why the stage has failed already, if a check reached its failure limit in it."""
+        for name in stage.analysis:
+            check = self.checks().get(name)
+            if check is None or name not in tally:
+                continue
+            failures = tally[name].failed + (tally[name].inconclusive if check.inconclusive == "fail" else 0)
+            if failures >= check.failure_limit:
+                return f"{escape(name)}: {failures} failed measurement(s) in {stage.label}"
+        return None
 
     def _due(self, rollout: Rollout, stage: Stage) -> dict[str, datetime | None]:
         """When each check is next measured; None: never yet measured in this
         stage and not yet due (it is measured at the latest when the pause ends)."""
         started = datetime.fromisoformat(stage.watch_started_at) if stage.watch_started_at else self.now()
         tally = self.store.rollouts.stage_tally(rollout.deploy_id, stage.position)
-        last = {check: datetime.fromisoformat(at) for check, (at, _, _) in tally.items()}
+        last = {check: datetime.fromisoformat(summed.last_at) for check, summed in tally.items()}
         due: dict[str, datetime | None] = {}
         for name in stage.analysis:
-            interval = timedelta(seconds=self.check(name).interval)
+            check = self.checks().get(name)
+            interval = timedelta(seconds=check.interval if check is not None else DEFAULT_INTERVAL)
             if name in last:
                 due[name] = last[name] + interval
             else:
@@ -241,15 +282,22 @@ class StageWatch:
         full = rollout.full_traffic
         results = []
         for name in names:
-            check = self.check(name)
+            check = self.checks().get(name)
+            if check is None:  # the config was reloaded without it: nothing to judge by, so nothing promotes
+                results.append(Measurement(name, None, None, "inconclusive",
+                                           f"{name}: the check is no longer in the config"))
+                continue
             baseline = rollout.baselines.get(name) if full and check.baseline_query else None
             if prometheus is None:
                 results.append(judge(name, check, None, None))
                 continue
             if full and check.baseline_query and baseline is None:
-                # the stable version is gone and no baseline was kept: judged by max alone
-                check = check.model_copy(update={"max_ratio": None, "baseline_query": None,
-                                                 "max": check.max if check.max is not None else float("inf")})
+                # the stable version is gone and no baseline was kept: a ratio cannot be judged
+                # (inconclusive, unless the absolute ceiling alone fails it)
+                value = await measure(prometheus, name, check.model_copy(update={"baseline_query": None}),
+                                      **self._values(deploy))
+                results.append(judge(name, check, value.value, None) if value.verdict != "inconclusive" else value)
+                continue
             results.append(await measure(prometheus, name, check, **self._values(deploy), baseline=baseline))
         at = self.now()
         for result in results:
@@ -263,41 +311,47 @@ class StageWatch:
         return await self._decide(deploy, rollout, stage, results)
 
     async def _decide(self, deploy: Deploy, rollout: Rollout, stage: Stage, results: list[Any]) -> Verdict | None:
+        """What this round of measurements decides: failures are counted (and
+        may fail the stage) before an inconclusive result may pause it."""
         tally = self.store.rollouts.stage_tally(deploy.id, stage.position)
         for result in results:
-            check = self.check(result.check)
-            counts = result.verdict == "fail" or (result.verdict == "inconclusive" and check.inconclusive == "fail")
-            if counts:
-                _, failed, inconclusive = tally.get(result.check, ("", 0, 0))
-                failures = failed + (inconclusive if check.inconclusive == "fail" else 0)
-                evidence = escape(result.detail)
-                self.views.thread(deploy, f":x: {stage.label}: {evidence} "
-                                          f"({failures} of {check.failure_limit} failed measurement(s) allowed "
-                                          f"in this stage)" if failures < check.failure_limit else
-                                  f":x: {stage.label}: {evidence}")
-                if failures >= check.failure_limit:
-                    if stage.kind == "bake" or rollout.on_failure == "abort":
-                        return Verdict("failed", evidence)
-                    await self.pause_for(deploy, f"{stage.label}: {evidence} (on_failure: pause)")
-                    return None
-            elif result.verdict == "inconclusive":
+            check = self.checks().get(result.check)
+            if check is None:
+                continue
+            if not (result.verdict == "fail" or (result.verdict == "inconclusive" and check.inconclusive == "fail")):
+                continue
+            summed = tally.get(result.check)
+            failures = (summed.failed + (summed.inconclusive if check.inconclusive == "fail" else 0)) if summed else 1
+            evidence = escape(result.detail)
+            if failures < check.failure_limit:
+                self.views.thread(deploy, f":x: {stage.label}: {evidence} ({failures} of {check.failure_limit} "
+                                          "failed measurement(s) allowed in this stage)")
+                continue
+            self.views.thread(deploy, f":x: {stage.label}: {evidence}")
+            if stage.kind == "bake" or rollout.on_failure == "abort":
+                return Verdict("failed", evidence)
+            await self.pause_for(deploy, f"{stage.label}: {evidence} (on_failure: pause)")
+            return None
+        for result in results:
+            check = self.checks().get(result.check)
+            if result.verdict == "inconclusive" and (check is None or check.inconclusive == "pause"):
                 await self.pause_for(deploy, f"{stage.label}: inconclusive, {escape(result.detail)}")
                 return None
         return None
 
     async def pause_for(self, deploy: Deploy, reason: str) -> None:
         """Pause the rollout for the analysis, and mention who may resume it."""
-        if not self.store.rollouts.pause(deploy.id, ANALYSIS_ACTOR, reason, self.now()):
-            return
-        environment = self.config.environment_for(deploy.service, deploy.environment)
-        holders = role_holders(environment, "approve", deployer=deploy.requested_by) \
-            if environment.approvals is not None else None
-        who = mention(deploy.requested_by)
-        if holders is not None and holders.entries:
-            who = await self.people.mentions(list(holders.entries))
-        self.views.thread(deploy, f":double_vertical_bar: Paused: {reason}. Nothing is promoted until someone "
-                                  f"looks: {who}, press Resume (or Abort) on the message.")
-        self.events.publish(DeployChanged(deploy.id))
+        holders = steerers(self.config, deploy)
+        named = [await self.people.mentions(list(holders.entries))] if holders.entries else []
+        if holders.deployer is not None:
+            named.append(mention(holders.deployer))
+        who = "anyone" if holders.entries is None else (", ".join(named) or "an approver")
+        with self.store.transaction():
+            if not self.store.rollouts.pause(deploy.id, ANALYSIS_ACTOR, reason, self.now()):
+                return
+            self.views.thread(deploy, f":double_vertical_bar: Paused: {reason}. Nothing is promoted until someone "
+                                      f"looks: {who}, press Resume (or Abort) on the message.")
+            self.events.publish(DeployChanged(deploy.id))
 
     def _passed_text(self, deploy: Deploy, stage: Stage) -> str:
         last: dict[str, Any] = {}

@@ -136,6 +136,7 @@ class RollbackPlans:
 
 
 AUTO_ROLLBACK_ACTOR = "slipway"  # who the audit log says started an automatic rollback
+PAGE_ABORT = "a page-level alert"  # how an abort asked for by an alert begins its reason
 
 
 class Rollbacks:
@@ -182,7 +183,7 @@ class Rollbacks:
             deploy = self.store.deploys.get(deploy_id)
             if self.abort_rollout is not None and deploy.status in (
                     DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING):
-                if self.abort_rollout(deploy_id, "a page-level alert (auto_rollback)"):
+                if self.abort_rollout(deploy_id, PAGE_ABORT + " (auto_rollback)"):
                     # the runner aborts it; at full traffic that is itself a rollback, intended anew
                     self.store.intents.settle(AUTO_ROLLBACK, deploy_id, "rollout aborted")
                     return
@@ -190,8 +191,9 @@ class Rollbacks:
             rollout = self.store.rollouts.get(deploy_id)
             if rollout is not None and rollout.abort_requested_by not in (None, AUTO_ROLLBACK_ACTOR):
                 user, source = rollout.abort_requested_by, "slack:abort"  # a person's abort at full traffic
-            elif rollout is not None and rollout.outcome == "failed":
-                source = "rollout:bake_failed"
+            elif rollout is not None and rollout.outcome == "failed" and not (
+                    rollout.abort_reason or "").startswith(PAGE_ABORT):
+                source = "rollout:failed"  # the analysis (or the engine) failed it at full traffic
             try:
                 plan = self.plans.plan(deploy_id)
                 rollback = await self.record(deploy_id, plan.target.version, user, source=source, automatic=True)
@@ -205,7 +207,7 @@ class Rollbacks:
 
     @staticmethod
     def _why_automatic(source: str | None) -> str:
-        return {"slack:abort": "The abort at full traffic", "rollout:bake_failed": "The failed bake"}.get(
+        return {"slack:abort": "The abort at full traffic", "rollout:failed": "The failed rollout"}.get(
             source or "", "A page-level alert")
 
     @staticmethod
@@ -214,9 +216,9 @@ class Rollbacks:
         if automatic and source == "slack:abort":
             return (f":rewind: {mention(user)} aborted #{undone.id} after it took all traffic, so rollback "
                     f"#{rollback.id} runs: {plan.text}.")
-        if automatic and source == "rollout:bake_failed":
-            return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}, "
-                    f"the bake failed): {plan.text}.")
+        if automatic and source == "rollout:failed":
+            return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}: "
+                    f"{undone.status_reason}): {plan.text}.")
         if automatic:
             return (f":rewind: Automatic rollback #{rollback.id} (auto_rollback on {undone.environment}, "
                     f"page-level alert): {plan.text}.")

@@ -74,6 +74,8 @@ class DeployRunner:
         self.verify_sleep = verify_sleep
         self.verify_clock = verify_clock
         self._deploy_tasks: dict[int, asyncio.Task] = {}  # the deploys running now
+        self._engine_busy: set[int] = set()  # the deploys whose engine call is under way
+        self._draining = False  # Slipway is stopping: no rollout starts its next step
         self._claimed_runs: set[int] = set()  # GitHub runs followed by some deploy
         self.observe_executor = observe_executor  # GET /metrics
         self.blocked_reason = blocked_reason  # the policy, checked at the start
@@ -115,6 +117,7 @@ class DeployRunner:
             return [task for deploy_id, task in self._deploy_tasks.items()
                     if not task.done() and self._runs_locally(deploy_id) and self._engine_may_run(deploy_id)]
 
+        self._draining = True
         local = waited_for()
         if local and timeout > 0:
             log.info("waiting up to %.0f s for %d command deploy(s) to finish", timeout, len(local))
@@ -127,14 +130,12 @@ class DeployRunner:
         return [deploy_id for deploy_id, task in self._deploy_tasks.items() if not task.done()]
 
     def _engine_may_run(self, deploy_id: int) -> bool:
-        """Whether the deploy's engine is (or is about to be) running: not
-        while a rollout's stage or bake is watched."""
-        rollout = self.store.rollouts.get(deploy_id)
-        if rollout is None:
+        """Whether the deploy's engine is (or may soon be) running: a staged
+        deploy's only while an engine call (a step, an abort) is under way,
+        not while a stage or the bake is watched."""
+        if self.store.rollouts.get(deploy_id) is None:
             return True
-        current = rollout.current
-        return current is not None and current.state in (PENDING, APPLYING) and \
-            self.store.deploys.status_of(deploy_id) != DeployStatus.BAKING
+        return deploy_id in self._engine_busy
 
     def _runs_locally(self, deploy_id: int) -> bool:
         spec = self.engine_of(self.store.deploys.get(deploy_id))
@@ -320,6 +321,7 @@ class DeployRunner:
 
         # real elapsed time (monotonic), not the store's clock, which tests freeze
         started, outcome = time.monotonic(), "error"
+        self._engine_busy.add(deploy.id)
         try:
             if resume and job.stage_key is not None and deploy.reference.get("stage") != job.stage_key:
                 resume = False  # Slipway stopped before this step's call was recorded: it was never made
@@ -343,6 +345,7 @@ class DeployRunner:
             outcome = "cancelled"  # Slipway is stopping; a restart follows the engine up
             raise
         finally:
+            self._engine_busy.discard(deploy.id)
             seconds = time.monotonic() - started
             observe = self.observe_executor
             if observe is not None:
@@ -412,6 +415,8 @@ class DeployRunner:
                         self.views.thread(deploy, f":bread: At full traffic: baking for "
                                                   f"{format_duration(stage.pause_seconds)} before it counts as done.")
             elif stage.state in (PENDING, APPLYING):
+                if self._draining and stage.state == PENDING:
+                    return  # Slipway is stopping: the next step starts after the restart
                 again = stage.state == APPLYING
                 self.store.rollouts.apply_stage(deploy.id, position)
                 self.events.publish(DeployChanged(deploy.id))
@@ -425,6 +430,9 @@ class DeployRunner:
                     await self._stage_failed(deploy, spec, f"the engine failed at {stage.label}: "
                                                            f"{escape(outcome.summary)}")
                     return
+                if (requested := self.store.rollouts.get(deploy.id)).abort_requested_at is not None:
+                    await self._abort(deploy, spec, requested.abort_reason or "aborted")  # not after verifying
+                    return
                 if position == first_applied:
                     passed, why = await self._verify_stage(deploy)
                     if not passed:
@@ -433,17 +441,17 @@ class DeployRunner:
             verdict = await self.watch.watch(deploy, position)
             if not await self._after_watch(deploy, spec, stage, verdict):
                 return
-        self.store.rollouts.end(deploy.id, "passed")
         await self._finish(self.store.deploys.get(deploy.id), DeployStatus.SUCCEEDED, None,
                            allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING))
 
     async def _after_watch(self, deploy: Deploy, spec: DeployExecutor, stage: Stage, verdict: Verdict) -> bool:
         """Act on the watch's verdict; False when the rollout ended there."""
         if verdict.outcome in ("passed", "promoted"):
-            if self.store.rollouts.end_stage(deploy.id, stage.position, PASSED, verdict.decision):
-                icon = ":fast_forward:" if verdict.outcome == "promoted" else ":white_check_mark:"
-                self.views.thread(deploy, f"{icon} {stage.label}: {verdict.decision}.")
-                self.events.publish(DeployChanged(deploy.id))
+            with self.store.transaction():  # the decision and its thread line, together
+                if self.store.rollouts.end_stage(deploy.id, stage.position, PASSED, verdict.decision):
+                    icon = ":fast_forward:" if verdict.outcome == "promoted" else ":white_check_mark:"
+                    self.views.thread(deploy, f"{icon} {stage.label}: {verdict.decision}.")
+                    self.events.publish(DeployChanged(deploy.id))
             return True
         await (self._abort if verdict.outcome == "abort" else self._stage_failed)(deploy, spec, verdict.decision)
         return False
@@ -469,7 +477,11 @@ class DeployRunner:
         rollout = self.store.rollouts.get(deploy.id)
         assert rollout is not None
         if not rollout.full_traffic:
-            await self._abort(deploy, spec, reason, by=ANALYSIS_ACTOR)
+            # the decision is stored before the engine is called: a restart carries it out, never the next step
+            self.store.rollouts.request_abort(deploy.id, ANALYSIS_ACTOR, reason)
+            rollout = self.store.rollouts.get(deploy.id)
+            assert rollout is not None
+            await self._abort(deploy, spec, rollout.abort_reason or reason, by=rollout.abort_requested_by)
             return
         automatic = self.config.environment(deploy.environment).auto_rollback
         await self._end_at_full_traffic(deploy, rollout, f"failed at {self._where(rollout)}: {reason}",
@@ -504,7 +516,7 @@ class DeployRunner:
         outcome = await self._execute(deploy, spec, job, resume=deploy.reference.get("stage") == job.stage_key,
                                       rerun_if_lost=True)
         status_reason = f"aborted at {where}: {reason}"
-        if not outcome.succeeded:
+        if not outcome.succeeded:  # the new version may still serve its share: a rollback stays on offer
             status_reason += (f"; the engine could not return traffic to the stable version "
                               f"({escape(outcome.summary)}): check it now")
         who = "Slipway" if by == ANALYSIS_ACTOR else mention(by)
@@ -512,7 +524,7 @@ class DeployRunner:
         try:
             with self.store.transaction():
                 self.store.rollouts.end_stage(deploy.id, stage.position, ABORTED, reason)
-                self.store.rollouts.end(deploy.id, "aborted")
+                self.store.rollouts.end(deploy.id, "aborted" if outcome.succeeded else "abort_failed")
                 deploy = self.store.deploys.transition(
                     deploy.id, allowed_from=(DeployStatus.DEPLOYING, DeployStatus.VERIFYING), to=DeployStatus.FAILED,
                     actor=None if by == ANALYSIS_ACTOR else by, action="aborted", reason=status_reason)
@@ -521,7 +533,7 @@ class DeployRunner:
                 self.store.locks.block_version(deploy.service, deploy.environment, deploy.version, by,
                                                f"{lock_reason} (#{deploy.id})")
                 self.events.publish(DeployChanged(deploy.id))
-                self.views.thread(deploy, abort_text(deploy))
+                self.views.thread(deploy, abort_text(deploy) if outcome.succeeded else failure_text(deploy))
                 self._ship_report(deploy)
         except StateConflict:
             return
@@ -558,6 +570,8 @@ class DeployRunner:
             with self.store.transaction():
                 deploy = self.store.deploys.transition(deploy.id, allowed_from=allowed_from, to=status, actor=None,
                                                        action=status, reason=reason)
+                # a rollout ends with its deploy, whichever path ended it
+                self.store.rollouts.end(deploy.id, "passed" if status == DeployStatus.SUCCEEDED else "failed")
                 self.events.publish(DeployChanged(deploy.id))
                 self._tell_finished(deploy)
         except StateConflict:

@@ -24,11 +24,12 @@ from bot.deploys.policy import (
     role_holders,
 )
 from bot.deploys.ports import DeployViews, People
-from bot.deploys.progressive import StageWatch
+from bot.deploys.progressive import StageWatch, steerers
 from bot.errors import PolicyViolation, SlipwayError
 from bot.events import DeployChanged, EventBus
 from bot.slack.mrkdwn import mention
 from store import Deploy, DeployStatus, Rollout, Store
+from store.rollouts import WATCHING
 
 STEERABLE = (DeployStatus.DEPLOYING, DeployStatus.VERIFYING, DeployStatus.BAKING)
 
@@ -88,10 +89,12 @@ class RolloutSteering:
     # -- who may --------------------------------------------------------------------------
 
     def _steerers(self, deploy: Deploy) -> RoleHolders:
-        environment = self.config.environment_for(deploy.service, deploy.environment)
-        if environment.approvals is not None or environment.roles.approve is not None:
-            return role_holders(environment, "approve")
-        return role_holders(environment, "rollback", deployer=deploy.requested_by)
+        return steerers(self.config, deploy)
+
+    def _refuse(self, deploy: Deploy, user: str, attempted: str, message: str, source: str | None) -> PolicyViolation:
+        """A click the rollout's state does not allow: audited, and said why."""
+        self.store.audit.record(deploy.id, user, "refused", {"attempted": attempted, "why": message}, source)
+        return PolicyViolation(message)
 
     async def _require(self, deploy: Deploy, user: str, holders: RoleHolders, doing: str, attempted: str,
                        source: str | None) -> None:
@@ -104,43 +107,63 @@ class RolloutSteering:
         """Skip the rest of the current stage's pause (in the bake: end it now,
         and the deploy succeeds). ``position``: the stage the click was made
         on (a command means the current one). Returns what to tell the person."""
-        deploy, rollout = self._rollout(deploy_id)
+        deploy, _ = self._rollout(deploy_id)
         await self._require(deploy, user, self._steerers(deploy), f"promote #{deploy.id}", "promote", source)
+        rollout = self.store.rollouts.get(deploy.id)  # as it stands now, after the role check's wait
+        assert rollout is not None
         current = rollout.current
         if current is None or (position is not None and position != current.position):
-            raise PolicyViolation(f"#{deploy.id} has moved on since that button was drawn: it is now at "
-                                  f"{current.label if current else 'its end'}. Look again.")
-        if not self.store.rollouts.promote(deploy.id, current.position, user):
-            raise PolicyViolation(f"{current.label} of #{deploy.id} is already promoted.")
-        self.store.audit.record(deploy.id, user, "promoted", {"stage": current.label}, source)
+            raise self._refuse(deploy, user, "promote", f"#{deploy.id} has moved on since that button was drawn: it "
+                               f"is now at {current.label if current else 'its end'}. Look again.", source)
+        if rollout.paused:
+            raise self._refuse(deploy, user, "promote", f"#{deploy.id} is paused ({rollout.pause_reason}): resume "
+                               "it first, or abort it.", source)
+        if current.state != WATCHING:
+            raise self._refuse(deploy, user, "promote", f"{current.label} of #{deploy.id} is still being applied: "
+                               "promote skips a pause, so wait until it is watched.", source)
+        with self.store.transaction():
+            promoted = self.store.rollouts.promote(deploy.id, current.position, user)
+            if promoted:
+                self.store.audit.record(deploy.id, user, "promoted", {"stage": current.label}, source)
+                self.events.publish(DeployChanged(deploy.id))
+        if not promoted:  # the other of two clicks
+            raise self._refuse(deploy, user, "promote", f"{current.label} of #{deploy.id} is already promoted.", source)
         self.watch.poke(deploy.id)
-        self.events.publish(DeployChanged(deploy.id))
         what = "ends the bake now" if current.kind == "bake" else f"goes on from {current.label} without waiting"
         return f"Promoted: #{deploy.id} {what}."
 
     async def pause(self, deploy_id: int, user: str, source: str | None = None) -> str:
-        deploy, rollout = self._rollout(deploy_id)
+        deploy, _ = self._rollout(deploy_id)
         await self._require(deploy, user, self._steerers(deploy), f"pause #{deploy.id}", "pause", source)
         reason = f"paused by {mention(user)}"
-        if not self.store.rollouts.pause(deploy.id, user, reason, self.now()):
-            raise PolicyViolation(f"#{deploy.id} is already paused ({rollout.pause_reason}).")
-        self.store.audit.record(deploy.id, user, "paused", {}, source)
-        self.views.thread(deploy, f":double_vertical_bar: {mention(user)} paused the rollout at "
-                                  f"{rollout.current.label if rollout.current else 'its end'}; nothing is promoted "
-                                  "until someone resumes it.")
+        with self.store.transaction():
+            rollout = self.store.rollouts.get(deploy.id)
+            assert rollout is not None
+            paused = self.store.rollouts.pause(deploy.id, user, reason, self.now())
+            if paused:
+                self.store.audit.record(deploy.id, user, "paused", {}, source)
+                self.views.thread(deploy, f":double_vertical_bar: {mention(user)} paused the rollout at "
+                                          f"{rollout.current.label if rollout.current else 'its end'}; nothing is "
+                                          "promoted until someone resumes it.")
+                self.events.publish(DeployChanged(deploy.id))
+        if not paused:
+            raise self._refuse(deploy, user, "pause", f"#{deploy.id} is already paused ({rollout.pause_reason}).",
+                               source)
         self.watch.poke(deploy.id)
-        self.events.publish(DeployChanged(deploy.id))
         return f"Paused #{deploy.id}."
 
     async def resume(self, deploy_id: int, user: str, source: str | None = None) -> str:
-        deploy, rollout = self._rollout(deploy_id)
+        deploy, _ = self._rollout(deploy_id)
         await self._require(deploy, user, self._steerers(deploy), f"resume #{deploy.id}", "resume", source)
-        if not self.store.rollouts.resume(deploy.id, self.now()):
-            raise PolicyViolation(f"#{deploy.id} is not paused.")
-        self.store.audit.record(deploy.id, user, "resumed", {}, source)
-        self.views.thread(deploy, f":arrow_forward: {mention(user)} resumed the rollout.")
+        with self.store.transaction():
+            resumed = self.store.rollouts.resume(deploy.id, self.now())
+            if resumed:
+                self.store.audit.record(deploy.id, user, "resumed", {}, source)
+                self.views.thread(deploy, f":arrow_forward: {mention(user)} resumed the rollout.")
+                self.events.publish(DeployChanged(deploy.id))
+        if not resumed:
+            raise self._refuse(deploy, user, "resume", f"#{deploy.id} is not paused.", source)
         self.watch.poke(deploy.id)
-        self.events.publish(DeployChanged(deploy.id))
         return f"Resumed #{deploy.id}."
 
     async def abort(self, deploy_id: int, user: str, source: str | None = None, *,
@@ -148,16 +171,23 @@ class RolloutSteering:
         """Ask the runner to abort: before full traffic it returns traffic to
         the stable version; after it, the abort is a rollback. An engine
         call under way is waited for first."""
-        deploy, rollout = self._rollout(deploy_id)
-        holders = role_holders(self.config.environment_for(deploy.service, deploy.environment), "rollback", deployer=deploy.requested_by)
+        deploy, _ = self._rollout(deploy_id)
+        holders = role_holders(self.config.environment_for(deploy.service, deploy.environment), "rollback",
+                               deployer=deploy.requested_by)
         await require_role(self.people, self.store, holders, user, doing=f"abort #{deploy.id}", attempted="abort",
                            deploy_id=deploy.id, source=source)
         why = reason or f"aborted by {mention(user)}"
-        if not self.store.rollouts.request_abort(deploy.id, user, why):
-            raise PolicyViolation(f"An abort of #{deploy.id} is already under way.")
-        self.store.audit.record(deploy.id, user, "abort_requested", {"full_traffic": rollout.full_traffic}, source)
+        with self.store.transaction():
+            rollout = self.store.rollouts.get(deploy.id)
+            assert rollout is not None
+            requested = self.store.rollouts.request_abort(deploy.id, user, why)
+            if requested:
+                self.store.audit.record(deploy.id, user, "abort_requested", {"full_traffic": rollout.full_traffic},
+                                        source)
+                self.events.publish(DeployChanged(deploy.id))
+        if not requested:
+            raise self._refuse(deploy, user, "abort", f"An abort of #{deploy.id} is already under way.", source)
         self.watch.poke(deploy.id)
-        self.events.publish(DeployChanged(deploy.id))
         if rollout.full_traffic:
             return f"Aborting #{deploy.id}: the old version is gone, so this rolls back to the last good version."
         return f"Aborting #{deploy.id}: all traffic goes back to {deploy.previous_version or 'the stable version'}."

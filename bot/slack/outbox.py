@@ -292,11 +292,6 @@ class Outbox:
     async def _step(self) -> float | None:
         """Send one item if a channel is ready; else how long until one is
         (None: nothing is waiting)."""
-        if self.ack_first is not None:
-            # Before choosing and claiming, not only before the call: an ack in
-            # progress then shares the loop with none of this step's work, and an
-            # edit queued meanwhile still coalesces into the item it will send.
-            await self.ack_first.wait_turn()
         deliveries = self.store.outbox.next_deliveries()
         now = self._monotonic()
         ready = [d for d in deliveries if self._ready_at(d.item.channel) <= now]
@@ -355,6 +350,8 @@ class Outbox:
         self._turns[item.channel] = next(self._turn)
         self._in_call = True
         try:
+            if self.ack_first is not None:
+                await self.ack_first.wait_turn()
             response = await self._call(delivery)
         except asyncio.CancelledError:
             # close() ran out of patience: back in the queue (or, if even that
