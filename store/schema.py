@@ -297,11 +297,25 @@ def _m13_changes_and_github(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m14_many_teams(db: sqlite_utils.Database) -> None:
+    """Issue 14: API tokens (their hashes, never the tokens) and a deploy queue."""
+    db["api_tokens"].create(
+        {"id": int, "name": str, "token_hash": str, "scopes": str, "created_at": str, "expires_at": str,
+         "revoked_at": str, "last_used_at": str},
+        pk="id", not_null={"name", "token_hash", "scopes", "created_at"},
+    )
+    db["api_tokens"].create_index(["token_hash"], unique=True)
+    db["api_tokens"].create_index(["name"], unique=True)
+    # a queued request's place in line (its id orders the queue; queued_at is when it joined)
+    db["deploys"].add_column("queued_at", str)
+    db["deploys"].create_index(["service", "environment", "queued_at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_execution, _m3_alerts_and_outbox, _m4_alert_message_index,
     _m5_roles_overrides_and_blocks, _m6_stale_requests_and_migrations, _m7_alerts_by_deploy,
     _m8_rolled_back_at, _m9_slack_views, _m10_lease, _m11_alert_relay_indexes, _m12_progressive_delivery,
-    _m13_changes_and_github]
+    _m13_changes_and_github, _m14_many_teams]
 
 
 def migrate(db: sqlite_utils.Database, now: str) -> int:

@@ -78,6 +78,21 @@ class ChangeLookups:
         self._sources: dict[str, ChangeSource | None] = {}  # one per service: a git mirror's fetches are shared
         self._running: dict[int, asyncio.Task[str | None]] = {}
         self._cache: dict[tuple[str, str, str], ChangeSet] = {}
+        self._away: _AwayLoop | None = None  # where the sources' HTTP and git run, off Slipway's event loop
+
+    async def close(self) -> None:
+        if self._away is not None:
+            await self._away.close()
+            self._away = None
+
+    async def _off_loop(self, work: Callable[[], Any]) -> Any:
+        """Run the coroutine ``work()`` makes on a thread with an event loop of
+        its own: a lookup's dozens of HTTP answers (compare, commit pulls)
+        then never resume on the loop that answers Slack (bench/changes_ack.py:
+        on the loop they doubled /deploy's ack p99)."""
+        if self._away is None:
+            self._away = _AwayLoop()
+        return await self._away.run(work)
 
     # -- starting -------------------------------------------------------------------------
 
@@ -112,8 +127,9 @@ class ChangeLookups:
         service = self.config.services[deploy.service]
         rollback = deploy.rollback_of is not None
         # a status reason and a thread note are mrkdwn: what registries and sources said is escaped
-        problems = [escape(problem) for problem in await self._check_artifacts(deploy, service)]
-        change_set, unavailable = await self._changes(deploy, service)
+        problems = [escape(problem) for problem in await self._off_loop(
+            lambda: self._check_artifacts(deploy, service))]
+        change_set, unavailable = await self._off_loop(lambda: self._changes(deploy, service))
         record: dict[str, Any] | None = None
         if change_set is not None:
             record = change_set.as_record()
@@ -232,3 +248,35 @@ class ChangeLookups:
         from bot.changes.git import GitSource
 
         return GitSource(changes.git, timeout=self.timeout)
+
+
+class _AwayLoop:
+    """An event loop on a thread of its own, for work that is all waiting on
+    the network but would still cost Slipway's loop a resumption per answer."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="change-lookups", daemon=True)
+        self.thread.start()
+
+    async def run(self, work: Callable[[], Any]) -> Any:
+        async def call() -> Any:
+            return await work()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self.loop))
+
+    async def close(self) -> None:
+        async def shut() -> None:
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+            await asyncio.sleep(0)
+
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(shut(), self.loop))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            await asyncio.to_thread(self.thread.join, 5)
+            if not self.loop.is_running():
+                self.loop.close()

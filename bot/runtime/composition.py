@@ -145,6 +145,8 @@ class Slipway:
             await self.client.session.close()
         if self.github_deployments is not None:
             await self.github_deployments.close()
+        if self.lookups is not None:
+            await self.lookups.close()
         if self.analysis is not None:
             await self.analysis.close()
 
