@@ -142,7 +142,8 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             await ack(text=refusal.message)
             return
         unused = override_unused_text(deploy) if parsed.override and not deploy.override_reason else ""
-        await ack(text=request_accepted_text(deploy, slipway.config.channel) + unused)
+        await ack(text=request_accepted_text(deploy, slipway.config.channel_of(deploy.service),
+                                             slipway.store.deploys.queue_position(deploy)) + unused)
         if new:
             after_ack(slipway.tasks, client, announce_and_run(deploy, respond), channel=command.get("channel_id"),
                       user=user, name=f"announce-deploy-{deploy.id}")

@@ -61,6 +61,7 @@ from store.records import (
     StoredAlert,
 )
 from store.status import DeployStatus
+from store.tokens import ApiTokens
 
 __all__ = [
     "ALL_ENVIRONMENTS", "AlreadyApproved", "Alerts", "Approval", "AuditEvent", "AuditLog", "BlockedVersion",
@@ -87,6 +88,7 @@ class Store:
         self.lease = Lease(database)
         self.rollouts = Rollouts(database)
         self.github = GitHubWrites(database)
+        self.tokens = ApiTokens(database)  # /api/v1's bearer tokens (their hashes)
 
     @classmethod
     def open(cls, path: str | Path, clock: Clock = utc_now, *, migrate: bool = True) -> Store:

@@ -146,6 +146,7 @@ class Deploys:
         override_reason: str | None = None,
         override_freeze: list[dict[str, str]] | None = None,
         checking: bool = False,
+        queued: bool = False,
     ) -> Deploy:
         """Record a new deploy request (``awaiting_approval``, or ``approved``
         straight away when the environment needs no approval). A request
@@ -154,6 +155,9 @@ class Deploys:
 
         ``checking``: its changes and artifacts are to be looked up before it
         may be approved or started (:meth:`record_lookup` ends that).
+        ``queued``: another deploy occupies the service+environment, which
+        queues: the request waits in line (``queued``), its approvals given
+        meanwhile (complete: ``approved_at`` set) until its turn.
 
         Raises:
             DuplicateRequest: a deploy was already recorded for ``trigger_id``.
@@ -161,6 +165,8 @@ class Deploys:
         """
         now = self._database.now()
         status = DeployStatus.AWAITING_APPROVAL if needs_approval else DeployStatus.APPROVED
+        if queued:
+            status = DeployStatus.QUEUED
         try:
             with self._database.transaction():
                 # Insert first and let the unique indexes (trigger id; one deploy in
@@ -168,10 +174,11 @@ class Deploys:
                 cursor = self._db.execute(
                     "INSERT INTO deploys (service, environment, version, version_prefixed, status, requested_by, "
                     "requested_at, trigger_id, previous_version, approved_at, rollback_of, updated_at, expires_at, "
-                    "migration, lookup_state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "migration, lookup_state, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [service, environment, version, int(version_prefixed), status, requested_by, now,
                      trigger_id, previous_version, None if needs_approval else now, rollback_of, now,
-                     expires_at if needs_approval else None, int(migration), "checking" if checking else None],
+                     expires_at if needs_approval else None, int(migration), "checking" if checking else None,
+                     now if queued else None],
                 )
                 deploy_id = cursor.lastrowid
                 self._record_request(deploy_id, requested_by, service, environment, version, checklist,
@@ -213,6 +220,24 @@ class Deploys:
                                {"commits": len((changes or {}).get("commits", [])),
                                 "migration": migration_checklist is not None}, source)
         return self.get(deploy_id)
+
+    def queued(self, service: str | None = None, environment: str | None = None) -> list[Deploy]:
+        """Requests waiting in line, in queue order (of one service+environment when given)."""
+        where, params = "status = ?", [str(DeployStatus.QUEUED)]
+        if service is not None:
+            where, params = where + " AND service = ?", [*params, service]
+        if environment is not None:
+            where, params = where + " AND environment = ?", [*params, environment]
+        return [self._hydrate(row) for row in self._db.query(
+            f"SELECT * FROM deploys WHERE {where} ORDER BY id", params)]
+
+    def queue_position(self, deploy: Deploy) -> int | None:
+        """Where a queued request stands in its line (1: next), None when not queued."""
+        if deploy.status != DeployStatus.QUEUED:
+            return None
+        return self._db.execute(
+            "SELECT count(*) FROM deploys WHERE status = ? AND service = ? AND environment = ? AND id <= ?",
+            [str(DeployStatus.QUEUED), deploy.service, deploy.environment, deploy.id]).fetchone()[0]
 
     def checking(self) -> list[int]:
         """The deploys whose lookups have not finished (a restart resumes them)."""
@@ -323,7 +348,7 @@ class Deploys:
         """
         with self._database.transaction():
             current = self.status_of(deploy_id)
-            if current != DeployStatus.AWAITING_APPROVAL:
+            if current not in (DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED):
                 raise StateConflict(deploy_id, current, DeployStatus.AWAITING_APPROVAL)
             row = self._db.execute(
                 "SELECT label, ticked_by FROM checklist_items WHERE deploy_id = ? AND position = ?",
@@ -361,7 +386,7 @@ class Deploys:
         valid_since = valid_since or ""
         with self._database.transaction():
             current = self.status_of(deploy_id)
-            if current != DeployStatus.AWAITING_APPROVAL:
+            if current not in (DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED):
                 raise StateConflict(deploy_id, current, DeployStatus.APPROVED)
             given = self._db.execute("SELECT approved_at FROM approvals WHERE deploy_id = ? AND user_id = ?",
                                      [deploy_id, user]).fetchone()
@@ -388,7 +413,11 @@ class Deploys:
             self._audit.record(deploy_id, user, "approval", {"count": count + 1, "required": required,
                                                              **({"renewed": given[0]} if given else {}),
                                                              **({"counts_as": counts_as} if override else {})}, source)
-            if final:
+            if final and current == DeployStatus.QUEUED:  # ready: it starts when its turn comes
+                self._db.execute("UPDATE deploys SET approved_at = ?, updated_at = ? WHERE id = ?",
+                                 [now, now, deploy_id])
+                self._audit.record(deploy_id, user, "approved", {"from": current, "to": current}, source)
+            elif final:
                 self._db.execute("UPDATE deploys SET status = ?, approved_at = ?, updated_at = ? WHERE id = ?",
                                  [str(DeployStatus.APPROVED), now, now, deploy_id])
                 self._audit.record(deploy_id, user, "approved", {"from": current, "to": DeployStatus.APPROVED}, source)

@@ -83,6 +83,23 @@ class ReadModels:
         """The last ``limit`` deploys recorded, newest first."""
         return [_light(row) for row in self._db.query("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", [limit])]
 
+    def matching(self, *, service: str | None = None, environment: str | None = None,
+                 status: str | None = None, before: int | None = None, limit: int = 50) -> list[int]:
+        """The ids of the last ``limit`` deploys matching every filter given
+        (and below id ``before``, for the next page), newest first
+        (``GET /api/v1/deploys``)."""
+        where, params = ["1 = 1"], []
+        for column, value in (("service", service), ("environment", environment), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        rows = self._db.execute(f"SELECT id FROM deploys WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                                [*params, limit]).fetchall()
+        return [row[0] for row in rows]
+
     def finished_since(self, since: str, service: str | None = None) -> list[DeployTimes]:
         """Every deploy that ran and finished at or after ``since`` (ISO), oldest
         first: all a DORA window starting at ``since`` can need, because every

@@ -68,6 +68,7 @@ class Deploy:
     rolled_back_at: str | None = None  # when a later rollback undid it
     changes: str | None = None  # JSON: the change set being shipped (bot.changes.model.ChangeSet.as_record)
     lookup_state: str | None = None  # "checking": changes and artifacts being looked up; "done"; None: no lookup
+    queued_at: str | None = None  # when it joined its service and environment's queue
     checklist: tuple[ChecklistItem, ...] = ()
     approvals: tuple[Approval, ...] = ()
 

@@ -19,6 +19,7 @@ class DeployStatus(enum.StrEnum):
     """Where a deploy is in its life."""
 
     AWAITING_APPROVAL = "awaiting_approval"
+    QUEUED = "queued"  # waiting in line for its service and environment (``queue: true``); approvals may be given
     APPROVED = "approved"
     DEPLOYING = "deploying"
     VERIFYING = "verifying"
@@ -37,6 +38,8 @@ _S = DeployStatus  # short, for the tables below
 # index allows one such deploy per pair).
 ACTIVE_STATES: tuple[DeployStatus, ...] = (_S.AWAITING_APPROVAL, _S.APPROVED, _S.DEPLOYING, _S.VERIFYING,
                                            _S.BAKING)
+# States of a request waiting its turn: outside the one-in-flight rule.
+WAITING_STATES: tuple[DeployStatus, ...] = (_S.QUEUED,)
 # States a deploy ends in (``expired``: a request nobody decided on in time).
 FINISHED_STATES: tuple[DeployStatus, ...] = (_S.SUCCEEDED, _S.FAILED, _S.REJECTED, _S.CANCELLED, _S.ROLLED_BACK,
                                              _S.EXPIRED)
@@ -45,9 +48,11 @@ FINISHED_STATES: tuple[DeployStatus, ...] = (_S.SUCCEEDED, _S.FAILED, _S.REJECTE
 RAN_STATES: tuple[DeployStatus, ...] = (_S.SUCCEEDED, _S.FAILED, _S.ROLLED_BACK)
 # What a new request starts as: awaiting approval, or approved at once where
 # the environment needs none.
-INITIAL_STATES: tuple[DeployStatus, ...] = (_S.AWAITING_APPROVAL, _S.APPROVED)
+INITIAL_STATES: tuple[DeployStatus, ...] = (_S.AWAITING_APPROVAL, _S.APPROVED, _S.QUEUED)
 
 TRANSITIONS: Mapping[DeployStatus, frozenset[DeployStatus]] = MappingProxyType({
+    # its turn came with its approvals complete; decided against, withdrawn, or left too long
+    _S.QUEUED: frozenset({_S.APPROVED, _S.REJECTED, _S.CANCELLED, _S.EXPIRED}),
     # the final approval; a decision against it; nobody deciding in time
     _S.AWAITING_APPROVAL: frozenset({_S.APPROVED, _S.REJECTED, _S.CANCELLED, _S.EXPIRED}),
     _S.APPROVED: frozenset({

@@ -13,13 +13,17 @@ import pytest
 
 import store.status as status_module
 from store import Deploy, IllegalTransition, StateConflict, Store, StoreError
-from store.status import ACTIVE_STATES, FINISHED_STATES, INITIAL_STATES, TRANSITIONS, DeployStatus
+from store.status import ACTIVE_STATES, FINISHED_STATES, INITIAL_STATES, TRANSITIONS, WAITING_STATES, DeployStatus
 
 S = DeployStatus
 
 # The table, spelled out once more on purpose: a change to the machine must
 # change this test too.
 EDGES = {
+    (S.QUEUED, S.APPROVED),  # its turn, its approvals complete
+    (S.QUEUED, S.REJECTED),
+    (S.QUEUED, S.CANCELLED),  # withdrawn, or its version blocked while it waited
+    (S.QUEUED, S.EXPIRED),
     (S.AWAITING_APPROVAL, S.APPROVED),  # the final approval
     (S.AWAITING_APPROVAL, S.REJECTED),
     (S.AWAITING_APPROVAL, S.CANCELLED),  # by the requester or an approver, or superseded by a rollback
@@ -85,7 +89,7 @@ def deploy_in(store: Store, state: DeployStatus) -> Deploy:
     walk = path_to(state)
     deploy = store.deploys.create(service="api", environment="production", version="2.7.0", version_prefixed=False,
                                   requested_by="U0DAVE", previous_version="2.6.0", checklist=[],
-                                  needs_approval=walk[0] == S.AWAITING_APPROVAL)
+                                  needs_approval=walk[0] != S.APPROVED, queued=walk[0] == S.QUEUED)
     for after in walk[1:]:
         deploy = store.deploys.transition(deploy.id, allowed_from=(deploy.status,), to=after, actor=None, action=after)
     assert deploy.status == state
@@ -99,13 +103,13 @@ def row(store: Store, deploy_id: int) -> dict:
 def test_the_table_is_the_one_this_test_spells_out() -> None:
     assert {(before, after) for before, afters in TRANSITIONS.items() for after in afters} == EDGES
     assert set(TRANSITIONS) == set(S)
-    assert set(ACTIVE_STATES) | set(FINISHED_STATES) == set(S)
+    assert set(ACTIVE_STATES) | set(FINISHED_STATES) | set(WAITING_STATES) == set(S)
     assert not set(ACTIVE_STATES) & set(FINISHED_STATES)
     assert all(not TRANSITIONS[state] for state in FINISHED_STATES if state != S.SUCCEEDED)
 
 
 def test_the_values_are_the_strings_stored_before_the_enum() -> None:
-    assert [state.value for state in S] == ["awaiting_approval", "approved", "deploying", "verifying", "baking",
+    assert [state.value for state in S] == ["awaiting_approval", "queued", "approved", "deploying", "verifying", "baking",
                                             "succeeded",
                                             "failed", "rejected", "cancelled", "expired", "rolled_back"]
     assert S.ROLLED_BACK == "rolled_back" and f"{S.ROLLED_BACK}" == "rolled_back"

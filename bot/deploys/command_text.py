@@ -10,6 +10,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from bot.config import USER_ID, USERGROUP_HANDLE
 from bot.errors import UsageError
 from bot.slack.mrkdwn import escape
 
@@ -28,13 +29,14 @@ HELP_TEXT = """\
 • `/deploy abort <service> [environment]` — stop a staged rollout: traffic returns to the previous version, or, once at full traffic, it rolls back
 • `/deploy show <id>` — the whole record of one deploy
 • `/deploy history <service> [environment]` — recent deploys
-• `/deploy status [service]` — what runs where: live version, locks, freezes and deploys in flight per environment
-• `/deploy stats [service] [days]` — deploy frequency, lead time, change failure rate and time to restore (default 30 days)
+• `/deploy status [service] [--owner @team]` — what runs where: live version, locks, freezes and deploys in flight per environment (`--owner`: only that team's services)
+• `/deploy stats [service] [days] [--owner @team]` — deploy frequency, lead time, change failure rate and time to restore (default 30 days)
+• `/deploy home [--owner @team]` — your App Home tab shows only that team's services (without `--owner`: every service again)
 • `/deploy help` — this message
 Versions are semantic (`2.7.0` or `v2.7.0`). A version reaches an environment only after it succeeded on the rung below; production needs approvals and a ticked checklist."""
 
 SUBCOMMANDS = ("help", "lock", "unlock", "locks", "unblock", "rollback", "promote", "pause", "resume", "abort",
-               "show", "history", "status", "stats")
+               "show", "history", "status", "stats", "home")
 STEERING = ("promote", "pause", "resume", "abort")  # what people do to a staged rollout in progress
 
 
@@ -105,12 +107,21 @@ class HistoryCommand:
 @dataclass(frozen=True)
 class StatusCommand:
     service: str | None  # None: every service
+    owner: str | None = None  # `--owner @team`: only the services it owns (see :func:`owner_of`)
 
 
 @dataclass(frozen=True)
 class StatsCommand:
     service: str | None  # None: every service
     days: int
+    owner: str | None = None  # `--owner @team`: summed over the services it owns
+
+
+@dataclass(frozen=True)
+class HomeCommand:
+    """``/deploy home [--owner @team]``: which services the asker's App Home tab shows."""
+
+    owner: str | None  # None: every service
 
 
 STATS_DAYS = (1, 365)
@@ -119,7 +130,7 @@ LOOKS_LIKE_DAYS = re.compile(r"^[-+]?\d+(?:\.\d*)?d?$", re.IGNORECASE)  # told a
 
 
 Command = (Help | RequestDeploy | LockCommand | UnlockCommand | RollbackCommand | ShowCommand | HistoryCommand
-           | StatusCommand | StatsCommand | LocksCommand | UnblockCommand | SteerCommand)
+           | StatusCommand | StatsCommand | LocksCommand | UnblockCommand | SteerCommand | HomeCommand)
 
 # Slack sends what people type, and their clients often turn "…" into “…”.
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"'})
@@ -147,6 +158,56 @@ def split_words(text: str) -> list[str]:
 
 
 MIGRATION = "--migration"
+OWNER = "--owner"
+# A user or usergroup as Slack may send it in a command's text: <@U123|name>, <!subteam^S123|@team>
+SLACK_USER = re.compile(r"^<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>$")
+SLACK_USERGROUP = re.compile(r"^<!subteam\^[A-Z0-9]+\|@?([^>]+)>$")
+
+
+def owner_of(word: str) -> str:
+    """An owner as ``services.<name>.owners`` writes it: a user id
+    (``U0ALICE``, ``<@U0ALICE>``) or a usergroup handle (``@payments``,
+    ``payments``, ``<!subteam^S0PAY|@payments>``).
+
+    Raises:
+        UsageError: it is neither.
+    """
+    if match := SLACK_USER.match(word):
+        return match.group(1)
+    if match := SLACK_USERGROUP.match(word):
+        word = match.group(1)
+    if USER_ID.match(word):
+        return word
+    handle = "@" + word.removeprefix("@").lower()
+    if not USERGROUP_HANDLE.match(handle):
+        raise UsageError(f"`{escape(word)}` is not a team: give `--owner` a usergroup handle such as `@payments` "
+                         f"or a user (`@someone`, as Slack completes it).")
+    return handle
+
+
+def _take_owner(words: list[str], usage: str) -> tuple[list[str], str | None]:
+    """``words`` without ``--owner @team`` (or ``--owner=@team``), and the owner."""
+    owner: str | None = None
+    rest: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word.lower() == OWNER or word.lower().startswith(OWNER + "="):
+            if owner is not None:
+                raise UsageError(f"Give `--owner` once. {usage}")
+            if word.lower() == OWNER:
+                if index + 1 >= len(words) or words[index + 1].startswith("--"):
+                    raise UsageError(f"`--owner` needs a team, e.g. `--owner @payments`. {usage}")
+                value, index = words[index + 1], index + 2
+            else:
+                value, index = word[len(OWNER) + 1:], index + 1
+            owner = owner_of(value)
+            continue
+        if word.startswith("--"):
+            raise UsageError(f"I don't know the option `{escape(word)}` here. {usage}")
+        rest.append(word)
+        index += 1
+    return rest, owner
 
 
 def _take_override(words: list[str]) -> tuple[list[str], str | None]:
@@ -208,11 +269,19 @@ def parse_command(text: str) -> Command:
             raise UsageError(f"Usage: `/deploy {head} <service> [environment]`, e.g. `/deploy {head} api production`.")
         return SteerCommand(head, words[1].lower(), words[2].lower() if len(words) == 3 else None)
     if head == "status":
-        if len(words) > 2:
-            raise UsageError("Usage: `/deploy status [service]`, e.g. `/deploy status api`.")
-        return StatusCommand(words[1].lower() if len(words) == 2 else None)
+        usage = "Usage: `/deploy status [service] [--owner @team]`, e.g. `/deploy status api`."
+        rest, owner = _take_owner(words[1:], usage)
+        if len(rest) > 1:
+            raise UsageError(usage)
+        return StatusCommand(rest[0].lower() if rest else None, owner)
     if head == "stats":
         return _parse_stats(words[1:])
+    if head == "home":
+        usage = "Usage: `/deploy home [--owner @team]`, e.g. `/deploy home --owner @payments`."
+        rest, owner = _take_owner(words[1:], usage)
+        if rest:
+            raise UsageError(usage)
+        return HomeCommand(owner)
     if head == "show":
         if len(words) != 2 or not words[1].lstrip("#").isdigit():
             raise UsageError("Usage: `/deploy show <id>`, e.g. `/deploy show 12`.")
@@ -233,8 +302,9 @@ def parse_command(text: str) -> Command:
 
 def _parse_stats(words: list[str]) -> StatsCommand:
     """``[service] [days]``: a lone number is the days (service names are words)."""
-    usage = (f"Usage: `/deploy stats [service] [days]`, days from {STATS_DAYS[0]} to {STATS_DAYS[1]} "
-             f"(default {STATS_DEFAULT_DAYS}), e.g. `/deploy stats api 90`.")
+    usage = (f"Usage: `/deploy stats [service] [days] [--owner @team]`, days from {STATS_DAYS[0]} to "
+             f"{STATS_DAYS[1]} (default {STATS_DEFAULT_DAYS}), e.g. `/deploy stats api 90`.")
+    words, owner = _take_owner(words, usage)
     if len(words) > 2:
         raise UsageError(usage)
     service, days_text = None, None
@@ -245,8 +315,8 @@ def _parse_stats(words: list[str]) -> StatsCommand:
     elif words:
         service = words[0].lower()
     if days_text is None:
-        return StatsCommand(service, STATS_DEFAULT_DAYS)
+        return StatsCommand(service, STATS_DEFAULT_DAYS, owner)
     number = days_text.lower().removesuffix("d")
     if not number.isdigit() or not STATS_DAYS[0] <= int(number) <= STATS_DAYS[1]:
         raise UsageError(f"`{escape(days_text)}` is not a number of days from {STATS_DAYS[0]} to {STATS_DAYS[1]}. {usage}")
-    return StatsCommand(service, int(number))
+    return StatsCommand(service, int(number), owner)

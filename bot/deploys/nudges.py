@@ -84,7 +84,7 @@ class Nudges:
         those that are due a reminder."""
         now = self.clock()
         self.workflow.expire_locks()
-        for deploy in self.store.deploys.in_states((DeployStatus.AWAITING_APPROVAL,)):
+        for deploy in self.store.deploys.in_states((DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED)):
             if self.workflow.is_expired(deploy):
                 self.workflow.expire(deploy)
             elif self._reminder_due(deploy, now):

@@ -8,6 +8,7 @@ person. Refusals of people are recorded in the audit log too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -109,7 +110,7 @@ class DeployWorkflow:
         if migration and plan.environment.approvals:
             checklist += [item for item in plan.environment.migration_checklist if item not in checklist]
 
-        def record() -> Deploy:
+        def record(queued: bool = False) -> Deploy:
             return self.store.deploys.create(
                 service=plan.service,
                 environment=plan.environment.name,
@@ -126,6 +127,7 @@ class DeployWorkflow:
                 checking=self.config.services[plan.service].looked_up,
                 override_reason=override if plan.overridden else None,
                 override_freeze=[window.record() for window in plan.overridden],
+                queued=queued,
             )
 
         try:
@@ -138,8 +140,15 @@ class DeployWorkflow:
                 deploy = record()
         except DuplicateRequest as duplicate:
             return duplicate.existing, False
-        except DeployInFlight as conflict:  # lost a race with another request
-            raise PolicyViolation(in_flight_message(conflict.existing)) from None
+        except DeployInFlight as conflict:  # busy (or lost a race with another request)
+            if not plan.environment.queue:
+                raise PolicyViolation(in_flight_message(conflict.existing)) from None
+            waiting = [d for d in [conflict.existing, *self.store.deploys.queued(plan.service, plan.environment.name)]
+                       if d.version == plan.version.normalised]
+            if waiting:  # two requests for the same version are one
+                return waiting[0], False
+            deploy = record(queued=True)
+            self.store.audit.record(deploy.id, user, "queued", {"behind": conflict.existing.id}, source)
         if override and not plan.overridden:
             self.store.audit.record(deploy.id, user, "override_unused", {"reason": override}, source)
         return deploy, True
@@ -178,8 +187,8 @@ class DeployWorkflow:
 
     def is_expired(self, deploy: Deploy) -> bool:
         """A request awaiting approval past its expiry (the sweeper may not have seen it yet)."""
-        return (deploy.status == DeployStatus.AWAITING_APPROVAL and deploy.expires_at is not None
-                and deploy.expires_at <= stamp(self.clock()))
+        return (deploy.status in (DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED)
+                and deploy.expires_at is not None and deploy.expires_at <= stamp(self.clock()))
 
     def expire(self, deploy: Deploy) -> Deploy | None:
         """End a request nobody decided on in time; None if it was decided meanwhile."""
@@ -187,7 +196,8 @@ class DeployWorkflow:
         try:
             with self.store.transaction():
                 expired = self.store.deploys.transition(
-                    deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,), to=DeployStatus.EXPIRED, actor=None,
+                    deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED),
+                    to=DeployStatus.EXPIRED, actor=None,
                     action="expired", reason=f"nobody decided on it within {lifetime} of the request")
                 self.events.publish(DeployChanged(expired.id))  # its message says Expired, then its thread says why
                 self.events.publish(RequestExpired(expired))
@@ -251,7 +261,9 @@ class DeployWorkflow:
         """
         deploy = self.get(deploy_id)
         approvals = self._environment(deploy).approvals
-        if deploy.status != DeployStatus.AWAITING_APPROVAL or (approvals is None and not deploy.override_reason):
+        if deploy.status not in (DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED) or (
+                approvals is None and not deploy.override_reason) or (
+                deploy.status == DeployStatus.QUEUED and deploy.approved_at is not None):
             raise _closed(deploy, deploy.status)
         if deploy.held:
             self._refuse(deploy, user, "approve_while_checking", source)
@@ -357,8 +369,8 @@ class DeployWorkflow:
     def _end(self, deploy: Deploy, status: DeployStatus, user: str, reason: str, source: str | None) -> Deploy:
         try:
             return self._changed(lambda: self.store.deploys.transition(
-                deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL,), to=status, actor=user, action=status,
-                reason=reason, source=source))
+                deploy.id, allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED), to=status, actor=user,
+                action=status, reason=reason, source=source))
         except StateConflict as conflict:
             raise _closed(deploy, conflict.current) from None
 
@@ -369,6 +381,67 @@ class DeployWorkflow:
             deploy = change()
             self.events.publish(DeployChanged(deploy.id))
         return deploy
+
+    # -- the queue ----------------------------------------------------------------------
+
+    def advance_queue(self, service: str, environment: str) -> Deploy | None:
+        """When ``service`` is free on ``environment`` (nothing in flight, no
+        lock), the first request in line whose approvals are complete takes
+        its turn (one still awaiting approval holds up none behind it),
+        re-checked as any deploy is at its start: a version blocked since is
+        cancelled saying why; a freeze keeps the line waiting. Returns the
+        request that took its turn."""
+        if not self.config.environment(environment).queue or self.store.deploys.in_flight(service, environment):
+            return None
+        for waiting in self.store.deploys.queued(service, environment):
+            if waiting.approved_at is None or waiting.held:
+                continue  # approvals (or lookups) still to come
+            if (block := self.store.locks.blocked(service, environment, waiting.version)) is not None:
+                with self.store.transaction():
+                    cancelled = self.store.deploys.transition(
+                        waiting.id, allowed_from=(DeployStatus.QUEUED,), to=DeployStatus.CANCELLED, actor=None,
+                        action="cancelled_in_queue", reason=f"{waiting.display_version} is blocked on {environment} "
+                                                            f"since it was queued ({block.reason})")
+                    self.events.publish(DeployChanged(cancelled.id))
+                continue
+            if self.blocked_reason(waiting) is not None:
+                return None  # a lock or a freeze: the line waits
+            try:
+                with self.store.transaction():
+                    turned = self.store.deploys.transition(waiting.id, allowed_from=(DeployStatus.QUEUED,),
+                                                           to=DeployStatus.APPROVED, actor=None, action="its_turn")
+                    self.events.publish(DeployChanged(turned.id))  # the runner starts it
+            except (StateConflict, DeployInFlight):
+                return None
+            return turned
+        return None
+
+    def queue_changed(self, event: DeployChanged | LocksChanged | None = None) -> None:
+        """Something may have freed a line (a deploy ended, a lock was lifted,
+        a queued request got its last approval): let the next one go, once the
+        change that says so has committed (a rollback recorded in the same
+        transaction as the cancellation that freed the line goes first)."""
+        if not any(environment.queue for environment in self.config.environments):
+            return
+        places: set[tuple[str, str]] | None = None
+        if isinstance(event, DeployChanged):
+            try:
+                deploy = self.store.deploys.get(event.deploy_id)
+            except LookupError:
+                return
+            if not self.config.environment(deploy.environment).queue:
+                return
+            places = {(deploy.service, deploy.environment)}
+
+        def advance() -> None:
+            for service, environment in sorted(places if places is not None else {
+                    (d.service, d.environment) for d in self.store.deploys.queued()}):
+                self.advance_queue(service, environment)
+
+        try:
+            asyncio.get_running_loop().call_soon(advance)
+        except RuntimeError:  # no loop (a command-line tool): nothing else is running
+            advance()
 
     def abandon(self, deploy: Deploy, reason: str) -> Deploy:
         """Cancel a request that could not be announced (e.g. the channel is gone),

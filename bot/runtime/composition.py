@@ -117,6 +117,7 @@ class Slipway:
         owns the database (``bot/runtime/lease.py``; a standby runs none)."""
         self.outbox.start()  # resumes whatever a previous Slipway left queued
         self.runner.recover()
+        self.workflow.queue_changed()  # lines a previous Slipway left waiting with nothing in flight
         if self.lookups is not None:
             self.lookups.recover()  # requests a previous Slipway was still looking up
         if self.github_deployments is not None:
@@ -167,6 +168,7 @@ def subscribe(slipway: Slipway) -> None:
     bus.subscribe(DeployChanged, slipway.nudges.deploy_changed)  # its requester is told of news by DM
     bus.subscribe(DeployChanged, slipway.home_tabs.changed)
     bus.subscribe(DeployChanged, slipway.runner.start_if_approved)  # the final approval starts it
+    bus.subscribe(DeployChanged, slipway.workflow.queue_changed)  # a line freed, or a queued request ready
     if slipway.github_deployments is not None:
         bus.subscribe(DeployChanged, slipway.github_deployments.deploy_changed)  # its GitHub deployment follows
     if relay is not None:
@@ -177,6 +179,7 @@ def subscribe(slipway: Slipway) -> None:
     # locks and blocked versions
     bus.subscribe(LocksExpired, slipway.nudges.locks_expired)  # the channel is told
     bus.subscribe(LocksChanged, slipway.home_tabs.changed)
+    bus.subscribe(LocksChanged, slipway.workflow.queue_changed)  # a lifted lock lets a line go on
     # monitors' alerts
     bus.subscribe(AlertsRelayed, slipway.metrics.count_alerts)
     bus.subscribe(AlertsRelayed, slipway.rollbacks.auto_rollback_pages)  # where auto_rollback is on
@@ -294,7 +297,7 @@ def create_slipway(config: Config, store: Store, settings: Settings,
                     **({"sleep": outbox_time.sleep, "monotonic": outbox_time.monotonic} if outbox_time else {}),
                     ack_first=tasks.ack_first, drawers={
                         "deploy": DeployMessageView(workflow, plans.offer).draw,
-                        "home": lambda _: {"view": status_replies.home()}})
+                        "home": lambda user: {"view": status_replies.home(user or None)}})
     messages = DeployMessages(config, store, workflow, outbox, client, events)
     analysis = AnalysisClient(config)
     watch = StageWatch(config, store, messages, events, directory, now=wall_clock, prometheus=analysis.client)

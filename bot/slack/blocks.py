@@ -118,7 +118,7 @@ def as_dicts(blocks: Iterable[Block]) -> list[dict[str, Any]]:
 
 def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str | None = None,
                   rollback_note: str | None = None, stale_approvals: tuple[str, ...] = (),
-                  rollout: RolloutFacts | None = None) -> list[dict[str, Any]]:
+                  rollout: RolloutFacts | None = None, queue_position: int | None = None) -> list[dict[str, Any]]:
     """The deploy's message in #deployments, for its current state (≤ 50 blocks).
 
     ``rollback_to`` is the version a Rollback button would go back to (the
@@ -127,7 +127,9 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     ``rollout``: its staged rollout, shown with its stages and checks, and
     with Promote, Pause or Resume, and Abort while it is in progress.
     """
-    open_for_votes = deploy.status == DeployStatus.AWAITING_APPROVAL
+    # a queued request is approved (and ticked) while it waits, until its approvals are complete
+    open_for_votes = deploy.status == DeployStatus.AWAITING_APPROVAL or (
+        deploy.status == DeployStatus.QUEUED and deploy.approved_at is None)
     facts = [f"*Service*\n{deploy.service}", f"*Environment*\n{deploy.environment}",
              f"*Version*\n{version_change(deploy)}", f"*Requested by*\n{mention(deploy.requested_by)}"]
     if deploy.migration:
@@ -135,7 +137,7 @@ def deploy_blocks(deploy: Deploy, *, required_approvals: int, rollback_to: str |
     top: list[Block] = [
         header(f"Deploy {deploy.service} {deploy.display_version} to {deploy.environment}"),
         section(None, fields=facts),
-        section(status_text(deploy, required_approvals, stale_approvals)),
+        section(status_text(deploy, required_approvals, stale_approvals, queue_position)),
     ]
     if deploy.override_reason:
         top.append(section(override_text(deploy, stale_approvals)))

@@ -67,7 +67,8 @@ class DeployMessageView:
         # the last value and a sparkline of at most MAX_SPARKLINE per check: only those are read
         rollout = read_rollout(self._workflow.store, self._workflow.config, deploy.id, recent=MAX_SPARKLINE)
         blocks = deploy_blocks(deploy, required_approvals=self._workflow.required_approvals(deploy),
-                               rollback_to=target, rollback_note=note, stale_approvals=stale, rollout=rollout)
+                               rollback_to=target, rollback_note=note, stale_approvals=stale, rollout=rollout,
+                               queue_position=self._workflow.store.deploys.queue_position(deploy))
         return {"blocks": blocks, "text": deploy_fallback_text(deploy)}
 
 

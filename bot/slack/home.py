@@ -16,7 +16,7 @@ from bot.events import DeployChanged, DeployPosted, LocksChanged
 from bot.slack.outbox import Outbox
 from store import Store
 
-HOME_VIEW = "home:"  # the outbox's view of the tab (the same for everyone)
+HOME_VIEW = "home:"  # the outbox's view of a person's tab: ``home:U0ALICE`` (their ``/deploy home --owner`` choice)
 
 
 class HomeTabs:
@@ -31,6 +31,10 @@ class HomeTabs:
         self._viewers.add(user)
         self._publish({user})
 
+    def chosen(self, user: str) -> None:
+        """``user`` chose which services their tab shows: it is republished (and kept current)."""
+        self.opened(user)
+
     def changed(self, event: DeployPosted | DeployChanged | LocksChanged) -> None:
         """Something the tab shows changed (a deploy, a lock, a block): cheap,
         never raises into the change, publishes later."""
@@ -41,5 +45,5 @@ class HomeTabs:
             return
         with self._store.transaction():
             for user in sorted(users):
-                self._store.outbox.enqueue_publish(user, HOME_VIEW)
+                self._store.outbox.enqueue_publish(user, HOME_VIEW + user)
         self._outbox.notify()

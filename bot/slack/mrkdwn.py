@@ -54,6 +54,7 @@ MAX_LOG_TAIL = 2500  # characters of engine output shown in the thread
 
 STATUS_LABELS = {
     DeployStatus.AWAITING_APPROVAL: ":hourglass_flowing_sand: Awaiting approval",
+    DeployStatus.QUEUED: ":busstop: Queued — waiting for its turn on this environment",
     DeployStatus.APPROVED: ":white_check_mark: Approved — waiting for the deploy engine",
     DeployStatus.DEPLOYING: ":rocket: Deploying",
     DeployStatus.VERIFYING: ":mag: Verifying",
@@ -166,13 +167,19 @@ def version_change(deploy: Deploy) -> str:
     return f"{previous} → {deploy.display_version} ({bump_kind(deploy.previous_version, deploy.version)})"
 
 
-def status_text(deploy: Deploy, required: int, stale: tuple[str, ...] = ()) -> str:
-    """The deploy's state, its approvals so far and, while it waits, its checklist and expiry."""
+def status_text(deploy: Deploy, required: int, stale: tuple[str, ...] = (), position: int | None = None) -> str:
+    """The deploy's state, its approvals so far and, while it waits, its
+    checklist and expiry (and, queued, its place in line)."""
     line = STATUS_LABELS.get(deploy.status, deploy.status)
     if deploy.status_reason:
         line += f" — {deploy.status_reason}"
     approvals = deploy.approvals
-    if deploy.status == DeployStatus.AWAITING_APPROVAL:
+    if deploy.status == DeployStatus.QUEUED:
+        place = f"*#{position} in line*" if position else "*In line*"
+        line += (f"\n{place}: " + ("approved, it starts when its turn comes" if deploy.approved_at else
+                                   "approvals and checklist may be given while it waits"))
+    if deploy.status == DeployStatus.AWAITING_APPROVAL or (
+            deploy.status == DeployStatus.QUEUED and deploy.approved_at is None):
         counted = [a for a in approvals if a.user_id not in stale]
         names = ", ".join(mention(a.user_id) for a in counted) or "none yet"
         line += f"\n*Approvals:* {len(counted)} of {required} ({names})"
@@ -219,7 +226,11 @@ def deploy_fallback_text(deploy: Deploy) -> str:
     return f"Deploy {deploy.service} {deploy.display_version} to {deploy.environment}: {status}"
 
 
-def request_accepted_text(deploy: Deploy, channel: str) -> str:
+def request_accepted_text(deploy: Deploy, channel: str, position: int | None = None) -> str:
+    if deploy.status == DeployStatus.QUEUED:
+        return (f"Deploy #{deploy.id} of {deploy.service} {deploy.display_version} to {deploy.environment} is queued"
+                + (f", #{position} in line" if position else "") + f": {deploy.environment} is busy. It starts when "
+                f"its turn comes and its approvals are complete; follow it in <#{channel}>.")
     if deploy.status == DeployStatus.APPROVED:
         return (f"Deploy #{deploy.id} of {deploy.service} {deploy.display_version} to {deploy.environment} "
                 f"needs no approval; posted in <#{channel}>.")

@@ -11,6 +11,7 @@ saying what it left out rather than letting Slack refuse the whole reply.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,8 +24,9 @@ from bot.config import Config
 from bot.deploys.policy import resolve_service
 from bot.deploys.stats import Figures, dora
 from bot.durations import format_duration
+from bot.errors import SlipwayError
 from bot.slack.blocks import MAX_BLOCKS, as_dicts, context, header, section
-from bot.slack.mrkdwn import ago, clip, mention, when
+from bot.slack.mrkdwn import ago, clip, escape, mention, when
 from store import ALL_ENVIRONMENTS, Deploy, DeployStatus, Lock, Store, stamp
 
 MAX_VIEW_BLOCKS = View.blocks_max_length  # slack_sdk refuses more; we leave the rest out first
@@ -32,6 +34,7 @@ MAX_FIELDS = SectionBlock.fields_max_length  # a row of more environments takes 
 MAX_REASON = 150  # characters of a lock or freeze reason shown in a cell
 HOME_MATRIX_BLOCKS = 60  # the rest of the Home tab's 100 is for the recent deploys
 HOME_RECENT_DEPLOYS = 15
+HOME_RECENT_SCAN = 500  # with an owner chosen, its last deploys are looked for among this many of everyone's
 
 IN_FLIGHT_WORDS = {
     DeployStatus.AWAITING_APPROVAL: "awaiting approval",
@@ -42,6 +45,7 @@ IN_FLIGHT_WORDS = {
 }
 STATUS_MARKS = {
     DeployStatus.AWAITING_APPROVAL: ":hourglass_flowing_sand:", DeployStatus.APPROVED: ":white_check_mark:",
+    DeployStatus.QUEUED: ":busstop:",
     DeployStatus.DEPLOYING: ":rocket:", DeployStatus.VERIFYING: ":mag:", DeployStatus.BAKING: ":bread:",
     DeployStatus.SUCCEEDED: ":large_green_circle:", DeployStatus.FAILED: ":red_circle:",
     DeployStatus.REJECTED: ":no_entry:", DeployStatus.CANCELLED: ":heavy_multiplication_x:",
@@ -66,6 +70,36 @@ def active_freeze(config: Config, environment: str, now: datetime) -> FreezeNote
     return FreezeNote(windows[0].freeze.reason, windows[0].until.isoformat()) if windows else None
 
 
+# -- owners ---------------------------------------------------------------------------
+
+
+def owners_text(owners: list[str] | tuple[str, ...]) -> str:
+    """Who a service belongs to, as a line shows it: ``@payments, <@U0ALICE>``."""
+    return ", ".join(mention(owner) for owner in owners)
+
+
+def owned_services(config: Config, owner: str, service: str | None = None) -> list[str]:
+    """The services ``owner`` (a user id or ``@handle``, as ``services.<name>.owners``
+    writes it) owns, in config order; just ``service`` when one is named.
+
+    Raises:
+        UnknownService: ``service`` is not in the config.
+        SlipwayError: ``owner`` owns no service (or not ``service``); says who owns what.
+    """
+    owned = [name for name, spec in config.services.items() if owner in spec.owners]
+    if service is not None:
+        service = resolve_service(config, service)
+        if service not in owned:
+            whose = owners_text(config.services[service].owners) or "nobody (it has no `owners`)"
+            raise SlipwayError(f"`{service}` does not belong to {escape(owner)}: it belongs to {whose}.")
+        return [service]
+    if not owned:
+        known = sorted({o for spec in config.services.values() for o in spec.owners})
+        listed = f" The owners I know: {owners_text(known)}." if known else " No service has `owners` set."
+        raise SlipwayError(f"No service belongs to {escape(owner)}.{listed}")
+    return owned
+
+
 # -- the matrix -----------------------------------------------------------------------
 
 
@@ -87,6 +121,8 @@ class Matrix:
     hidden: list[str]  # services left out to stay within Block Kit's limits
     freezes: dict[str, FreezeNote]  # environment -> its active freeze
     single: bool = False  # asked for one service
+    owners: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # service -> who it belongs to
+    owner: str | None = None  # only the services this owner owns (``--owner``)
 
     @property
     def empty(self) -> bool:
@@ -98,16 +134,21 @@ def blocks_per_service(environments: int) -> int:
 
 
 def build_matrix(config: Config, store: Store, now: datetime, service: str | None = None,
-                 max_blocks: int = MAX_BLOCKS - 4) -> Matrix:
-    """The matrix of every service (or ``service``) × every environment of
-    the ladder, in ladder order, for the services whose rows fit in
-    ``max_blocks`` blocks (config order; the default leaves room for the
-    reply's header, freeze line, note and "more services" line).
+                 max_blocks: int = MAX_BLOCKS - 4, owner: str | None = None) -> Matrix:
+    """The matrix of every service (or ``service``, or those ``owner``
+    owns) × every environment of the ladder, in ladder order, for the
+    services whose rows fit in ``max_blocks`` blocks (config order; the
+    default leaves room for the reply's header, freeze line, note and "more
+    services" line).
 
     Raises:
         UnknownService: ``service`` is not in the config.
+        SlipwayError: ``owner`` owns no service (or not ``service``).
     """
-    names = [resolve_service(config, service)] if service is not None else list(config.services)
+    if owner is not None:
+        names = owned_services(config, owner, service)
+    else:
+        names = [resolve_service(config, service)] if service is not None else list(config.services)
     environments = config.environment_names
     fits = max(1, max_blocks // blocks_per_service(len(environments)))
     shown, hidden = names[:fits], names[fits:]
@@ -122,7 +163,8 @@ def build_matrix(config: Config, store: Store, now: datetime, service: str | Non
                  tuple(lock for lock in locks if lock.service == name and lock.environment in (env, ALL_ENVIRONMENTS)),
                  freezes.get(env))
             for env in environments)))
-    return Matrix(rows, hidden, freezes, single=service is not None)
+    owners = {name: tuple(config.services[name].owners) for name in names if config.services[name].owners}
+    return Matrix(rows, hidden, freezes, single=service is not None, owners=owners, owner=owner)
 
 
 def deploy_ref(deploy: Deploy) -> str:
@@ -151,11 +193,13 @@ def cell_text(cell: Cell) -> str:
     return "\n".join(lines)
 
 
-def service_blocks(service: str, cells: tuple[Cell, ...]) -> list[SectionBlock]:
+def service_blocks(service: str, cells: tuple[Cell, ...], owners: tuple[str, ...] = ()) -> list[SectionBlock]:
     """One section per ten environments (a section holds ten fields), each
-    cell clipped to a field's 2000 characters."""
+    cell clipped to a field's 2000 characters; the first names the service
+    (and who it belongs to: ``*api* — @payments``)."""
     texts = [cell_text(cell) for cell in cells]
-    return [section(f"*{service}*" if start == 0 else None, fields=texts[start:start + MAX_FIELDS])
+    title = f"*{service}*" + (f" — {owners_text(owners)}" if owners else "")
+    return [section(title if start == 0 else None, fields=texts[start:start + MAX_FIELDS])
             for start in range(0, max(1, len(texts)), MAX_FIELDS)]
 
 
@@ -164,13 +208,17 @@ def matrix_blocks(matrix: Matrix, max_blocks: int) -> list[Block]:
     freezes, one row per service, and what was left out (the services
     ``build_matrix`` left out, and any whose rows do not fit here)."""
     blocks: list[Block] = []
+    if matrix.owner is not None and not matrix.single:
+        names = [name for name, _ in matrix.services] + matrix.hidden
+        blocks.append(context(f"Only the services of {owners_text([matrix.owner])}: {', '.join(names)}."))
     if matrix.freezes:
         lines = [f":snowflake: *{env}* is frozen until {when(note.until)}: {clip(note.reason, MAX_REASON)}"
                  for env, note in matrix.freezes.items()]
         blocks.append(context(" \n".join(lines)))
     if matrix.empty and not matrix.single:
         blocks.append(section("Nothing deployed yet. `/deploy <service> <version>` requests the first deploy."))
-    rows = [(service, service_blocks(service, cells)) for service, cells in matrix.services]
+    rows = [(service, service_blocks(service, cells, matrix.owners.get(service, ())))
+            for service, cells in matrix.services]
     room = max_blocks - len(blocks)
     if matrix.hidden or sum(len(row) for _, row in rows) > room:
         room -= 1  # for the line that names what is left out
@@ -190,7 +238,8 @@ def matrix_blocks(matrix: Matrix, max_blocks: int) -> list[Block]:
 
 def status_blocks(matrix: Matrix) -> list[dict[str, Any]]:
     """`/deploy status`: the matrix as an ephemeral message (≤ 50 blocks)."""
-    title = "Deploy status" + (f": {matrix.services[0][0]}" if matrix.single else "")
+    title = "Deploy status" + (f": {matrix.services[0][0]}" if matrix.single
+                               else f": {matrix.owner}" if matrix.owner is not None else "")
     return as_dicts([header(title), *matrix_blocks(matrix, MAX_BLOCKS - 1)])
 
 
@@ -201,13 +250,15 @@ def status_fallback(matrix: Matrix) -> str:
             f"{flying} deploy(s) in flight")
 
 
-def status_reply(config: Config, store: Store, now: datetime, service: str | None) -> dict[str, Any]:
-    """What `/deploy status [service]` acks with.
+def status_reply(config: Config, store: Store, now: datetime, service: str | None,
+                 owner: str | None = None) -> dict[str, Any]:
+    """What `/deploy status [service] [--owner @team]` acks with.
 
     Raises:
         UnknownService: ``service`` is not in the config.
+        SlipwayError: ``owner`` owns no service (or not ``service``).
     """
-    matrix = build_matrix(config, store, now, service)
+    matrix = build_matrix(config, store, now, service, owner=owner)
     return {"text": status_fallback(matrix), "blocks": status_blocks(matrix)}
 
 
@@ -223,12 +274,24 @@ def recent_deploy_block(deploy: Deploy) -> SectionBlock:
     return section(text)
 
 
-def home_view(config: Config, store: Store, now: datetime) -> dict[str, Any]:
-    """The App Home tab: the matrix and the last deploys (≤ 100 blocks)."""
-    matrix = build_matrix(config, store, now, max_blocks=HOME_MATRIX_BLOCKS)
-    recent = [recent_deploy_block(deploy) for deploy in store.reads.recent(HOME_RECENT_DEPLOYS)]
-    top: list[Block] = [header("What runs where"),
-                        context("Refreshed whenever a deploy changes state. `/deploy help` lists the commands.")]
+def home_view(config: Config, store: Store, now: datetime, owner: str | None = None) -> dict[str, Any]:
+    """The App Home tab: the matrix and the last deploys (≤ 100 blocks);
+    with ``owner``, only the services it owns and their deploys (or, should
+    it own none any more, everything, saying so)."""
+    note = "Refreshed whenever a deploy changes state. `/deploy help` lists the commands."
+    try:
+        matrix = build_matrix(config, store, now, max_blocks=HOME_MATRIX_BLOCKS, owner=owner)
+    except SlipwayError:  # the config changed under the choice: a tab is never left unpublished
+        note = f"No service belongs to {escape(owner or '')} any more: showing every service. " + note
+        owner, matrix = None, build_matrix(config, store, now, max_blocks=HOME_MATRIX_BLOCKS)
+    if owner is None:
+        deploys = store.reads.recent(HOME_RECENT_DEPLOYS)
+    else:  # the team's last deploys, looked for among everyone's recent ones
+        shown = {name for name, _ in matrix.services} | set(matrix.hidden)
+        deploys = [d for d in store.reads.recent(HOME_RECENT_SCAN) if d.service in shown][:HOME_RECENT_DEPLOYS]
+        note = f"`/deploy home` shows every service again. {note}"
+    recent = [recent_deploy_block(deploy) for deploy in deploys]
+    top: list[Block] = [header("What runs where" + (f": {owner}" if owner is not None else "")), context(note)]
     bottom: list[Block] = [DividerBlock(), header("Recent deploys"), *(recent or [section("No deploys yet.")])]
     matrix_room = MAX_VIEW_BLOCKS - len(top) - len(bottom)
     return View(type="home", blocks=[*top, *matrix_blocks(matrix, matrix_room), *bottom]).to_dict()
@@ -264,10 +327,12 @@ def restore_text(figures: Figures) -> str:
     return f"median {format_duration(figures.restore_median)} ({len(figures.restore_times)} outage(s)){still}"
 
 
-def stats_blocks(figures: list[Figures], service: str | None, days: int) -> list[dict[str, Any]]:
+def stats_blocks(figures: list[Figures], service: str | None, days: int, owner: str | None = None,
+                 owned: list[str] | None = None) -> list[dict[str, Any]]:
     """`/deploy stats`: one section of four figures per environment."""
-    blocks: list[Block] = [header(f"Deploy stats: last {days} day(s)"),
-                           context(f"*{service}*" if service else "All services")]
+    scope = (f"*{service}*" if service else
+             f"The services of {owners_text([owner])}: {', '.join(owned or [])}" if owner else "All services")
+    blocks: list[Block] = [header(f"Deploy stats: last {days} day(s)"), context(scope)]
     room = MAX_BLOCKS - len(blocks) - 1
     for env in figures[:room]:
         blocks.append(section(f"*{env.environment}*", fields=[
@@ -282,16 +347,27 @@ def stats_blocks(figures: list[Figures], service: str | None, days: int) -> list
     return as_dicts(blocks)
 
 
-def stats_reply(config: Config, store: Store, now: datetime, service: str | None, days: int) -> dict[str, Any]:
-    """What `/deploy stats [service] [days]` acks with.
+def stats_reply(config: Config, store: Store, now: datetime, service: str | None, days: int,
+                owner: str | None = None) -> dict[str, Any]:
+    """What `/deploy stats [service] [days] [--owner @team]` acks with.
 
     Raises:
         UnknownService: ``service`` is not in the config.
+        SlipwayError: ``owner`` owns no service (or not ``service``).
     """
+    owned = owned_services(config, owner, service) if owner is not None else None
     if service is not None:
         service = resolve_service(config, service)
-    environments = config.environments_of(service) if service else config.environment_names
     since = stamp(now - timedelta(days=days))
-    figures = dora(store.reads.finished_since(since, service), environments, now, days)
-    where = service or "all services"
-    return {"text": f"Deploy stats for {where}, last {days} day(s)", "blocks": stats_blocks(figures, service, days)}
+    if service is not None or owned is None:
+        environments = config.environments_of(service) if service else config.environment_names
+        deploys = store.reads.finished_since(since, service)
+        where = service or "all services"
+    else:  # summed over the owner's services, on the rungs any of them deploys to
+        rungs = {env for name in owned for env in config.environments_of(name)}
+        environments = [env for env in config.environment_names if env in rungs]
+        deploys = [d for d in store.reads.finished_since(since) if d.service in owned]
+        where = f"the services of {owner} ({', '.join(owned)})"
+    figures = dora(deploys, environments, now, days)
+    return {"text": f"Deploy stats for {where}, last {days} day(s)",
+            "blocks": stats_blocks(figures, service, days, owner=None if service is not None else owner, owned=owned)}
