@@ -123,3 +123,18 @@ async def test_the_queue_survives_a_restart(harness: Harness, record: Path, hold
     (holds / "hold-2.7.0").unlink()
     await wait_for(lambda: harness.deploy(queued[-1]).status == DeployStatus.SUCCEEDED, what="the queue to run")
     assert started(record) == ["2.7.0", "2.7.1", "2.7.2", "2.7.3"]
+
+
+async def test_metrics_show_each_queue_depth(harness: Harness, holds: Path) -> None:
+    (holds / "hold-2.7.0").touch()
+    await request(harness, "2.7.0")
+    for version in ("2.7.1", "2.7.2"):
+        await request(harness, version)
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(harness.url + "/metrics") as response:
+            page = await response.text()
+    assert 'slipway_queue_depth{environment="production",service="api"} 2.0' in page
+    assert 'slipway_deploys{environment="production",state="queued"} 2.0' in page
+    (holds / "hold-2.7.0").unlink()

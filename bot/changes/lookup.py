@@ -54,6 +54,8 @@ from store import Deploy, DeployStatus, StateConflict, Store
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT = 10.0  # seconds each lookup may take before it counts as unavailable
+WORKERS = 2  # processes asking sources and registries
+WORKER_GRACE = 2.0  # seconds beyond the lookup's own timeout before a worker's answer is given up on
 CACHE_SIZE = 256
 
 
@@ -74,25 +76,17 @@ class ChangeLookups:
         self.environ = environ
         self.views = views
         self.timeout = timeout
+        self._injected = source_for is not None
         self._source_for = source_for or self._source
-        self._sources: dict[str, ChangeSource | None] = {}  # one per service: a git mirror's fetches are shared
+        self._sources: dict[str, ChangeSource | None] = {}
+        self._pool: Any = None  # the worker processes that ask sources and registries
         self._running: dict[int, asyncio.Task[str | None]] = {}
         self._cache: dict[tuple[str, str, str], ChangeSet] = {}
-        self._away: _AwayLoop | None = None  # where the sources' HTTP and git run, off Slipway's event loop
 
     async def close(self) -> None:
-        if self._away is not None:
-            await self._away.close()
-            self._away = None
-
-    async def _off_loop(self, work: Callable[[], Any]) -> Any:
-        """Run the coroutine ``work()`` makes on a thread with an event loop of
-        its own: a lookup's dozens of HTTP answers (compare, commit pulls)
-        then never resume on the loop that answers Slack (bench/changes_ack.py:
-        on the loop they doubled /deploy's ack p99)."""
-        if self._away is None:
-            self._away = _AwayLoop()
-        return await self._away.run(work)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     # -- starting -------------------------------------------------------------------------
 
@@ -127,9 +121,8 @@ class ChangeLookups:
         service = self.config.services[deploy.service]
         rollback = deploy.rollback_of is not None
         # a status reason and a thread note are mrkdwn: what registries and sources said is escaped
-        problems = [escape(problem) for problem in await self._off_loop(
-            lambda: self._check_artifacts(deploy, service))]
-        change_set, unavailable = await self._off_loop(lambda: self._changes(deploy, service))
+        problems = [escape(problem) for problem in await self._check_artifacts(deploy, service)]
+        change_set, unavailable = await self._changes(deploy, service)
         record: dict[str, Any] | None = None
         if change_set is not None:
             record = change_set.as_record()
@@ -160,6 +153,51 @@ class ChangeLookups:
             self.events.publish(DeployChanged(deploy_id))
         return refusal
 
+    async def _ask(self, what: str, service: str, *args: Any) -> Any:
+        """Ask the service's source (``tag``, ``compare``) or its registry
+        (``image``). In a worker process: a lookup is dozens of HTTP answers
+        (compare, commit pulls), whose handling on Slipway's event loop (or on
+        a thread, under the GIL) doubled /deploy's ack p99 next to it
+        (bench/changes_ack.py); a process of its own runs on the other core.
+        A source handed in (tests) is asked here, on the loop.
+
+        Raises:
+            SourceUnavailable, TagMissing, InvalidImageReference.
+        """
+        if self._injected:
+            return await self._ask_here(what, service, *args)
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a fork of this process (its threads, its loop) is not safe to run
+            self._pool = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        changes = self.config.services[service].changes
+        spec = changes.model_dump_json() if changes is not None else None
+        token = None
+        if what != "image" and changes is not None and changes.github is not None:
+            token = self.environ.get(changes.github.token_env)
+        call = asyncio.get_running_loop().run_in_executor(self._pool, ask_in_worker, what, spec, token, args,
+                                                          self.timeout)
+        try:
+            kind, value = await asyncio.wait_for(call, self.timeout + WORKER_GRACE)
+        except TimeoutError:
+            raise SourceUnavailable(f"the {what} lookup took longer than {self.timeout:g} s") from None
+        return _answer(kind, value)
+
+    async def _ask_here(self, what: str, service: str, *args: Any) -> Any:
+        if what == "image":
+            from bot.changes.artifacts import image_exists
+
+            image, token = args
+            return await self._bounded("the registry", image_exists(image, token=token, timeout=self.timeout))
+        source = self._source_for(service)
+        if source is None:
+            raise SourceUnavailable("no source configured")
+        if what == "tag":
+            return await self._bounded("the tag lookup", source.tag_exists(*args))
+        return await self._bounded("the changes lookup", source.compare(*args))
+
     async def _bounded(self, what: str, call: Any) -> Any:
         try:
             return await asyncio.wait_for(call, self.timeout)
@@ -174,19 +212,18 @@ class ChangeLookups:
         problems = []
         if artifacts.tag_must_exist and service.changes is not None:
             tag = tag_of(service.changes.tag_template, deploy.version)
-            source = self._source_for(deploy.service)
             try:
-                if source is not None and not await self._bounded("the tag lookup", source.tag_exists(tag)):
+                if not await self._ask("tag", deploy.service, tag):
                     problems.append(f"its tag {tag} does not exist: tag and push it first")
             except SourceUnavailable as trouble:
                 problems.append(f"could not check that its tag {tag} exists: {trouble}")
         if artifacts.image is not None:
-            from bot.changes.artifacts import InvalidImageReference, image_exists
+            from bot.changes.artifacts import InvalidImageReference
 
             image = tag_of(artifacts.image, deploy.version)
             token = self.environ.get(artifacts.registry_token_env) if artifacts.registry_token_env else None
             try:
-                if not await self._bounded("the registry", image_exists(image, token=token, timeout=self.timeout)):
+                if not await self._ask("image", deploy.service, image, token):
                     problems.append(f"its image {image} is not in the registry: build and push it first")
             except SourceUnavailable as trouble:
                 problems.append(f"could not check that its image {image} exists: {trouble}")
@@ -209,14 +246,11 @@ class ChangeLookups:
             return ChangeSet(base, head, SAME), None
         forward = parse_version(deploy.version).parsed > parse_version(live).parsed
         older, newer = (base, head) if forward else (head, base)
-        source = self._source_for(deploy.service)
-        if source is None:
-            return None, "no source configured"
         key = (deploy.service, older, newer)
         try:
             found = self._cache.get(key)
             if found is None:
-                found = await self._bounded("the changes lookup", source.compare(older, newer))
+                found = await self._ask("compare", deploy.service, older, newer)
                 if len(self._cache) >= CACHE_SIZE:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = found
@@ -250,33 +284,53 @@ class ChangeLookups:
         return GitSource(changes.git, timeout=self.timeout)
 
 
-class _AwayLoop:
-    """An event loop on a thread of its own, for work that is all waiting on
-    the network but would still cost Slipway's loop a resumption per answer."""
 
-    def __init__(self) -> None:
-        import threading
+def _answer(kind: str, value: Any) -> Any:
+    """A worker's answer, as the caller would have had it asking itself."""
+    if kind == "ok":
+        return value
+    if kind == "tag_missing":
+        raise TagMissing(value)
+    if kind == "invalid_image":
+        from bot.changes.artifacts import InvalidImageReference
 
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="change-lookups", daemon=True)
-        self.thread.start()
+        raise InvalidImageReference(value)
+    raise SourceUnavailable(value)
 
-    async def run(self, work: Callable[[], Any]) -> Any:
-        async def call() -> Any:
-            return await work()
 
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self.loop))
+def ask_in_worker(what: str, spec: str | None, token: str | None, args: tuple[Any, ...],
+                  timeout: float) -> tuple[str, Any]:
+    """In a worker process: one question to a source or a registry, answered
+    as ``(kind, value)`` (exceptions do not cross processes faithfully)."""
+    from bot.changes.artifacts import InvalidImageReference, image_exists
+    from bot.config import Changes
 
-    async def close(self) -> None:
-        async def shut() -> None:
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
-            await asyncio.sleep(0)
+    async def ask() -> Any:
+        if what == "image":
+            image, registry_token = args
+            return await image_exists(image, token=registry_token, timeout=timeout)
+        assert spec is not None
+        changes = Changes.model_validate_json(spec)
+        if changes.github is not None:
+            from bot.changes.github import GitHubSource
 
-        try:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(shut(), self.loop))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            await asyncio.to_thread(self.thread.join, 5)
-            if not self.loop.is_running():
-                self.loop.close()
+            source: ChangeSource = GitHubSource(changes.github, token, timeout=timeout)
+        else:
+            from bot.changes.git import GitSource
+
+            assert changes.git is not None
+            source = GitSource(changes.git, timeout=timeout)
+        if what == "tag":
+            return await source.tag_exists(*args)
+        return await source.compare(*args)
+
+    try:
+        return "ok", asyncio.run(asyncio.wait_for(ask(), timeout))
+    except TagMissing as missing:
+        return "tag_missing", missing.tag
+    except InvalidImageReference as bad:
+        return "invalid_image", str(bad)
+    except SourceUnavailable as trouble:
+        return "unavailable", str(trouble)
+    except TimeoutError:
+        return "unavailable", f"took longer than {timeout:g} s"

@@ -37,7 +37,7 @@ from bot.events import AlertsRelayed
 from bot.runtime.loop_monitor import LoopMonitor
 from store import Store
 from store.outbox import FAILED, PENDING, SENDING
-from store.status import ACTIVE_STATES, FINISHED_STATES
+from store.status import ACTIVE_STATES, FINISHED_STATES, WAITING_STATES
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,14 @@ class StoreCollector(Collector):
         self.environments = environments
 
     def describe(self) -> list[Metric]:  # so registering does not query the database
-        return [self._deploys({}), self._outbox({}), self._stages([]), self._verdicts({}), self._up(True)]
+        return [self._deploys({}), self._outbox({}), self._stages([]), self._verdicts({}), self._queues({}),
+                self._up(True)]
 
     def collect(self) -> Iterator[Metric]:
         readable = True
         for query, family in ((self._deploy_counts, self._deploys), (self._outbox_counts, self._outbox),
-                              (self._rollout_stages, self._stages), (self._verdict_counts, self._verdicts)):
+                              (self._rollout_stages, self._stages), (self._verdict_counts, self._verdicts),
+                              (self._queue_depths, self._queues)):
             try:
                 with impatient(self.store):
                     counts = query()
@@ -241,6 +243,19 @@ class StoreCollector(Collector):
     def _verdict_counts(self) -> dict[tuple[str, str], int]:
         return self.store.rollouts.verdict_counts()
 
+    def _queue_depths(self) -> dict[tuple[str, str], int]:
+        rows = self.store.db.execute("SELECT service, environment, count(*) FROM deploys WHERE status = 'queued' "
+                                     "GROUP BY service, environment").fetchall()
+        return {(service, environment): count for service, environment, count in rows}
+
+    @staticmethod
+    def _queues(depths: dict[tuple[str, str], int]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("slipway_queue_depth", "Requests waiting in line, by service and environment "
+                                   "(environments with queue: true), read at scrape", labels=["service", "environment"])
+        for (service, environment), depth in sorted(depths.items()):
+            family.add_metric([service, environment], depth)
+        return family
+
     @staticmethod
     def _stages(rollouts: list[tuple[list[str], int]]) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
@@ -264,7 +279,8 @@ class StoreCollector(Collector):
         family = GaugeMetricFamily("slipway_deploys", "Deploy records by state and environment (read at scrape)",
                                    labels=["state", "environment"])
         # every known state is reported, 0 included, so a dashboard's series do not come and go
-        known = {(state, env): 0 for state in ACTIVE_STATES + FINISHED_STATES for env in self.environments}
+        known = {(state, env): 0 for state in ACTIVE_STATES + WAITING_STATES + FINISHED_STATES
+                 for env in self.environments}
         for (state, env), count in sorted({**known, **counts}.items()):
             family.add_metric([state, env], count)
         return family
