@@ -17,6 +17,7 @@ from bot.deploys.command_text import (
     HELP_TEXT,
     Help,
     HistoryCommand,
+    HomeCommand,
     LockCommand,
     LocksCommand,
     RequestDeploy,
@@ -42,6 +43,7 @@ from bot.slack.mrkdwn import (
     unblocked_text,
     unescape,
 )
+from bot.slack.status import owned_services
 from handlers.errors import after_ack
 from store import Deploy
 
@@ -71,7 +73,7 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         """The figures read a year of history: computed in a thread, on a
         connection of its own, so acks keep flowing meanwhile; the answer
         goes through the command's response URL."""
-        answer = await slipway.status_replies.stats(parsed.service, parsed.days)
+        answer = await slipway.status_replies.stats(parsed.service, parsed.days, parsed.owner)
         await respond(**answer, response_type="ephemeral", replace_original=False)
 
     async def steer(parsed: SteerCommand, user: str, source: str) -> str:
@@ -107,7 +109,11 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
         if isinstance(parsed, HistoryCommand):
             return {"text": history_text(*workflow.history(parsed.service, parsed.environment))}
         if isinstance(parsed, StatusCommand):
-            return slipway.status_replies.status(parsed.service)
+            return slipway.status_replies.status(parsed.service, parsed.owner)
+        if isinstance(parsed, HomeCommand):
+            told = slipway.status_replies.choose_home_owner(user, parsed.owner)
+            slipway.home_tabs.chosen(user)
+            return {"text": told}
         if isinstance(parsed, RollbackCommand):
             plan = await slipway.rollbacks.offer_for(user, parsed.service, parsed.environment, source)
             return {"text": f"Confirm: {plan.text}", "blocks": rollback_offer_blocks(plan.current, plan.target.version)}
@@ -123,10 +129,13 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             # once, wherever it enters a message (bot.slack.mrkdwn.escape)
             parsed = parse_command(unescape(command.get("text", "")))
             if isinstance(parsed, StatsCommand):
+                if parsed.owner is not None:  # a typo is refused in the ack itself
+                    owned_services(slipway.config, parsed.owner, parsed.service)
                 if parsed.service is not None:
-                    resolve_service(slipway.config, parsed.service)  # a typo is refused in the ack itself
+                    resolve_service(slipway.config, parsed.service)
+                whose = parsed.service or (f"the services of {parsed.owner}" if parsed.owner else "all services")
                 await ack(text=f":hourglass_flowing_sand: Working out the deploy stats for "
-                               f"{parsed.service or 'all services'} over the last {parsed.days} day(s)…")
+                               f"{whose} over the last {parsed.days} day(s)…")
                 after_ack(slipway.tasks, client, send_stats(parsed, respond), channel=command.get("channel_id"),
                           user=user, name="stats")
                 return

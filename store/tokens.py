@@ -21,8 +21,9 @@ from typing import Any
 from store.database import Database
 
 TOKEN_PREFIX = "slp_"
-#: a token's name: lowercase, so ``api:NAME`` can never read as a Slack user id (``U0…``) or as mrkdwn
-TOKEN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: a token's name: lowercase, so ``api:NAME`` never reads as a Slack user id (``U0…``), and no mrkdwn
+#: character (``_`` included: api:my_ci_bot would turn italic), so it is shown as it is, needing no escape
+TOKEN_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,63}$")
 #: ``read``, ``request:staging``, ``request:*``, ``control:production``
 SCOPE = re.compile(r"^(?:read|request:(?:\*|[A-Za-z0-9_.-]{1,64})|control:[A-Za-z0-9_.-]{1,64})$")
 TOUCH_EVERY_SECONDS = 60  # last_used_at is rewritten at most this often (a polling CI would write on every read)
@@ -100,7 +101,7 @@ class ApiTokens:
             TokenError: a bad name or scope, no scope, or the name is taken.
         """
         if not TOKEN_NAME.match(name):
-            raise TokenError(f"{name!r} is not a token name: 1 to 64 of a-z, 0-9, '.', '_' and '-', "
+            raise TokenError(f"{name!r} is not a token name: 1 to 64 of a-z, 0-9, '.' and '-', "
                              "starting with a letter or digit")
         if not scopes:
             raise TokenError("a token needs at least one scope (read, request:<environment>, control:<environment>)")

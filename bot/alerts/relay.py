@@ -405,25 +405,28 @@ class _Delivery:
         receipt.posted += 1
 
     def _where(self, stored: StoredAlert, deploy: Deploy | None) -> tuple[str, str | None]:
-        """A deploy's alerts go into its thread; others open their own thread in
-        the alerts channel, or, in a storm, go into the service's digest thread."""
+        """A deploy's alerts go into its thread (wherever its message is); others
+        open their own thread in the service's channel (``services.<name>.channel``),
+        else the alerts channel, or, in a storm, go into the service's digest thread there."""
         if deploy is not None and deploy.channel:
             return deploy.channel, deploy_message_key(deploy.id)
+        service = self.relay.config.services.get(stored.service or "")
+        channel = service.channel if service is not None and service.channel else self.settings.channel
         now = self.relay.clock()
         if stored.service not in self._threads:  # this delivery adds no alert from here on: asked once
             self._threads[stored.service] = self.store.alerts.recent_threads(stored.service,
                                                                              stamp(now - STORM_WINDOW))
         threads = self._threads[stored.service]
         if threads <= self.settings.storm_threshold:
-            return self.settings.channel, None
+            return channel, None
         bucket = int(now.timestamp() // STORM_WINDOW.total_seconds())
         digest = f"digest-{stored.service or 'unlabelled'}-{bucket}"
         text = render.digest_text(stored.service, threads - self.settings.storm_threshold)
         if self.store.outbox.has_message(digest):
             self.store.outbox.enqueue_update(digest, text)
         else:
-            self.store.outbox.enqueue_post(digest, self.settings.channel, text)
-        return self.settings.channel, digest
+            self.store.outbox.enqueue_post(digest, channel, text)
+        return channel, digest
 
     def _render(self, alerts: list[StoredAlert], deploy: Deploy | None) -> tuple[str, list[dict]]:
         reasons = _Reasons(alerts, self.settings.rules)

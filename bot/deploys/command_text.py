@@ -269,7 +269,8 @@ def parse_command(text: str) -> Command:
             raise UsageError(f"Usage: `/deploy {head} <service> [environment]`, e.g. `/deploy {head} api production`.")
         return SteerCommand(head, words[1].lower(), words[2].lower() if len(words) == 3 else None)
     if head == "status":
-        usage = "Usage: `/deploy status [service] [--owner @team]`, e.g. `/deploy status api`."
+        usage = ("Usage: `/deploy status [service]`, e.g. `/deploy status api`; "
+                 "`--owner @team` shows only that team's services.")
         rest, owner = _take_owner(words[1:], usage)
         if len(rest) > 1:
             raise UsageError(usage)
@@ -302,8 +303,8 @@ def parse_command(text: str) -> Command:
 
 def _parse_stats(words: list[str]) -> StatsCommand:
     """``[service] [days]``: a lone number is the days (service names are words)."""
-    usage = (f"Usage: `/deploy stats [service] [days] [--owner @team]`, days from {STATS_DAYS[0]} to "
-             f"{STATS_DAYS[1]} (default {STATS_DEFAULT_DAYS}), e.g. `/deploy stats api 90`.")
+    usage = (f"Usage: `/deploy stats [service] [days]`, days from {STATS_DAYS[0]} to {STATS_DAYS[1]} "
+             f"(default {STATS_DEFAULT_DAYS}), e.g. `/deploy stats api 90`; `--owner @team` sums that team's services.")
     words, owner = _take_owner(words, usage)
     if len(words) > 2:
         raise UsageError(usage)

@@ -447,7 +447,8 @@ class DeployWorkflow:
         """Cancel a request that could not be announced (e.g. the channel is gone),
         so it does not block the service+environment."""
         return self.store.deploys.transition(deploy.id,
-                                             allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED),
+                                             allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED,
+                                                           DeployStatus.APPROVED),
                                              to=DeployStatus.CANCELLED,
                                              actor=None, action="abandoned", reason=reason)
 

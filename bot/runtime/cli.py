@@ -1,4 +1,4 @@
-"""The ``slipway`` command: ``serve``, ``sandbox``, ``check-config`` and ``report``."""
+"""The ``slipway`` command: ``serve``, ``sandbox``, ``check-config``, ``report`` and ``token``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"),
                         help="SQLite database file (default: $SLIPWAY_DB or slipway.db)")
 
+    token = commands.add_parser("token", help="make, list and revoke the API's bearer tokens (for CI)")
+    token_actions = token.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="make a token and print it, once")
+    create.add_argument("name", help="the token's name: the audit log says api:NAME")
+    create.add_argument("--scope", action="append", required=True, dest="scopes",
+                        help="read, request:<environment>, request:* or control:<environment>; repeat for more")
+    create.add_argument("--expires", help="a lifetime (90d, 12h); default: until revoked")
+    listing = token_actions.add_parser("list", help="every token: name, scopes, expiry, last use, state")
+    revoke = token_actions.add_parser("revoke", help="revoke a token now")
+    revoke.add_argument("name")
+    for action in (create, listing, revoke):
+        action.add_argument("--db", default=os.environ.get("SLIPWAY_DB", "slipway.db"),
+                            help="SQLite database file (default: $SLIPWAY_DB or slipway.db)")
+    create.add_argument("--config", default=os.environ.get("SLIPWAY_CONFIG", "slipway.yml"),
+                        help="config file, whose environments the scopes name (default: $SLIPWAY_CONFIG or "
+                             "slipway.yml)")
+
     sandbox = commands.add_parser("sandbox", help="try Slipway in a browser against a built-in stand-in for Slack")
     sandbox.add_argument("--host", default="127.0.0.1",
                          help="loopback address the page listens on (default: 127.0.0.1)")
@@ -77,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_report(args)
     if args.command == "sandbox":
         return run_sandbox(args)
+    if args.command == "token":
+        return manage_tokens(args)
     return serve(args)
 
 
@@ -122,6 +141,83 @@ def print_report(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def manage_tokens(args: argparse.Namespace) -> int:
+    """``slipway token create|list|revoke``: on the database ``serve`` uses
+    (a running Slipway sees a new or revoked token at its next request)."""
+    from store import Store
+    from store.tokens import TokenError
+
+    if args.action == "create":
+        problem, expires_at = _token_problem(args)
+        if problem:
+            print(f"slipway: {problem}", file=sys.stderr)
+            return 2
+    elif not os.path.exists(args.db):
+        print(f"slipway: no database at {args.db}", file=sys.stderr)
+        return 2
+    # a new file is migrated here; an existing one only by the `serve` that owns it (see "Running it for real")
+    store = Store.open(args.db, migrate=not os.path.exists(args.db))
+    try:
+        if "api_tokens" not in store.db.table_names():
+            print(f"slipway: {args.db} predates API tokens: start this version's `slipway serve` on it once "
+                  "(it migrates the schema), then try again", file=sys.stderr)
+            return 2
+        if args.action == "create":
+            record, token = store.tokens.create(args.name, args.scopes, expires_at)
+            print(token)
+            until = f"until {record.expires_at}" if record.expires_at else "until revoked"
+            print(f"token {record.name!r} ({', '.join(record.scopes)}), valid {until}; it is shown this once and "
+                  f"kept only as a hash: store it as a CI secret now", file=sys.stderr)
+        elif args.action == "list":
+            print(_token_table(store.tokens.all(), store.database.now()))
+        else:
+            record = store.tokens.revoke(args.name)
+            print(f"token {record.name!r} revoked at {record.revoked_at}")
+    except TokenError as refused:
+        print(f"slipway: {refused}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _token_problem(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """What is wrong with ``token create``'s scopes and lifetime (else None), and its expiry."""
+    from datetime import datetime, timedelta, timezone
+
+    from bot.durations import parse_duration
+    from store import stamp
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return f"{args.config} is invalid (the scopes name its environments): " + "; ".join(exc.problems), None
+    for scope in args.scopes:
+        kind, _, environment = scope.partition(":")
+        if kind in ("request", "control") and environment not in config.environment_names and \
+                not (kind == "request" and environment == "*"):
+            return (f"{scope!r} names no environment of {args.config} "
+                    f"({', '.join(config.environment_names)})"), None
+    if args.expires is None:
+        return None, None
+    try:
+        seconds = parse_duration(args.expires)
+    except ValueError as bad:
+        return f"--expires: {bad}", None
+    return None, stamp(datetime.now(timezone.utc) + timedelta(seconds=seconds))
+
+
+def _token_table(tokens: list[Any], now: str) -> str:
+    if not tokens:
+        return "no tokens (make one with `slipway token create NAME --scope …`)"
+    rows = [("NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATE")]
+    rows += [(t.name, " ".join(t.scopes), t.created_at[:16], (t.expires_at or "never")[:16],
+              (t.last_used_at or "never")[:16], t.state(now)) for t in tokens]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def check_config(path: str) -> int:

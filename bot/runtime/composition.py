@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import handlers
 import handlers.alerts
+import handlers.api
 import handlers.http
 import handlers.webhooks
 from bot.alerts.relay import AlertRelay
@@ -386,6 +387,7 @@ def create_web_app(slipway: Slipway, lease: LeaseKeeper | None = None) -> web.Ap
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     handlers.webhooks.register(app, slipway)
+    handlers.api.register(app, slipway)
     handlers.alerts.register(app, slipway)
     if lease is None:  # the only Slipway on its database (tests, the sandbox): it works from the start
         app.on_startup.append(recover)

@@ -89,6 +89,9 @@ class FakeSlack(FakeServer):
         self.ts_start_us = ts_start_us
         self.usergroups = dict(usergroups or {})
         self.missing_channels = set(missing_channels or ())
+        # private channels the bot was not invited to: posting there answers not_in_channel
+        # (a public one takes the bot's posts without an invitation, with chat:write.public)
+        self.private_channels: set[str] = set()
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemerals: list[Ephemeral] = []
@@ -212,6 +215,8 @@ class FakeSlack(FakeServer):
         channel = args.get("channel", "")
         if not channel or channel in self.missing_channels:
             return {"ok": False, "error": "channel_not_found"}
+        if channel in self.private_channels:
+            return {"ok": False, "error": "not_in_channel"}
         if problem := block_kit_problem(_blocks(args)):
             return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
         ts = self._next_ts()

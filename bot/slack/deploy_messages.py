@@ -9,10 +9,16 @@ notes and direct messages are queued with their text. A Slack failure of
 any shape therefore delays what people see; it never changes, stalls or
 loses a deploy. The one call still made on the spot is the ephemeral reply
 to a click (:meth:`DeployMessages.tell`), which is the click's answer.
+
+A deploy's message goes to its service's channel (``services.<name>.channel``,
+else ``channel``); its thread follows the message wherever it was posted
+(the deploy records the channel), and with ``mirror_to_main_channel`` the
+main channel gets one line linking to it, once the link is known.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,18 +32,18 @@ from bot.events import DeployChanged, DeployPosted, EventBus, MessagePosted, Mes
 from bot.runtime.logs import current_deploy
 from bot.slack.blocks import deploy_blocks
 from bot.slack.failures import failure_of
-from bot.slack.mrkdwn import MAX_SPARKLINE, deploy_fallback_text
+from bot.slack.mrkdwn import MAX_SPARKLINE, deploy_fallback_text, mention
 from bot.slack.outbox import Outbox
 from bot.slack.ship_report import read_rollout
 from store import Deploy, DeployNotFound, DeployStatus, Store, deploy_message_key
-from store.outbox import FAILED
+from store.outbox import FAILED, POST
 
 log = logging.getLogger(__name__)
 
 ANNOUNCE_WAIT = 10.0  # seconds a request's reply waits for its message before the deploy goes on without it
 # Refusals of a deploy's own post that mean the channel is unusable until a person acts.
 UNPOSTABLE = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
-NOT_STARTED = (DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED)
+NOT_STARTED = (DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED, DeployStatus.APPROVED)
 
 
 def deploy_view(deploy_id: int) -> str:
@@ -103,15 +109,19 @@ class DeployMessages:
                                                 until=lambda: self._settled(deploy.id))
         deploy = self._store.deploys.get(deploy.id)
         if state == FAILED and deploy.status == DeployStatus.CANCELLED:
-            error = (deploy.status_reason or "").rpartition(": ")[2] or "unknown_error"
-            hint = " Invite the bot to the channel (`/invite @Slipway`)." if error in UNPOSTABLE else ""
-            raise SlipwayError(f"I could not post deploy #{deploy.id} in <#{self._config.channel}> "
+            posts = [item for item in self._store.outbox.items(key) if item.op == POST]
+            error = (posts[-1].last_error if posts else None) or "unknown_error"
+            channel = self._config.channel_of(deploy.service)
+            hint = f" {channel_hint(channel, error)[0].upper()}{channel_hint(channel, error)[1:]}." \
+                if error in UNPOSTABLE else ""
+            raise SlipwayError(f"I could not post deploy #{deploy.id} in <#{channel}> "
                                f"(Slack said `{error}`), so it is cancelled.{hint}")
         return deploy
 
     def show(self, deploy: Deploy) -> None:
-        """Queue the deploy's message, drawn when sent (once per deploy, however often asked)."""
-        self._store.outbox.enqueue_post(deploy_message_key(deploy.id), self._config.channel,
+        """Queue the deploy's message in its service's channel, drawn when
+        sent (once per deploy, however often asked)."""
+        self._store.outbox.enqueue_post(deploy_message_key(deploy.id), self._config.channel_of(deploy.service),
                                         deploy_fallback_text(deploy), view=deploy_view(deploy.id))
         self._outbox.notify()
 
@@ -128,7 +138,21 @@ class DeployMessages:
         known = self._store.deploys.get(deploy_id)
         permalink = event.permalink or known.permalink  # the permalink is asked for after the post
         self._store.deploys.attach_message(deploy_id, event.channel, event.ts, permalink)
+        if event.permalink:
+            self._mirror(known, event.channel, event.permalink)
         self._events.publish(DeployPosted(deploy_id))  # posted, or now with its permalink
+
+    def _mirror(self, deploy: Deploy, channel: str, permalink: str) -> None:
+        """With ``mirror_to_main_channel``, one line in the main channel
+        linking to the deploy's message in its service's own (queued once
+        per deploy, when the link is known: the key names the deploy)."""
+        service = self._config.services.get(deploy.service)
+        if service is None or not service.mirror_to_main_channel or channel == self._config.channel \
+                or self._config.channel_of(deploy.service) == self._config.channel:
+            return
+        self._store.outbox.enqueue_post(f"{deploy_message_key(deploy.id)}-mirror", self._config.channel,
+                                        mirror_text(deploy, channel, permalink))
+        self._outbox.notify()
 
     def refused(self, event: MessageRefused) -> None:
         """A deploy's own message cannot be posted in the channel: a request
@@ -139,9 +163,11 @@ class DeployMessages:
             return
         deploy = self._store.deploys.get(deploy_id)
         if deploy.status in NOT_STARTED and deploy.started_at is None:
+            channel = self._config.channel_of(deploy.service)
             with self._store.transaction():
                 self._store.outbox.fail_post(event.key, event.code)
-                self._workflow.abandon(deploy, f"could not post in {self._config.channel}: {event.code}")
+                self._workflow.abandon(deploy, f"could not post in <#{channel}> (Slack said `{event.code}`): "
+                                               f"{channel_hint(channel, event.code)}")
             self._events.publish(DeployChanged(deploy_id))
 
     def deploy_changed(self, event: DeployChanged) -> None:
@@ -154,10 +180,21 @@ class DeployMessages:
     # -- notes, direct messages, channel posts ------------------------------------
 
     def thread(self, deploy: Deploy, text: str) -> None:
-        """A reply in the deploy's thread (in the channel if its message never
+        """A reply in the deploy's thread (in its channel if its message never
         made it), queued: it goes out after the message itself."""
         key = deploy_message_key(deploy.id)
-        self._queue_post(f"{key}-note-{self._store.outbox.fresh_number()}", text, thread_key=key)
+        self._queue_post(f"{key}-note-{self._store.outbox.fresh_number()}", text, thread_key=key,
+                         channel=self._channel_of(deploy))
+
+    def _channel_of(self, deploy: Deploy) -> str:
+        """Where the deploy's message is (as recorded when it was posted:
+        a thread follows its message even if the config moved the service
+        since), else where it is going: its service's channel."""
+        channel = deploy.channel
+        if channel is None:  # ``deploy`` may be a copy read before the message was posted
+            with contextlib.suppress(DeployNotFound):
+                channel = self._store.deploys.get(deploy.id).channel
+        return channel or self._config.channel_of(deploy.service)
 
     def direct(self, user: str, text: str) -> None:
         """A direct message to ``user`` from the bot, queued (its key names the
@@ -171,8 +208,8 @@ class DeployMessages:
         """A message in the deploy channel, outside any thread, queued."""
         self._queue_post(f"channel-{self._store.outbox.fresh_number()}", text)
 
-    def _queue_post(self, key: str, text: str, thread_key: str | None = None) -> None:
-        self._store.outbox.enqueue_post(key, self._config.channel, text, thread_key=thread_key)
+    def _queue_post(self, key: str, text: str, thread_key: str | None = None, channel: str | None = None) -> None:
+        self._store.outbox.enqueue_post(key, channel or self._config.channel, text, thread_key=thread_key)
         self._outbox.notify()
 
     async def tell(self, channel: str, user: str, text: str,
@@ -197,6 +234,22 @@ class DeployMessages:
             if failure_of(error) is None:
                 raise
             log.warning("could not tell %s: %s", user, failure_of(error))
+
+
+def channel_hint(channel: str, code: str | None) -> str:
+    """What to do when Slack will not let the bot post in ``channel``: most
+    often a private channel it was not invited to (a public one needs no
+    invitation, through ``chat:write.public``)."""
+    if code == "is_archived":
+        return f"<#{channel}> is archived: unarchive it, or give the service another `channel`, and ask again"
+    return f"invite the bot to <#{channel}> (`/invite @Slipway` there) and ask again"
+
+
+def mirror_text(deploy: Deploy, channel: str, permalink: str) -> str:
+    """The main channel's line for a deploy whose message is in ``channel``."""
+    kind = "Rollback" if deploy.rollback_of is not None else "Deploy"
+    return (f":arrow_right: <{permalink}|{kind} #{deploy.id}>: {deploy.service} `{deploy.display_version}` "
+            f"to {deploy.environment}, requested by {mention(deploy.requested_by)}, in <#{channel}>")
 
 
 def _deploy_of(key: str, view: str | None) -> int | None:
