@@ -20,6 +20,7 @@ from bot.deploys.command_text import (
     HomeCommand,
     LockCommand,
     LocksCommand,
+    QueueCommand,
     RequestDeploy,
     RollbackCommand,
     ShowCommand,
@@ -39,6 +40,7 @@ from bot.slack.mrkdwn import (
     lock_list_text,
     locks_text,
     override_unused_text,
+    queue_text,
     request_accepted_text,
     unblocked_text,
     unescape,
@@ -99,6 +101,10 @@ def register(app: AsyncApp, slipway: "Slipway") -> None:
             return {"response_type": "in_channel", "text": f":unlock: <@{user}> released:\n" + locks_text(released)}
         if isinstance(parsed, LocksCommand):
             return {"text": lock_list_text(*workflow.locks(parsed.service))}
+        if isinstance(parsed, QueueCommand):
+            if parsed.service is not None:
+                resolve_service(slipway.config, parsed.service)  # a typo gets the known services
+            return {"text": queue_text(slipway.store.deploys.queued(parsed.service))}
         if isinstance(parsed, UnblockCommand):
             lifted = await workflow.unblock(user, parsed, source)
             return {"response_type": "in_channel", "text": unblocked_text(lifted, user, workflow.locks_holding(lifted))}

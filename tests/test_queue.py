@@ -138,3 +138,17 @@ async def test_metrics_show_each_queue_depth(harness: Harness, holds: Path) -> N
     assert 'slipway_queue_depth{environment="production",service="api"} 2.0' in page
     assert 'slipway_deploys{environment="production",state="queued"} 2.0' in page
     (holds / "hold-2.7.0").unlink()
+
+
+async def test_deploy_queue_lists_each_line_in_order(harness: Harness, holds: Path) -> None:
+    (holds / "hold-2.7.0").touch()
+    await request(harness, "2.7.0")
+    second, _ = await request(harness, "2.7.1")
+    third, _ = await request(harness, "2.7.2")
+    await harness.click(harness.message_of(third), "U0ALICE", ACTION_APPROVE)
+    listing = await harness.command("queue api")
+    assert "*api on production*" in listing
+    assert listing.index(f"1. #{second} 2.7.1") < listing.index(f"2. #{third} 2.7.2")
+    assert "awaiting approval" in listing and "approved, ready for its turn" in listing
+    assert "I don't know a service called `nope`" in await harness.command("queue nope")
+    (holds / "hold-2.7.0").unlink()

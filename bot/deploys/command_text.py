@@ -22,6 +22,7 @@ HELP_TEXT = """\
 • `/deploy lock <service> [environment] [duration] <reason>` — stop deploys of a service (every environment when none is named), e.g. `/deploy lock api production 2h "db maintenance"`
 • `/deploy unlock <service> [environment]` — lift a lock
 • `/deploy locks [service]` — every lock and blocked version: who, when, why, until
+• `/deploy queue [service]` — requests waiting in line where an environment queues (`queue: true`), in order
 • `/deploy unblock <service> <version> [environment]` — allow a rolled-back version again
 • `/deploy rollback <service> [environment]` — go back to the last good version (asks you to confirm)
 • `/deploy promote <service> [environment]` — a staged rollout (canary, blue-green, bake) goes on from its stage now, without waiting out its pause
@@ -35,7 +36,7 @@ HELP_TEXT = """\
 • `/deploy help` — this message
 Versions are semantic (`2.7.0` or `v2.7.0`). A version reaches an environment only after it succeeded on the rung below; production needs approvals and a ticked checklist."""
 
-SUBCOMMANDS = ("help", "lock", "unlock", "locks", "unblock", "rollback", "promote", "pause", "resume", "abort",
+SUBCOMMANDS = ("help", "lock", "unlock", "locks", "queue", "unblock", "rollback", "promote", "pause", "resume", "abort",
                "show", "history", "status", "stats", "home")
 STEERING = ("promote", "pause", "resume", "abort")  # what people do to a staged rollout in progress
 
@@ -62,6 +63,11 @@ class LockCommand:
 
 @dataclass(frozen=True)
 class LocksCommand:
+    service: str | None  # None: every service
+
+
+@dataclass(frozen=True)
+class QueueCommand:
     service: str | None  # None: every service
 
 
@@ -130,7 +136,8 @@ LOOKS_LIKE_DAYS = re.compile(r"^[-+]?\d+(?:\.\d*)?d?$", re.IGNORECASE)  # told a
 
 
 Command = (Help | RequestDeploy | LockCommand | UnlockCommand | RollbackCommand | ShowCommand | HistoryCommand
-           | StatusCommand | StatsCommand | LocksCommand | UnblockCommand | SteerCommand | HomeCommand)
+           | StatusCommand | StatsCommand | LocksCommand | QueueCommand | UnblockCommand | SteerCommand
+           | HomeCommand)
 
 # Slack sends what people type, and their clients often turn "…" into “…”.
 QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"'})
@@ -249,6 +256,10 @@ def parse_command(text: str) -> Command:
         if len(words) > 2:
             raise UsageError("Usage: `/deploy locks [service]`.")
         return LocksCommand(words[1].lower() if len(words) == 2 else None)
+    if head == "queue":
+        if len(words) > 2:
+            raise UsageError("Usage: `/deploy queue [service]`.")
+        return QueueCommand(words[1].lower() if len(words) == 2 else None)
     if head == "unblock":
         if len(words) not in (3, 4):
             raise UsageError("Usage: `/deploy unblock <service> <version> [environment]`, e.g. "

@@ -226,6 +226,23 @@ def deploy_fallback_text(deploy: Deploy) -> str:
     return f"Deploy {deploy.service} {deploy.display_version} to {deploy.environment}: {status}"
 
 
+def queue_text(queued: list[Deploy]) -> str:
+    """``/deploy queue``: each line of requests, in the order they will go."""
+    if not queued:
+        return "Nothing is queued."
+    lines, place = [], None
+    for deploy in queued:
+        if (deploy.service, deploy.environment) != place:
+            place = (deploy.service, deploy.environment)
+            lines.append(f"*{deploy.service} on {deploy.environment}*")
+            position = 0
+        position += 1
+        ready = "approved, ready for its turn" if deploy.approved_at else "awaiting approval"
+        lines.append(f"{position}. #{deploy.id} {deploy.display_version} by {mention(deploy.requested_by)}, "
+                     f"queued {when(deploy.queued_at or deploy.requested_at)} — {ready}")
+    return clip("\n".join(lines), MAX_SECTION_TEXT)
+
+
 def request_accepted_text(deploy: Deploy, channel: str, position: int | None = None) -> str:
     if deploy.status == DeployStatus.QUEUED:
         return (f"Deploy #{deploy.id} of {deploy.service} {deploy.display_version} to {deploy.environment} is queued"
