@@ -175,3 +175,19 @@ def test_alerts_prometheus_url_serves_the_analysis_too() -> None:
     text = ROLLOUT_CONFIG.replace("  prometheus_url: http://prometheus:9090   # defaults to alerts.prometheus_url\n",
                                   "") + "alerts:\n  channel: C0ALERTS\n  prometheus_url: http://other:9090\n"
     assert parse_config(text).prometheus_url == "http://other:9090"
+
+
+def test_a_per_service_approvals_block_must_name_an_environment_the_service_deploys_to() -> None:
+    text = ROLLOUT_CONFIG.replace("""services:
+  api:
+""", """services:
+  api:
+    environments: [staging]
+    owners: ["@payments"]
+    approvals:
+      production: {required: 1, approvers: ["@payments"]}
+      qa: {required: 1, approvers: ["@payments"]}
+""").replace("    strategy:                      # per environment; absent: direct (the engine does it all)\n", "    strategy:\n")
+    found = [re.sub(r" \(line \d+\)", "", problem) for problem in problems(text)]
+    assert "services.api.approvals.production: api does not deploy to production (services.api.environments)" in found
+    assert "services.api.approvals.qa: unknown environment 'qa'" in found

@@ -64,26 +64,26 @@ async def test_requests_queue_are_approved_out_of_order_and_start_in_order(
         harness: Harness, record: Path, holds: Path) -> None:
     (holds / "hold-2.7.0").touch()
     first, _ = await request(harness, "2.7.0")
-    queued = [await request(harness, version) for version in ("2.7.1", "2.7.2", "2.7.3")]
+    queued = [await request(harness, version) for version in ("2.7.1", "2.7.2", "2.7.3", "2.7.4")]
     ids = [deploy_id for deploy_id, _ in queued]
-    assert [harness.deploy(i).status for i in ids] == [DeployStatus.QUEUED] * 3
-    assert [harness.store.deploys.queue_position(harness.deploy(i)) for i in ids] == [1, 2, 3]
+    assert [harness.deploy(i).status for i in ids] == [DeployStatus.QUEUED] * 4
+    assert [harness.store.deploys.queue_position(harness.deploy(i)) for i in ids] == [1, 2, 3, 4]
     assert "#3 in line" in str(harness.message_of(ids[2]).blocks)
     # the same version again is the same request
     reply = await harness.command("api 2.7.2 production")
     assert f"Deploy #{ids[1]} " in reply and "#2 in line" in reply
-    assert len(harness.store.deploys.queued("api", "production")) == 3
-    # approved out of order while they wait (2.7.3, then 2.7.2; 2.7.1 never), then the first one
-    for deploy_id in (ids[2], ids[1]):
+    assert len(harness.store.deploys.queued("api", "production")) == 4
+    # approved out of order while they wait (2.7.4, 2.7.3, then 2.7.2; 2.7.1 never), then the first one
+    for deploy_id in (ids[3], ids[2], ids[1]):
         await harness.click(harness.message_of(deploy_id), "U0ALICE", ACTION_APPROVE)
         assert harness.deploy(deploy_id).status == DeployStatus.QUEUED and harness.deploy(deploy_id).approved_at
     await harness.slack.click(harness.message_of(first), "U0ALICE", ACTION_APPROVE)
     await wait_for(lambda: started(record) == ["2.7.0"], what="the first deploy")
     (holds / "hold-2.7.0").unlink()
-    # the line frees: 2.7.1 still awaits approval, so 2.7.2 goes, then 2.7.3
-    await wait_for(lambda: harness.deploy(ids[2]).status == DeployStatus.SUCCEEDED, what="the queue to run")
+    # the line frees: 2.7.1 still awaits approval, so 2.7.2 goes, then 2.7.3 and 2.7.4, in line order
+    await wait_for(lambda: harness.deploy(ids[3]).status == DeployStatus.SUCCEEDED, what="the queue to run")
     await harness.settle()
-    assert started(record) == ["2.7.0", "2.7.2", "2.7.3"]
+    assert started(record) == ["2.7.0", "2.7.2", "2.7.3", "2.7.4"]
     assert harness.deploy(ids[0]).status == DeployStatus.QUEUED  # waiting for its approval still
     await harness.click(harness.message_of(ids[0]), "U0DAVE", ACTION_CANCEL)  # withdrawn: it leaves the line
     assert harness.deploy(ids[0]).status == DeployStatus.CANCELLED
