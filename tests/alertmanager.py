@@ -31,7 +31,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from typing import Any, Self
 import aiohttp
 import yaml
 
-from tests.debian import DebianProgram
+from tests.debian import DebianProgram, ServerFiles, free_port, proxy_free_env
 
 PACKAGE = "prometheus-alertmanager"
 DEFAULT_BINARY = "/usr/bin/prometheus-alertmanager"
@@ -128,13 +127,7 @@ def _key(labels: Mapping[str, str]) -> frozenset[tuple[str, str]]:
 
 # -- the process ---------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RealAlertmanager:
+class RealAlertmanager(ServerFiles):
     """A real Alertmanager on 127.0.0.1 whose only receiver is a webhook to
     ``webhook_url`` (Bearer ``token``, ``send_resolved``). Durations are
     Alertmanager's syntax ("100ms", "1s", "1h").
@@ -147,6 +140,11 @@ class RealAlertmanager:
     Two instances that are *not* clustered and get the same alerts each
     notify, which is how a real HA pair with broken gossip behaves.
     """
+
+    NAME = "Alertmanager"
+    CONFIG_FILE = "alertmanager.yml"
+    LOG_FILE = "alertmanager.log"
+    NO_LOG = "(no Alertmanager log)\n"
 
     def __init__(self, webhook_url: str, token: str, *,
                  group_by: Iterable[str] = DEFAULT_GROUP_BY,
@@ -213,16 +211,6 @@ class RealAlertmanager:
         return yaml.safe_dump(self.config(), sort_keys=False)
 
     @property
-    def config_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "alertmanager.yml"
-
-    @property
-    def log_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "alertmanager.log"
-
-    @property
     def cluster_address(self) -> str:
         """Where this member gossips, for another member's ``cluster_peers``."""
         assert self.cluster_port is not None, "not a started cluster member"
@@ -232,20 +220,11 @@ class RealAlertmanager:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.returncode
 
-    def log(self) -> str:
-        """Everything Alertmanager has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (AssertionError, OSError):
-            return "(no Alertmanager log)\n"
-
     def print_log(self) -> None:
-        sys.stderr.write(f"--- Alertmanager log ({self.url}) ---\n{self.log()}"
-                         "--- end of Alertmanager log ---\n")
+        sys.stderr.write(self._framed(self.log()) + "\n")
 
     def _error(self, message: str) -> AlertmanagerError:
-        return AlertmanagerError(f"{message}\n--- Alertmanager log ({self.url}) ---\n"
-                                 f"{self.log()}--- end of Alertmanager log ---")
+        return AlertmanagerError(f"{message}\n{self._framed(self.log())}")
 
     # -- lifecycle --
 
@@ -280,7 +259,7 @@ class RealAlertmanager:
         raise AssertionError("unreachable")
 
     async def _launch(self, path: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
             path,
@@ -293,7 +272,7 @@ class RealAlertmanager:
         if self.cluster_peers is None:
             args.append("--cluster.listen-address=")  # gossip off: no peers, no port 9094
         else:
-            self.cluster_port = _free_port()
+            self.cluster_port = free_port()
             args += [f"--cluster.listen-address={self.cluster_address}",
                      f"--cluster.advertise-address={self.cluster_address}",
                      # Settling takes a few polls of 10 gossip intervals (20s
@@ -304,14 +283,10 @@ class RealAlertmanager:
                 args.append(f"--cluster.peer-timeout={self.peer_timeout}")
         args += self.extra_args
         # No proxy: the webhook must go straight to 127.0.0.1.
-        env = {k: v for k, v in os.environ.items()
-               if k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}}
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(args)}\n".encode())
-            log.flush()
+        with self._command_log(args) as log:
             self._process = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env, cwd=self.workdir, start_new_session=True)
+                env=proxy_free_env(), cwd=self.workdir, start_new_session=True)
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:

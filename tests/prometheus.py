@@ -55,27 +55,20 @@ import itertools
 import json
 import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Self
 
 import pytest
 import yaml
 
-from tests.debian import DebianProgram
+from tests.debian import LOCAL_OPENER as _opener
+from tests.debian import DebianProgram, LocalServer, running, serving
 
 PACKAGE = "prometheus"
 DEFAULT_BINARY = "/usr/bin/prometheus"
@@ -238,13 +231,7 @@ def _label(value: str) -> str:
 
 # -- Prometheus ----------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RealPrometheus:
+class RealPrometheus(LocalServer):
     """A real Prometheus on 127.0.0.1 scraping ``targets`` (``host:port``,
     path /metrics) every ``scrape_interval``.
 
@@ -253,25 +240,30 @@ class RealPrometheus:
     same URL back; ``close()`` stops it for good and removes its directory.
     These are synchronous (so a fixture of any scope can use them, whatever
     the event loop); ``async with`` runs them in a thread. The queries
-    (``query``, ``value``, ``wait_for``) are async.
+    (``query``, ``value``, ``wait_for``) are async. The lifecycle is
+    ``LocalServer``'s (tests/debian.py).
     """
+
+    NAME = "Prometheus"
+    PROGRAM = PROGRAM
+    ERROR = PrometheusError
+    READY_PATH = "/-/ready"
+    WORKDIR_PREFIX = "prometheus-"
+    CONFIG_FILE = "prometheus.yml"
+    LOG_FILE = "prometheus.log"
+    NO_LOG = "(no Prometheus log)\n"
 
     def __init__(self, targets: Iterable[str] = (), *, scrape_interval: str = "1s",
                  evaluation_interval: str = "1s", workdir: str | os.PathLike[str] | None = None,
                  log_level: str = "info", startup_timeout: float = 30.0,
                  binary_path: str | None = None, extra_args: Iterable[str] = ()) -> None:
+        super().__init__(workdir=workdir, startup_timeout=startup_timeout, binary_path=binary_path)
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.log_level = log_level
-        self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
-        self._binary_path = binary_path
-        self._workdir_given = workdir is not None
-        self.workdir: Path | None = Path(workdir) if workdir is not None else None
-        self.port: int | None = None
         self.url: str | None = None  # http://127.0.0.1:<port>
-        self._process: subprocess.Popen[bytes] | None = None
 
     # -- configuration --
 
@@ -284,87 +276,10 @@ class RealPrometheus:
             "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": self.targets}]}],
         }
 
-    @property
-    def config_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "prometheus.yml"
-
-    @property
-    def log_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "prometheus.log"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log(self) -> str:
-        """Everything Prometheus has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (AssertionError, OSError):
-            return "(no Prometheus log)\n"
-
-    def print_log(self, tail: int = 20_000) -> None:
-        text = self.log()
-        if len(text) > tail:
-            text = "…" + text[-tail:]
-        sys.stderr.write(f"--- Prometheus log ({self.url}) ---\n{text}--- end of Prometheus log ---\n")
-
-    def _error(self, message: str) -> PrometheusError:
-        return PrometheusError(f"{message}\n--- Prometheus log ({self.url}) ---\n"
-                               f"{self.log()[-20_000:]}--- end of Prometheus log ---")
-
-    # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not isinstance(exc, PrometheusError):
-            self.print_log()
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        path = self._binary_path or ensure_installed()  # pytest.fail must run in the test's thread
-        self._binary_path = path
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
-
-    def start(self) -> Self:
-        """Launch Prometheus (again, after ``stop()``: same port and data)
-        and wait until it is ready."""
-        if self.running:
-            return self
-        path = self._binary_path or ensure_installed()
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="prometheus-"))
-        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+    def _command(self, path: str) -> list[str]:
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        restarting = self.port is not None
-        # A port is picked, released, then bound by Prometheus: another
-        # process can take it in between, so a bind failure gets a new one
-        # (not on a restart: the URL must stay the same).
-        for attempt in range(1 if restarting else 3):
-            try:
-                self._launch(path)
-                return self
-            except BaseException as exc:
-                retry = (not restarting and isinstance(exc, PrometheusError) and attempt < 2
-                         and "address already in use" in self.log())
-                self._terminate()
-                if not retry:
-                    raise
-                self.port = None
-        raise AssertionError("unreachable")
-
-    def _launch(self, path: str) -> None:
-        if self.port is None:
-            self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [
+        return [
             path,
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
@@ -373,64 +288,16 @@ class RealPrometheus:
             f"--log.level={self.log_level}",
             *self.extra_args,
         ]
-        # No proxy: scrapes and the API stay on 127.0.0.1.
-        env = {k: v for k, v in os.environ.items()
-               if k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}}
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(args)}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=env, cwd=self.workdir, start_new_session=True)
-        self._wait_ready()
 
-    def _wait_ready(self) -> None:
-        """Poll (it is an external process) until /-/ready answers 200."""
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last = "no answer yet"
-        while True:
-            if self._process.poll() is not None:
-                raise self._error(f"Prometheus exited with {self._process.returncode} before it was ready")
-            try:
-                with _opener.open(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-                    last = f"/-/ready: HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"/-/ready: HTTP {exc.code}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = repr(exc)
-            if time.monotonic() > deadline:
-                raise self._error(f"Prometheus not ready after {self.startup_timeout}s ({last})")
-            time.sleep(0.05)
+    # -- async lifecycle --
 
-    def _terminate(self) -> None:
-        """SIGTERM, SIGKILL after 10s; always reaped."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
+    async def __aenter__(self) -> Self:
+        path = self._binary_path or ensure_installed()  # pytest.fail must run in the test's thread
+        self._binary_path = path
+        return await asyncio.to_thread(self.start)
 
-    def stop(self) -> None:
-        """End the process; its URL then refuses connections. ``start()``
-        brings it back on the same port with the same data."""
-        self._terminate()
-
-    def close(self) -> None:
-        """Stop for good and remove the temporary directory."""
-        self._terminate()
-        if not self._workdir_given and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
 
     # -- the HTTP API --
 
@@ -484,10 +351,6 @@ class RealPrometheus:
         await self.wait_for(f'min(sum_over_time(up{{job="{JOB}"}}[1h]))', lambda n: n >= times, timeout)
 
 
-# Straight to 127.0.0.1, whatever proxy the environment names.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 # -- fixtures ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -502,12 +365,7 @@ def metrics_app() -> Iterator[MetricsApp]:
 def prometheus_server(metrics_app: MetricsApp) -> Iterator[RealPrometheus]:
     """The module's Prometheus scraping ``metrics_app`` (for module-scoped
     fixtures; a test takes ``real_prometheus``, which is this one running)."""
-    server = RealPrometheus(targets=[metrics_app.target])
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serving(RealPrometheus(targets=[metrics_app.target]))
 
 
 @pytest.fixture
@@ -515,6 +373,4 @@ def real_prometheus(prometheus_server: RealPrometheus) -> Iterator[RealPrometheu
     """A real Prometheus scraping ``metrics_app`` every second, running when
     the test starts (restarted if an earlier test stopped it). Its log is
     printed at teardown, which pytest shows when the test failed."""
-    prometheus_server.start()
-    yield prometheus_server
-    prometheus_server.print_log(tail=5_000)
+    yield from running(prometheus_server)

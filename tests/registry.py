@@ -42,25 +42,18 @@ import io
 import itertools
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.debian import DebianProgram
+from tests.debian import LOCAL_OPENER as _opener
+from tests.debian import DebianProgram, LocalServer, proxy_free_env, running, serving
 
 PACKAGE = "docker-registry"
 DEFAULT_BINARY = "/usr/bin/docker-registry"
@@ -99,19 +92,9 @@ binary = PROGRAM.binary
 ensure_installed = PROGRAM.ensure_installed
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# Straight to 127.0.0.1, whatever proxy the environment names.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 # -- the registry --------------------------------------------------------------
 
-class RealRegistry:
+class RealRegistry(LocalServer):
     """A real ``docker-registry`` on 127.0.0.1, filesystem storage in a
     temporary directory, no authentication.
 
@@ -119,18 +102,22 @@ class RealRegistry:
     ``stop()`` ends the process but keeps its port and storage, so a later
     ``start()`` brings the same URL and images back; ``close()`` stops it
     for good and removes its directory. All synchronous, so a fixture of any
-    scope can use them.
+    scope can use them. The lifecycle is ``LocalServer``'s (tests/debian.py).
     """
+
+    NAME = "docker-registry"
+    PROGRAM = PROGRAM
+    ERROR = RegistryError
+    READY_PATH = "/v2/"
+    WORKDIR_PREFIX = "registry-"
+    CONFIG_FILE = "config.yml"
+    LOG_FILE = "registry.log"
+    NO_LOG = "(no registry log)\n"
 
     def __init__(self, *, workdir: str | os.PathLike[str] | None = None, log_level: str = "info",
                  startup_timeout: float = 20.0, binary_path: str | None = None) -> None:
+        super().__init__(workdir=workdir, startup_timeout=startup_timeout, binary_path=binary_path)
         self.log_level = log_level
-        self.startup_timeout = startup_timeout
-        self._binary_path = binary_path
-        self._workdir_given = workdir is not None
-        self.workdir: Path | None = Path(workdir) if workdir is not None else None
-        self.port: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -162,139 +149,16 @@ class RealRegistry:
             "http": {"addr": f"127.0.0.1:{self.port}", "secret": "slipway-tests"},
         }
 
-    @property
-    def config_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "config.yml"
-
-    @property
-    def log_path(self) -> Path:
-        assert self.workdir is not None, "not started"
-        return self.workdir / "registry.log"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log(self) -> str:
-        """Everything the registry has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (AssertionError, OSError):
-            return "(no registry log)\n"
-
-    def print_log(self, tail: int = 20_000) -> None:
-        text = self.log()
-        if len(text) > tail:
-            text = "…" + text[-tail:]
-        url = self.url if self.port is not None else "not started"
-        sys.stderr.write(f"--- docker-registry log ({url}) ---\n{text}--- end of docker-registry log ---\n")
-
-    def _error(self, message: str) -> RegistryError:
-        url = self.url if self.port is not None else "not started"
-        return RegistryError(f"{message}\n--- docker-registry log ({url}) ---\n"
-                             f"{self.log()[-20_000:]}--- end of docker-registry log ---")
-
-    # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not isinstance(exc, RegistryError):
-            self.print_log()
-        self.close()
-
-    def start(self) -> Self:
-        """Launch the registry (again, after ``stop()``: same port and
-        storage) and wait until it answers."""
-        if self.running:
-            return self
-        path = self._binary_path or ensure_installed()
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="registry-"))
-        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        restarting = self.port is not None
-        # A port is picked, released, then bound by the registry: another
-        # process can take it in between, so a bind failure gets a new one
-        # (not on a restart: the URL must stay the same).
-        for attempt in range(1 if restarting else 3):
-            try:
-                self._launch(path)
-                return self
-            except BaseException as exc:
-                retry = (not restarting and isinstance(exc, RegistryError) and attempt < 2
-                         and "address already in use" in self.log())
-                self._terminate()
-                if not retry:
-                    raise
-                self.port = None
-        raise AssertionError("unreachable")
-
-    def _launch(self, path: str) -> None:
-        if self.port is None:
-            self.port = _free_port()
+    def _command(self, path: str) -> list[str]:
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        args = [path, "serve", str(self.config_path)]
+        return [path, "serve", str(self.config_path)]
+
+    def _env(self) -> dict[str, str]:
         # REGISTRY_* variables override the file; proxies must not be used.
-        env = {k: v for k, v in os.environ.items()
-               if not k.upper().startswith("REGISTRY_")
-               and k.lower() not in {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}}
-        with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(args)}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=env, cwd=self.workdir, start_new_session=True)
-        self._wait_ready()
+        return {k: v for k, v in proxy_free_env().items() if not k.upper().startswith("REGISTRY_")}
 
-    def _wait_ready(self) -> None:
-        """Poll (it is an external process) until ``GET /v2/`` answers 200."""
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        last = "no answer yet"
-        while True:
-            if self._process.poll() is not None:
-                raise self._error(f"docker-registry exited with {self._process.returncode} before it was ready")
-            try:
-                with _opener.open(f"{self.url}/v2/", timeout=2) as response:
-                    if response.status == 200:
-                        return
-                    last = f"/v2/: HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"/v2/: HTTP {exc.code}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = repr(exc)
-            if time.monotonic() > deadline:
-                raise self._error(f"docker-registry not ready after {self.startup_timeout}s ({last})")
-            time.sleep(0.05)
-
-    def _terminate(self) -> None:
-        """SIGTERM, SIGKILL after 10s; always reaped."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
-
-    def stop(self) -> None:
-        """End the process; its URL then refuses connections. ``start()``
-        brings it back on the same port with the same images."""
-        self._terminate()
-
-    def close(self) -> None:
-        """Stop for good and remove the temporary directory."""
-        self._terminate()
-        if not self._workdir_given and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+    def _where(self) -> str:
+        return self.url if self.port is not None else "not started"
 
     # -- pushing --
 
@@ -409,12 +273,7 @@ async def apush_image(base_url: str, name: str, tag: str) -> str:
 def registry_server() -> Iterator[RealRegistry]:
     """The module's registry (for module-scoped fixtures; a test takes
     ``real_registry``, which is this one running)."""
-    server = RealRegistry()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serving(RealRegistry())
 
 
 @pytest.fixture
@@ -423,6 +282,4 @@ def real_registry(registry_server: RealRegistry) -> Iterator[RealRegistry]:
     running when the test starts (restarted if an earlier test stopped it).
     Push with ``real_registry.push(unique_repository(), tag)``. Its log is
     printed at teardown, which pytest shows when the test failed."""
-    registry_server.start()
-    yield registry_server
-    registry_server.print_log(tail=5_000)
+    yield from running(registry_server)
