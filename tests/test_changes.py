@@ -219,3 +219,15 @@ class TestTheImage:
             assert any(text.startswith(":warning: Rolling back anyway") for text in thread_texts(harness))
         finally:
             real_registry.start()
+
+
+@pytest.mark.parametrize("tag_must_exist", [True])
+async def test_a_request_still_being_checked_at_a_restart_is_not_started_by_the_recovery(
+        harness: Harness, record: Path) -> None:
+    deploy = harness.store.deploys.create(service="api", environment="staging", version="9.9.9",
+                                          version_prefixed=False, requested_by="U0DAVE", previous_version=None,
+                                          checklist=[], needs_approval=False, checking=True)
+    await harness.restart()
+    await wait_for(lambda: harness.deploy(deploy.id).status == DeployStatus.CANCELLED, what="the tag check")
+    await harness.settle()
+    assert engine_calls(record) == []  # the missing tag stopped it; the recovery never ran it

@@ -152,3 +152,22 @@ async def test_deploy_queue_lists_each_line_in_order(harness: Harness, holds: Pa
     assert "awaiting approval" in listing and "approved, ready for its turn" in listing
     assert "I don't know a service called `nope`" in await harness.command("queue nope")
     (holds / "hold-2.7.0").unlink()
+
+
+async def test_a_newcomer_joins_the_end_of_a_waiting_line_and_an_older_version_never_runs(
+        harness: Harness, record: Path, holds: Path) -> None:
+    (holds / "hold-2.8.0").touch()
+    first, _ = await request(harness, "2.8.0")
+    older, _ = await request(harness, "2.7.0")  # queued behind 2.8.0
+    await harness.click(harness.message_of(older), "U0ALICE", ACTION_APPROVE)
+    await harness.slack.click(harness.message_of(first), "U0ALICE", ACTION_APPROVE)  # no settle: it is held
+    await wait_for(lambda: started(record) == ["2.8.0"], what="2.8.0 to start")
+    (holds / "hold-2.8.0").unlink()
+    await wait_for(lambda: harness.deploy(older).status == DeployStatus.CANCELLED, what="the older one's turn")
+    assert "would not be an upgrade" in harness.deploy(older).status_reason
+    assert started(record) == ["2.8.0"]
+    # a line with someone still awaiting approval: a new request joins it rather than take the free environment
+    waiting, _ = await request(harness, "2.9.0")
+    assert harness.deploy(waiting).status == DeployStatus.AWAITING_APPROVAL
+    newcomer, _ = await request(harness, "2.9.1")
+    assert harness.deploy(newcomer).status == DeployStatus.QUEUED

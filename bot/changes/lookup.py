@@ -121,8 +121,15 @@ class ChangeLookups:
         service = self.config.services[deploy.service]
         rollback = deploy.rollback_of is not None
         # a status reason and a thread note are mrkdwn: what registries and sources said is escaped
-        problems = [escape(problem) for problem in await self._check_artifacts(deploy, service)]
-        change_set, unavailable = await self._changes(deploy, service)
+        try:
+            problems = [escape(problem) for problem in await self._check_artifacts(deploy, service)]
+            change_set, unavailable = await self._changes(deploy, service)
+        except Exception as failure:  # noqa: BLE001 — a lookup that breaks must not hold the request forever
+            log.exception("deploy %s: the lookups failed", deploy_id)
+            self._pool_broken()
+            reason = escape(f"the lookups failed ({type(failure).__name__}: {failure})")
+            problems = [reason] if service.artifacts is not None else []  # artifact checks fail closed
+            change_set, unavailable = None, reason
         record: dict[str, Any] | None = None
         if change_set is not None:
             record = change_set.as_record()
@@ -138,11 +145,12 @@ class ChangeLookups:
         with self.store.transaction():
             deploy = self.store.deploys.record_lookup(deploy_id, record, migration_checklist=migration_checklist)
             if problems and not rollback and deploy.status in (DeployStatus.AWAITING_APPROVAL,
-                                                                DeployStatus.APPROVED):
+                                                                DeployStatus.QUEUED, DeployStatus.APPROVED):
                 refusal = f"{deploy.service} {deploy.display_version} cannot be deployed: " + "; ".join(problems)
                 try:
                     deploy = self.store.deploys.transition(
-                        deploy_id, allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.APPROVED),
+                        deploy_id, allowed_from=(DeployStatus.AWAITING_APPROVAL, DeployStatus.QUEUED,
+                                                 DeployStatus.APPROVED),
                         to=DeployStatus.CANCELLED, actor=None, action="artifact_check_failed",
                         reason="; ".join(problems))
                     self.views.thread(deploy, f":no_entry: Cancelled before anything ran: {deploy.status_reason}.")
@@ -184,6 +192,13 @@ class ChangeLookups:
         except TimeoutError:
             raise SourceUnavailable(f"the {what} lookup took longer than {self.timeout:g} s") from None
         return _answer(kind, value)
+
+    def _pool_broken(self) -> None:
+        """A worker that died breaks the pool for good (BrokenProcessPool on every
+        later call): the next lookup gets a new one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def _ask_here(self, what: str, service: str, *args: Any) -> Any:
         if what == "image":

@@ -199,6 +199,8 @@ class DeployRunner:
         if deploy.message_ts is None and await self._announce(deploy) is None:
             return
         deploy = self.store.deploys.get(deploy_id)
+        if deploy.status == DeployStatus.APPROVED and deploy.held:
+            return  # its lookups (after a restart, too) decide first; their end starts it (DeployChanged)
         rollout = self.store.rollouts.get(deploy_id)
         if resume and deploy.status == DeployStatus.BAKING:
             await self._roll_out(deploy, self.engine_of(deploy), resume=True)

@@ -130,6 +130,19 @@ class DeployWorkflow:
                 queued=queued,
             )
 
+        if plan.environment.queue and self.store.deploys.queued(plan.service, plan.environment.name):
+            # others wait in line: a new request joins its end rather than take the free environment
+            waiting = [d for d in self.store.deploys.queued(plan.service, plan.environment.name)
+                       if d.version == plan.version.normalised]
+            if waiting:
+                return waiting[0], False
+            try:
+                deploy = record(queued=True)
+            except DuplicateRequest as duplicate:
+                return duplicate.existing, False
+            self.store.audit.record(deploy.id, user, "queued", {}, source)
+            self.queue_changed()
+            return deploy, True
         try:
             try:
                 deploy = record()
@@ -402,6 +415,15 @@ class DeployWorkflow:
                         waiting.id, allowed_from=(DeployStatus.QUEUED,), to=DeployStatus.CANCELLED, actor=None,
                         action="cancelled_in_queue", reason=f"{waiting.display_version} is blocked on {environment} "
                                                             f"since it was queued ({block.reason})")
+                    self.events.publish(DeployChanged(cancelled.id))
+                continue
+            live = self.store.deploys.latest_successful(service, environment)
+            if live is not None and parse_version(live.version).parsed >= parse_version(waiting.version).parsed:
+                with self.store.transaction():
+                    cancelled = self.store.deploys.transition(
+                        waiting.id, allowed_from=(DeployStatus.QUEUED,), to=DeployStatus.CANCELLED, actor=None,
+                        action="cancelled_in_queue", reason=f"{live.display_version} went live on {environment} while it "
+                                                            f"waited: {waiting.display_version} would not be an upgrade")
                     self.events.publish(DeployChanged(cancelled.id))
                 continue
             if self.blocked_reason(waiting) is not None:
