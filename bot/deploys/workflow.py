@@ -130,10 +130,10 @@ class DeployWorkflow:
                 queued=queued,
             )
 
-        if plan.environment.queue and self.store.deploys.queued(plan.service, plan.environment.name):
+        line = self.store.deploys.queued(plan.service, plan.environment.name) if plan.environment.queue else []
+        if line:
             # others wait in line: a new request joins its end rather than take the free environment
-            waiting = [d for d in self.store.deploys.queued(plan.service, plan.environment.name)
-                       if d.version == plan.version.normalised]
+            waiting = [d for d in line if d.version == plan.version.normalised]
             if waiting:
                 return waiting[0], False
             try:
